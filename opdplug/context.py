@@ -1,0 +1,80 @@
+"""The run context every hook receives: config, registry, models, accelerator, step."""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import torch
+
+from .config import Config
+from .manager import Manager, Registry
+
+
+@dataclass
+class RunContext:
+    """What a run holds. Mutable (the step advances); hooks read it, and may stash state in
+    ``scratch`` under their own plugin's name."""
+
+    config: Config
+    """The validated config."""
+    manager: Manager
+    """The plugin manager (``manager.hook`` calls hooks)."""
+    accelerator: Any = None
+    """The ``accelerate.Accelerator`` (device, processes, gradient sync)."""
+    tokenizer: Any = None
+    """The student's tokenizer (the teacher's is checked identical before training)."""
+    student: Optional[torch.nn.Module] = None
+    """The student as prepared by accelerate (possibly DDP- or peft-wrapped)."""
+    teacher: Optional[torch.nn.Module] = None
+    """The local teacher, frozen, or None when the scorer needs none."""
+    task: Any = None
+    """The prompt source (``opdplug.tasks.Task``)."""
+    step: int = 0
+    """The optimizer step in progress (0-based)."""
+    scratch: dict = field(default_factory=dict)
+    """Per-plugin state, keyed by plugin name."""
+    _components: dict = field(default_factory=dict)
+
+    @property
+    def registry(self) -> Registry:
+        return self.manager.registry
+
+    @property
+    def device(self) -> torch.device:
+        return self.accelerator.device if self.accelerator is not None else torch.device("cpu")
+
+    @property
+    def process_index(self) -> int:
+        return self.accelerator.process_index if self.accelerator is not None else 0
+
+    @property
+    def num_processes(self) -> int:
+        return self.accelerator.num_processes if self.accelerator is not None else 1
+
+    def component(self, kind: str, name: str, options: dict | None, key: str) -> Any:
+        """The configured component, built once per run (options validated on first use)."""
+        cache_key = (kind, name, key)
+        if cache_key not in self._components:
+            self._components[cache_key] = self.registry.build(kind, name, options or {}, key)
+        return self._components[cache_key]
+
+    def student_module(self) -> torch.nn.Module:
+        """The student without the DDP wrapper (peft wrappers stay: they hold the adapter)."""
+        if self.accelerator is not None:
+            return self.accelerator.unwrap_model(self.student)
+        return self.student
+
+    def generator(self, *parts: Any) -> torch.Generator:
+        """A torch generator seeded from the run seed, the process and ``parts`` (e.g. step and
+        micro-batch): sampling is a function of where in the run it happens, so a resumed run
+        draws exactly what the uninterrupted one drew."""
+        return torch.Generator(device="cpu").manual_seed(
+            derive_seed(self.config.run.seed, self.process_index, *parts)
+        )
+
+
+def derive_seed(*parts: Any) -> int:
+    """A 63-bit seed from any printable parts (stable across processes and Python runs)."""
+    digest = hashlib.sha256(repr(parts).encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)

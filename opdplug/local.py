@@ -1,0 +1,265 @@
+"""The embedded default backend: student and teacher as local Hugging Face models.
+
+Loading (with optional LoRA), tokenizer agreement, rollouts from a local model or from reference
+completions, and the local scorers (``local``, ``self``, ``none``).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from . import sampling
+from .config import Config, ModelOptions
+from .errors import ConfigError, PreflightError
+from .types import (
+    PRODUCER_PAD,
+    PRODUCER_PROMPT,
+    PRODUCER_REFERENCE,
+    Prompt,
+    RolloutBatch,
+    TeacherScores,
+)
+
+
+# ----------------------------------------------------------------------------- loading
+def load_tokenizer(path: str):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(path, local_files_only=True)
+
+
+def load_model(path: str, key: str):
+    """A causal LM from a local directory; a missing or broken directory is a one-line error."""
+    from transformers import AutoModelForCausalLM
+
+    if not Path(path).is_dir():
+        raise ConfigError(f"{key} = {path!r} is not a directory; point it at a local Hugging Face model")
+    try:
+        return AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=torch.float32)
+    except Exception as exc:
+        raise ConfigError(f"{key} = {path!r} could not be loaded: {type(exc).__name__}: {str(exc).splitlines()[0]}") from None
+
+
+def load_student(config: Config, task: Any):
+    """The student model and tokenizer named by ``[student]`` (and LoRA-wrapped if asked)."""
+    opts = config.student
+    if bool(opts.path) == bool(opts.tiny):
+        raise ConfigError("[student] needs exactly one of path (a model directory) or tiny (a size name)")
+    if opts.path:
+        model, tokenizer = load_model(opts.path, "student.path"), load_tokenizer(opts.path)
+    else:
+        from . import tiny
+
+        if opts.tiny not in tiny.SIZES:
+            raise ConfigError(f"student.tiny = {opts.tiny!r} is unknown; allowed: {', '.join(tiny.SIZES)}")
+        tokenizer = load_tokenizer(config.teacher.path) if config.teacher.path else tiny.build_tokenizer(task.words())
+        model = tiny.build_model(opts.tiny, tokenizer, seed=opts.init_seed)
+    return maybe_lora(model, opts), tokenizer
+
+
+def maybe_lora(model, opts: ModelOptions):
+    if opts.lora_r <= 0:
+        return model
+    try:
+        import peft
+    except ImportError:
+        raise ConfigError("student.lora_r > 0 needs peft: pip install 'opdplug[peft]'") from None
+    cfg = peft.LoraConfig(
+        r=opts.lora_r, lora_alpha=opts.lora_alpha, lora_dropout=opts.lora_dropout,
+        target_modules=list(opts.lora_targets), task_type="CAUSAL_LM",
+    )
+    return peft.get_peft_model(model, cfg)
+
+
+def check_tokenizers(student_tok, teacher_tok) -> None:
+    """Token-level losses compare distributions id by id: the vocabularies must be identical."""
+    a, b = student_tok.get_vocab(), teacher_tok.get_vocab()
+    if a != b:
+        only_s = sorted(set(a) - set(b))
+        only_t = sorted(set(b) - set(a))
+        moved = sorted(t for t in set(a) & set(b) if a[t] != b[t])
+        detail = (
+            f"{len(only_s)} tokens only in the student's, {len(only_t)} only in the teacher's, "
+            f"{len(moved)} with different ids"
+        )
+        example = (only_s or only_t or moved)[0]
+        raise PreflightError(
+            f"teacher and student tokenizers differ ({detail}, e.g. {example!r}); token-level "
+            f"distillation needs the same vocabulary: use a teacher from the student's model family"
+        )
+    for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
+        if getattr(student_tok, name) != getattr(teacher_tok, name):
+            raise PreflightError(
+                f"teacher and student tokenizers disagree on {name} "
+                f"({getattr(teacher_tok, name)} vs {getattr(student_tok, name)}); save both with the same special tokens"
+            )
+
+
+# ----------------------------------------------------------------------------- rollouts
+def collate(
+    prompts: Sequence[Prompt],
+    completions: Sequence[Sequence[int]],
+    *,
+    producer: int | Sequence[int],
+    pad_id: int,
+    logprobs: Sequence[Sequence[float]] | None = None,
+    truncated: Sequence[bool] | None = None,
+    on_policy: bool | Sequence[bool] = False,
+) -> RolloutBatch:
+    """Right-padded ``RolloutBatch`` from prompts and completion token ids (kept exactly).
+
+    ``producer`` and ``on_policy`` are one value for all rows or one per row.
+    """
+    rows = [list(p.prompt_ids) + list(c) for p, c in zip(prompts, completions)]
+    L = max(len(r) for r in rows)
+    B = len(rows)
+    ids = torch.full((B, L), pad_id, dtype=torch.long)
+    attn = torch.zeros(B, L, dtype=torch.long)
+    loss = torch.zeros(B, L, dtype=torch.long)
+    prod = torch.full((B, L), PRODUCER_PAD, dtype=torch.long)
+    lps = torch.zeros(B, L, dtype=torch.float32)
+    producers = [producer] * B if isinstance(producer, int) else list(producer)
+    on_policy_B = [on_policy] * B if isinstance(on_policy, bool) else list(on_policy)
+    for i, (p, c) in enumerate(zip(prompts, completions)):
+        P, C = len(p.prompt_ids), len(c)
+        ids[i, : P + C] = torch.tensor(rows[i], dtype=torch.long)
+        attn[i, : P + C] = 1
+        loss[i, P : P + C] = 1
+        prod[i, :P] = PRODUCER_PROMPT
+        prod[i, P : P + C] = producers[i]
+        if logprobs is not None:
+            lps[i, P : P + C] = torch.tensor(list(logprobs[i]), dtype=torch.float32)
+    return RolloutBatch(
+        input_ids_B_L=ids,
+        attention_mask_B_L=attn,
+        loss_mask_B_L=loss,
+        producer_B_L=prod,
+        sampling_logprobs_B_L=lps,
+        prompt_lens_B=torch.tensor([len(p.prompt_ids) for p in prompts], dtype=torch.long),
+        truncated_B=torch.tensor(list(truncated) if truncated is not None else [False] * B),
+        on_policy_B=torch.tensor(on_policy_B, dtype=torch.bool),
+        prompts=tuple(prompts),
+    )
+
+
+def split_rows(batch: RolloutBatch) -> list[tuple[list[int], list[float], int, bool, bool]]:
+    """Per row: (completion ids, sampling log-probs, producer, truncated, on_policy)."""
+    rows = []
+    for i in range(batch.batch_size):
+        keep = batch.loss_mask_B_L[i].bool()
+        producer = int(batch.producer_B_L[i][keep][0]) if keep.any() else PRODUCER_PAD
+        rows.append((
+            batch.input_ids_B_L[i][keep].tolist(), batch.sampling_logprobs_B_L[i][keep].tolist(), producer,
+            bool(batch.truncated_B[i]) if batch.truncated_B is not None else False,
+            bool(batch.on_policy_B[i]) if batch.on_policy_B is not None else False,
+        ))
+    return rows
+
+
+def merge_rollouts(prompts: Sequence[Prompt], parts: Sequence[tuple[Sequence[int], RolloutBatch]], pad_id: int) -> RolloutBatch:
+    """One batch in the order of ``prompts`` from sub-batches that each cover some row indices."""
+    rows: list = [None] * len(prompts)
+    for indices, batch in parts:
+        for index, row in zip(indices, split_rows(batch)):
+            rows[index] = row
+    return collate(
+        prompts, [r[0] for r in rows], producer=[r[2] for r in rows], pad_id=pad_id,
+        logprobs=[r[1] for r in rows], truncated=[r[3] for r in rows], on_policy=[r[4] for r in rows],
+    )
+
+
+def reference_rollout(prompts: Sequence[Prompt], pad_id: int) -> RolloutBatch:
+    """The prompts' reference completions as a batch (off-policy data, no sampling log-probs)."""
+    missing = [i for i, p in enumerate(prompts) if not p.reference_ids]
+    if missing:
+        raise ConfigError("the task gives no reference completions; choose a sampler that generates")
+    return collate(prompts, [p.reference_ids for p in prompts], producer=PRODUCER_REFERENCE, pad_id=pad_id)
+
+
+def model_rollout(
+    model: torch.nn.Module,
+    prompts: Sequence[Prompt],
+    *,
+    producer: int,
+    max_new_tokens: int,
+    temperature: float,
+    top_p: float,
+    tokenizer,
+    generator: torch.Generator,
+    on_policy: bool,
+) -> RolloutBatch:
+    """Completions sampled from a local model, with exact ids and sampling log-probs."""
+    was_training = model.training
+    model.eval()  # no dropout while sampling: the log-probs must be the policy's
+    try:
+        out = sampling.sample(
+            model,
+            [list(p.prompt_ids) for p in prompts],
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            eos_id=tokenizer.eos_token_id,
+            pad_id=tokenizer.pad_token_id,
+            generator=generator,
+        )
+    finally:
+        model.train(was_training)
+    completions, logprobs = [], []
+    for i in range(len(prompts)):
+        keep = out.completion_mask_B_L[i].bool()
+        completions.append(out.input_ids_B_L[i][keep].tolist())
+        logprobs.append(out.logprobs_B_L[i][keep].tolist())
+    return collate(
+        prompts, completions, producer=producer, pad_id=tokenizer.pad_token_id,
+        logprobs=logprobs, truncated=out.truncated_B.tolist(), on_policy=on_policy,
+    )
+
+
+# ----------------------------------------------------------------------------- scoring
+@torch.no_grad()
+def score_with_model(
+    model: torch.nn.Module, batch: RolloutBatch, *, temperature: float, top_k: int, chunk_size: int = 1024,
+    input_ids_B_L: torch.Tensor | None = None, attention_mask_B_L: torch.Tensor | None = None,
+    offset_B: torch.Tensor | None = None,
+) -> TeacherScores:
+    """Dense scores from a local model: shifted hidden states + lm_head, token log-probs, top-k.
+
+    ``input_ids_B_L``/``offset_B`` let a privileged teacher see a longer input: row b's
+    position ``t + offset_B[b]`` in that input is aligned to position t of ``batch``.
+    """
+    from .lmhead import chunked_token_logprobs, chunked_topk
+
+    device = next(model.parameters()).device
+    ids = (input_ids_B_L if input_ids_B_L is not None else batch.input_ids_B_L).to(device)
+    attn = (attention_mask_B_L if attention_mask_B_L is not None else batch.attention_mask_B_L).to(device)
+    was_training = model.training
+    model.eval()
+    try:
+        hidden = sampling.final_hidden(model, ids, attn)
+    finally:
+        model.train(was_training)
+    if offset_B is not None:  # realign the longer input onto the batch's positions
+        L = batch.input_ids_B_L.shape[1]
+        index = (torch.arange(L, device=device)[None, :] + offset_B.to(device)[:, None]).clamp(max=hidden.shape[1] - 1)
+        hidden = hidden.gather(1, index[:, :, None].expand(-1, -1, hidden.shape[-1]))
+    hidden = hidden.float()
+    weight = sampling.lm_head_weight(model).detach().float()
+    mask = batch.loss_mask_B_L.to(device).bool()
+    token_lp = torch.zeros(mask.shape, dtype=torch.float32, device=device)
+    token_lp[mask] = chunked_token_logprobs(
+        hidden[mask], weight, batch.input_ids_B_L.to(device)[mask], temperature=temperature, chunk_size=chunk_size
+    )
+    topk_ids = topk_lp = tail = None
+    if top_k > 0:
+        B, L = mask.shape
+        topk_ids = torch.zeros(B, L, top_k, dtype=torch.long, device=device)
+        topk_lp = torch.full((B, L, top_k), float("-inf"), device=device)
+        tail = torch.zeros(B, L, device=device)
+        i, lp, t = chunked_topk(hidden[mask], weight, top_k, temperature=temperature, chunk_size=chunk_size)
+        topk_ids[mask], topk_lp[mask], tail[mask] = i, lp, t
+    return TeacherScores(
+        token_logprobs_B_L=token_lp, topk_ids_B_L_K=topk_ids, topk_logprobs_B_L_K=topk_lp,
+        tail_logmass_B_L=tail, hidden_B_L_H=hidden, lm_head_V_H=weight, temperature=temperature,
+    )

@@ -1,0 +1,173 @@
+"""The data model every hook shares.
+
+Small frozen dataclasses, one docstring per field. Tensor names carry their shape as a suffix:
+``B`` batch rows, ``L`` full sequence length (prompt + completion, right-padded), ``K`` top-k width,
+``V`` vocabulary, ``H`` hidden size. Position ``t`` of a ``*_B_L`` tensor describes token
+``input_ids_B_L[:, t]`` (the token *at* t, predicted from positions < t), never the next one.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import torch
+
+# Who produced a token. Stored per position in ``RolloutBatch.producer_B_L``.
+PRODUCER_PAD = -1
+PRODUCER_PROMPT = 0
+PRODUCER_STUDENT = 1
+PRODUCER_TEACHER = 2
+PRODUCER_ENV = 3
+PRODUCER_REFERENCE = 4
+PRODUCER_NAMES = {
+    PRODUCER_PAD: "pad",
+    PRODUCER_PROMPT: "prompt",
+    PRODUCER_STUDENT: "student",
+    PRODUCER_TEACHER: "teacher",
+    PRODUCER_ENV: "env",
+    PRODUCER_REFERENCE: "reference",
+}
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """One task instance as handed to a rollout."""
+
+    prompt_ids: tuple[int, ...]
+    """Exact token ids of the prompt (BOS included when the tokenizer adds one)."""
+    reference_ids: tuple[int, ...] = ()
+    """A reference completion (ground truth or teacher sample), EOS included; empty if none."""
+    privileged_ids: tuple[int, ...] = ()
+    """Extra context only a privileged teacher sees (e.g. the answer), placed before the prompt."""
+    meta: dict = field(default_factory=dict, hash=False, compare=False)
+    """Task-specific data a verifier needs (e.g. the correct answer). Never fed to a model."""
+
+
+@dataclass(frozen=True)
+class RolloutBatch:
+    """Token sequences to train on, with who wrote every token. Right-padded to a common length."""
+
+    input_ids_B_L: torch.Tensor
+    """Exact token ids: prompt then completion, then padding (long)."""
+    attention_mask_B_L: torch.Tensor
+    """1 on real tokens, 0 on padding (long)."""
+    loss_mask_B_L: torch.Tensor
+    """1 on tokens the student is trained on (completion tokens it could have produced), else 0."""
+    producer_B_L: torch.Tensor
+    """Who produced each token, one of the ``PRODUCER_*`` codes (long)."""
+    sampling_logprobs_B_L: torch.Tensor
+    """Log-prob of each token under the policy that sampled it, at the rollout temperature;
+    0 where not sampled (prompt, padding, reference text). Float32."""
+    prompt_lens_B: torch.Tensor
+    """Number of prompt tokens per row (long); the completion starts at this index."""
+    turn_ids_B_L: Optional[torch.Tensor] = None
+    """Turn index per token for multi-turn episodes (long), or None for single-turn."""
+    rewards_B: Optional[torch.Tensor] = None
+    """Outcome reward per sequence from a verifier (float32), or None."""
+    truncated_B: Optional[torch.Tensor] = None
+    """True where the completion hit ``max_new_tokens`` without EOS (bool), or None."""
+    on_policy_B: Optional[torch.Tensor] = None
+    """True where the student sampled the completion with its current weights (bool), or None."""
+    prompts: tuple[Prompt, ...] = ()
+    """The prompts the rows came from, in order (for verifiers and privileged teachers)."""
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.input_ids_B_L.shape[0])
+
+    @property
+    def num_loss_tokens(self) -> int:
+        return int(self.loss_mask_B_L.sum().item())
+
+    def replace(self, **changes: Any) -> "RolloutBatch":
+        """A copy with some fields changed (the dataclass is frozen)."""
+        return dataclasses.replace(self, **changes)
+
+    def select(self, rows: torch.Tensor) -> "RolloutBatch":
+        """The batch restricted to ``rows`` (bool mask or index tensor over B)."""
+        idx = rows.nonzero().flatten() if rows.dtype == torch.bool else rows
+        take = lambda t: None if t is None else t[idx]  # noqa: E731
+        keep = idx.tolist()
+        return RolloutBatch(
+            input_ids_B_L=self.input_ids_B_L[idx],
+            attention_mask_B_L=self.attention_mask_B_L[idx],
+            loss_mask_B_L=self.loss_mask_B_L[idx],
+            producer_B_L=self.producer_B_L[idx],
+            sampling_logprobs_B_L=self.sampling_logprobs_B_L[idx],
+            prompt_lens_B=self.prompt_lens_B[idx],
+            turn_ids_B_L=take(self.turn_ids_B_L),
+            rewards_B=take(self.rewards_B),
+            truncated_B=take(self.truncated_B),
+            on_policy_B=take(self.on_policy_B),
+            prompts=tuple(self.prompts[i] for i in keep) if self.prompts else (),
+        )
+
+
+@dataclass(frozen=True)
+class TeacherScores:
+    """The teacher's view of a ``RolloutBatch``. Sparse by default; dense only where local."""
+
+    token_logprobs_B_L: torch.Tensor
+    """Teacher log-prob of the token at each position (float32; 0 where ``loss_mask`` is 0)."""
+    topk_ids_B_L_K: Optional[torch.Tensor] = None
+    """Teacher's top-k token ids per position (long), or None when not requested."""
+    topk_logprobs_B_L_K: Optional[torch.Tensor] = None
+    """Teacher log-probs of ``topk_ids_B_L_K`` (float32)."""
+    tail_logmass_B_L: Optional[torch.Tensor] = None
+    """log(1 - sum exp(topk_logprobs)): the teacher mass outside its top-k (float32)."""
+    hidden_B_L_H: Optional[torch.Tensor] = None
+    """Local teachers only: final hidden states, aligned so that ``hidden_B_L_H[:, t]`` predicts
+    token t (i.e. already shifted). With ``lm_head_V_H`` this gives full logits chunk by chunk
+    without ever holding [B, L, V]."""
+    lm_head_V_H: Optional[torch.Tensor] = None
+    """Local teachers only: the output projection matching ``hidden_B_L_H``."""
+    temperature: float = 1.0
+    """Temperature the log-probs above were computed at (logits divided by it)."""
+    extra: dict = field(default_factory=dict, compare=False)
+    """Scorer-specific extras (e.g. student-top-k teacher log-probs from a server)."""
+
+    @property
+    def is_dense(self) -> bool:
+        return self.hidden_B_L_H is not None and self.lm_head_V_H is not None
+
+
+@dataclass(frozen=True)
+class Credit:
+    """Per-token weights and advantages from ``opd_credit``."""
+
+    weights_B_L: torch.Tensor
+    """Non-negative weight of each token in the loss (float32); 0 outside the loss mask.
+    The loss is normalized by the global count of loss tokens, not by the sum of weights."""
+    advantages_B_L: Optional[torch.Tensor] = None
+    """Per-token advantage for policy-gradient style updates (float32, no grad), or None
+    when the update backpropagates the divergence directly."""
+    metrics: dict = field(default_factory=dict, compare=False)
+    """Scalar diagnostics the scheme wants logged."""
+
+
+@dataclass(frozen=True)
+class StudentOutputs:
+    """The student's forward pass on a ``RolloutBatch``, with gradients."""
+
+    hidden_B_L_H: torch.Tensor
+    """Final hidden states, already shifted: ``hidden_B_L_H[:, t]`` predicts token t (position 0
+    is a zero row that never carries loss)."""
+    lm_head_V_H: torch.Tensor
+    """The student's output projection (a parameter: gradients flow into it)."""
+    temperature: float = 1.0
+    """Temperature the loss compares distributions at; the same one rollouts sampled with."""
+
+
+@dataclass(frozen=True)
+class LossOutput:
+    """What ``opd_loss`` returns for one micro-batch."""
+
+    loss_sum: torch.Tensor
+    """Sum over loss tokens of the per-token loss (scalar with grad). The loop divides by the
+    global token count of the whole optimizer step, so micro-batching does not change it."""
+    num_tokens: int
+    """Number of loss tokens summed in ``loss_sum``."""
+    metrics: dict = field(default_factory=dict)
+    """Token-summed diagnostics, e.g. {"reverse_kl": sum over tokens}; the loop divides by the
+    global token count before logging. Keys ending in ``_mean`` are logged as given."""

@@ -1,0 +1,68 @@
+"""Teachers beyond a bigger model: a privileged-context teacher and an outcome verifier."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from opdplug.errors import ConfigError
+from opdplug.local import score_with_model
+from opdplug.types import TeacherScores
+
+
+@dataclass(frozen=True)
+class PrivilegedContext:
+    """On-policy self-distillation: a model that sees extra context scores the student's tokens.
+
+    The teacher's input is ``BOS + context + prompt + completion`` while the student saw only
+    ``prompt + completion``; scores are realigned onto the student's positions. The context is
+    the task's privileged text (e.g. the reference answer) or a fixed ``instruction``.
+    """
+
+    model: Literal["teacher", "student"] = "teacher"
+    """Which weights score: the local teacher, or the student itself (no gradient)."""
+    context: Literal["task", "instruction"] = "task"
+    """``task``: each prompt's ``privileged_ids``; ``instruction``: the text below."""
+    instruction: str = ""
+    """Text placed before the prompt when ``context = "instruction"``."""
+
+    def __call__(self, ctx, batch) -> TeacherScores:
+        model = ctx.student_module() if self.model == "student" else ctx.teacher
+        if model is None:
+            raise ConfigError("teacher.options.model = 'teacher' needs teacher.path; or use model = 'student'")
+        tok = ctx.tokenizer
+        if self.context == "instruction":
+            if not self.instruction:
+                raise ConfigError("teacher.options.instruction is empty; give the text the teacher sees")
+            shared = tok(self.instruction, add_special_tokens=False)["input_ids"]
+        rows, offsets = [], []
+        for i, prompt in enumerate(batch.prompts):
+            extra = list(prompt.privileged_ids) if self.context == "task" else shared
+            ids = batch.input_ids_B_L[i][batch.attention_mask_B_L[i].bool()].tolist()
+            has_bos = bool(ids) and ids[0] == tok.bos_token_id
+            rows.append(ids[:1] + extra + ids[1:] if has_bos else extra + ids)
+            offsets.append(len(extra))
+        L = max(len(r) for r in rows)
+        ids_B_L = torch.full((len(rows), L), tok.pad_token_id, dtype=torch.long)
+        attn_B_L = torch.zeros(len(rows), L, dtype=torch.long)
+        for i, r in enumerate(rows):
+            ids_B_L[i, : len(r)] = torch.tensor(r)
+            attn_B_L[i, : len(r)] = 1
+        return score_with_model(
+            model, batch, temperature=ctx.config.rollout.temperature, top_k=ctx.config.teacher.top_k,
+            chunk_size=ctx.config.loss.chunk_size, input_ids_B_L=ids_B_L, attention_mask_B_L=attn_B_L,
+            offset_B=torch.tensor(offsets),
+        )
+
+
+@dataclass(frozen=True)
+class TaskVerifier:
+    """Outcome reward from the task's own checker (1 if the answer is right, else 0)."""
+
+    def __call__(self, ctx, batch) -> torch.Tensor:
+        rewards = []
+        for i, prompt in enumerate(batch.prompts):
+            keep = batch.loss_mask_B_L[i].bool()
+            rewards.append(float(ctx.task.verify(prompt, batch.input_ids_B_L[i][keep].tolist())))
+        return torch.tensor(rewards, dtype=torch.float32)
