@@ -131,6 +131,7 @@ def rollout_stats(batches) -> dict[str, float]:
     out = {
         "rollout/completion_tokens": float(sum(b.num_loss_tokens for b in batches)) / max(rows, 1),
         "rollout/truncated": sum(float(b.truncated_B.float().sum()) for b in batches if b.truncated_B is not None) / max(rows, 1),
+        "rollout/sequence_tokens_total": float(sum(int(b.attention_mask_B_L.sum()) for b in batches)),
         "rollout/on_policy": sum(float(b.on_policy_B.float().sum()) for b in batches if b.on_policy_B is not None) / max(rows, 1),
     }
     rewards = [b.rewards_B for b in batches if b.rewards_B is not None]

@@ -100,7 +100,8 @@ def make_plugin_manager(plugins: Iterable[Any] = (), *, autoload: bool | None = 
     try:
         pm.check_pending()
     except pluggy.PluginValidationError as exc:
-        raise PluginError(f"plugin {exc.plugin_name!r}: {str(exc).splitlines()[0]}") from None
+        name = manager.pm.get_name(exc.plugin) if exc.plugin is not None else "?"
+        raise PluginError(f"plugin {name!r}: {str(exc).splitlines()[0]} (a misspelt opd_* hook?)") from None
     return manager
 
 
@@ -180,8 +181,8 @@ class Manager:
 
     def _impls(self, hook_name: str):
         caller = getattr(self.hook, hook_name)
-        # pluggy keeps impls in call order reversed; we want registration order for messages.
-        for impl in reversed(caller.get_hookimpls()):
+        # get_hookimpls() lists impls in registration order (pluggy calls them last-first).
+        for impl in caller.get_hookimpls():
             yield impl.plugin_name, impl
 
     def versions(self) -> dict[str, str]:

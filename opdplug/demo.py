@@ -1,0 +1,215 @@
+"""The main job (``make demo``): off-policy vs on-policy distillation on the built-in task.
+
+1. Build a tiny teacher and train it on SumChain reference traces (cached after the first run).
+2. Give a several-times-smaller student a short off-policy cold start (SFT on teacher samples).
+3. From that same student, distill two ways for the same number of steps and batch size:
+   off-policy (SFT on teacher samples, ``nll``) and on-policy (reverse KL on student rollouts,
+   full vocabulary). Both count their FLOPs (teacher + student, forward and backward).
+4. Evaluate teacher and students by sequence length T on held-out prompts; print a table and
+   write ``accuracy_vs_T.png`` and ``results.json``.
+
+Everything is built locally; nothing is downloaded.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from . import local, tiny
+from .config import Config, parse_config
+from .evaluate import accuracy_by_length
+from .loop import train
+from .manager import make_plugin_manager
+
+
+@dataclass(frozen=True)
+class DemoRecipe:
+    """Sizes and budgets of the demo (``quick`` shrinks them for tests)."""
+
+    teacher_steps: int = 1500
+    """Supervised steps of the teacher on reference traces."""
+    teacher_lr: float = 2e-3
+    teacher_batch: int = 64
+    cold_start_steps: int = 60
+    """Off-policy SFT steps both students start from."""
+    distill_steps: int = 250
+    """Steps of each distillation branch (equal for both)."""
+    distill_batch: int = 32
+    student_lr: float = 1e-3
+    min_len: int = 2
+    max_len: int = 8
+    """Training lengths of the task."""
+    eval_lengths: tuple = (2, 4, 6, 8, 10)
+    eval_n: int = 200
+    threads: int = 2
+
+
+QUICK = DemoRecipe(
+    teacher_steps=30, teacher_batch=16, cold_start_steps=4, distill_steps=6, distill_batch=8,
+    max_len=4, eval_lengths=(2, 4), eval_n=20,
+)
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("OPDPLUG_CACHE_DIR", Path.home() / ".cache" / "opdplug"))
+
+
+def _config(recipe: DemoRecipe, output_dir: Path, **sections) -> Config:
+    manager = make_plugin_manager()
+    base = {
+        "run": {"output_dir": str(output_dir), "seed": 0, "threads": recipe.threads, "resume": False, "log_every": 1},
+        "task": {"name": "sumchain", "options": {"min_len": recipe.min_len, "max_len": recipe.max_len}},
+    }
+    for name, table in sections.items():
+        base.setdefault(name, {}).update(table)
+    return parse_config(base, manager.plugin_tables()), manager
+
+
+def train_teacher(recipe: DemoRecipe) -> Path:
+    """The demo teacher, trained once per recipe and cached (atomically) under ``cache_dir()``."""
+    key = hashlib.sha256(json.dumps([dataclasses.asdict(recipe)[k] for k in ("teacher_steps", "teacher_lr", "teacher_batch", "min_len", "max_len")]).encode()).hexdigest()[:12]
+    target = cache_dir() / f"sumchain-teacher-{key}"
+    if (target / "config.json").is_file():
+        print(f"teacher: cached at {target}")
+        return target
+    work = cache_dir() / f".build-{key}-{os.getpid()}"
+    config, manager = _config(
+        recipe, work,
+        run={"steps": recipe.teacher_steps, "batch_size": recipe.teacher_batch, "lr": recipe.teacher_lr,
+             "warmup_steps": 50, "lr_schedule": "cosine"},
+        student={"tiny": "teacher", "init_seed": 1},
+        teacher={"scorer": "none"},
+        rollout={"sampler": "reference"},
+        loss={"support": "sampled", "estimator": "nll"},
+    )
+    result = train(config, manager, progress_desc="teacher (supervised)")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if target.exists():
+        shutil.rmtree(target)
+    os.replace(result.final_model_dir, target)
+    shutil.rmtree(work, ignore_errors=True)
+    return target
+
+
+def flops_of_run(history: list, student_params: int, teacher_params: int, generator: str) -> float:
+    """FLOPs of a distillation run, counted from the tokens it processed (2N per token forward,
+    6N per token trained): the generating model's forward over every sequence token, the
+    teacher's scoring forward (on-policy only: off-policy SFT needs no scores), and the
+    student's training forward+backward."""
+    total = 0.0
+    for m in history:
+        seq = m["rollout/sequence_tokens_total"]
+        gen = teacher_params if generator == "teacher" else student_params
+        total += 2 * gen * seq + 6 * student_params * seq
+        if generator == "student":
+            total += 2 * teacher_params * seq
+    return total
+
+
+def run_demo(output_dir: Path, quick: bool = False) -> dict:
+    recipe = QUICK if quick else DemoRecipe()
+    torch.set_num_threads(recipe.threads)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    teacher_dir = train_teacher(recipe)
+    teacher_model = local.load_model(str(teacher_dir), "teacher")
+    common = dict(teacher={"path": str(teacher_dir)})
+
+    # Off-policy cold start shared by both students.
+    config, manager = _config(
+        recipe, output_dir / "cold_start",
+        run={"steps": recipe.cold_start_steps, "batch_size": recipe.distill_batch, "lr": recipe.student_lr},
+        student={"tiny": "student", "init_seed": 2},
+        rollout={"sampler": "teacher", "temperature": 1.0},
+        loss={"support": "sampled", "estimator": "nll"},
+        **{"teacher": {"path": str(teacher_dir), "scorer": "none"}},
+    )
+    cold = train(config, manager, progress_desc="student cold start (SFT)")
+
+    branches = {
+        "SFT (off-policy)": dict(rollout={"sampler": "teacher"}, loss={"support": "sampled", "estimator": "nll"},
+                                 teacher={"path": str(teacher_dir), "scorer": "none"}, generator="teacher"),
+        "OPD (on-policy, reverse KL)": dict(rollout={"sampler": "on_policy"}, loss={"support": "full", "divergence": "reverse_kl"},
+                                            teacher={"path": str(teacher_dir), "scorer": "local"}, generator="student"),
+    }
+    results: dict = {"recipe": dataclasses.asdict(recipe), "teacher_dir": str(teacher_dir), "methods": {}}
+    student_params = tiny.count_parameters(local.load_model(str(cold.final_model_dir), "cold start"))
+    teacher_params = tiny.count_parameters(teacher_model)
+    cold_flops = flops_of_run(cold.history, student_params, teacher_params, "teacher")
+    for name, spec in branches.items():
+        spec = dict(spec)
+        generator = spec.pop("generator")
+        slug = "sft" if generator == "teacher" else "opd"
+        config, manager = _config(
+            recipe, output_dir / slug,
+            run={"steps": recipe.distill_steps, "batch_size": recipe.distill_batch, "lr": recipe.student_lr},
+            student={"path": str(cold.final_model_dir)},
+            **spec,
+        )
+        run = train(config, manager, progress_desc=name)
+        results["methods"][name] = {
+            "model_dir": str(run.final_model_dir),
+            "flops": cold_flops + flops_of_run(run.history, student_params, teacher_params, generator),
+            "train_seconds": sum(m["time/step_s"] for m in run.history),
+        }
+
+    tokenizer = local.load_tokenizer(str(teacher_dir))
+    task = manager.registry.build("tasks", "sumchain", {"min_len": recipe.min_len, "max_len": recipe.max_len}, "task")
+    evals = {"teacher": teacher_model, "student after cold start": local.load_model(str(cold.final_model_dir), "cold")}
+    for name, info in results["methods"].items():
+        evals[name] = local.load_model(info["model_dir"], name)
+    accuracy = {}
+    for name, model in evals.items():
+        accuracy[name] = accuracy_by_length(model, tokenizer, task, recipe.eval_lengths, n=recipe.eval_n, progress=True)
+    results["accuracy"] = {k: {str(T): a for T, a in v.items()} for k, v in accuracy.items()}
+    results["params"] = {"teacher": teacher_params, "student": student_params}
+    results["wall_seconds"] = time.perf_counter() - t0
+
+    print_table(results, recipe)
+    plot(results, recipe, output_dir / "accuracy_vs_T.png")
+    (output_dir / "results.json").write_text(json.dumps(results, indent=1))
+    print(f"wrote {output_dir / 'accuracy_vs_T.png'} and {output_dir / 'results.json'} ({results['wall_seconds']:.0f} s)")
+    return results
+
+
+def print_table(results: dict, recipe: DemoRecipe) -> None:
+    lengths = [str(T) for T in recipe.eval_lengths]
+    name_w = max(len(n) for n in results["accuracy"]) + 2
+    print()
+    print(f"params: teacher {results['params']['teacher']:,}, student {results['params']['student']:,}")
+    print("accuracy on held-out prompts by sequence length T (greedy)")
+    print(f"{'model':<{name_w}}" + "".join(f"T={T:<6}" for T in lengths) + "  GFLOPs")
+    for name, acc in results["accuracy"].items():
+        flops = results["methods"].get(name, {}).get("flops")
+        cost = f"{flops / 1e9:8.1f}" if flops else ""
+        print(f"{name:<{name_w}}" + "".join(f"{acc[T]:<8.3f}" for T in lengths) + cost)
+
+
+def plot(results: dict, recipe: DemoRecipe, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, acc in results["accuracy"].items():
+        xs = [int(T) for T in acc]
+        style = "--" if name == "teacher" else "-"
+        ax.plot(xs, [acc[str(T)] for T in xs], style, marker="o", label=name)
+    ax.axvspan(recipe.min_len, recipe.max_len, color="0.92", label="training lengths")
+    ax.set_xlabel("sequence length T (reasoning steps)")
+    ax.set_ylabel("accuracy (held-out)")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title("SumChain: off-policy SFT vs on-policy distillation")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
