@@ -102,7 +102,7 @@ class EvalCommand:
         return 0
 
 
-def load_for_eval(path: Path, task_name: str, manager):
+def load_for_eval(path: Path, task_name: str, manager, options: dict | None = None):
     """(model, tokenizer, task) from a model dir, a run dir, or a checkpoint dir."""
     import torch
 
@@ -110,13 +110,14 @@ def load_for_eval(path: Path, task_name: str, manager):
     from .checkpoint import load_checkpoint
     from .config import parse_config
     from .evaluate import resolve_model_dir
+    from .loop import build_task
 
     if (path / "state.json").is_file():  # a training checkpoint: rebuild the student, load its tensors
         import tomllib
 
         config = parse_config(tomllib.loads((path / "config.toml").read_text()), manager.plugin_tables())
-        task = manager.registry.build("tasks", config.task.name, config.task.options, "task.name")
-        model, tokenizer = local.load_student(config, task)
+        model, tokenizer = local.load_student(config, manager.registry.get("tasks", config.task.name, "task.name"))
+        task = build_task(manager.registry, config.task.name, config.task.options, tokenizer)
         state = load_checkpoint(path)["model"]
         with torch.no_grad():
             for name, p in model.named_parameters():
@@ -126,8 +127,9 @@ def load_for_eval(path: Path, task_name: str, manager):
             model = model.merge_and_unload()
         return model, tokenizer, task
     model_dir = resolve_model_dir(path)
-    task = manager.registry.build("tasks", task_name, {}, "--task")
-    return local.load_model(str(model_dir), "path"), local.load_tokenizer(str(model_dir)), task
+    tokenizer = local.load_tokenizer(str(model_dir))
+    task = build_task(manager.registry, task_name, options, tokenizer)
+    return local.load_model(str(model_dir), "path"), tokenizer, task
 
 
 class PluginsCommand:
@@ -196,11 +198,23 @@ def build_parser(manager) -> argparse.ArgumentParser:
     return parser
 
 
+def quiet_transformers() -> None:
+    """Our own progress bars are enough: silence per-file load/save bars and advisories."""
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
+    except ImportError:  # pragma: no cover
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
     from .manager import make_plugin_manager
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is ever downloaded
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    quiet_transformers()
     try:
         manager = make_plugin_manager()
         args = build_parser(manager).parse_args(argv)

@@ -26,7 +26,7 @@ import torch
 from . import local, tiny
 from .config import Config, parse_config
 from .evaluate import accuracy_by_length
-from .loop import train
+from .loop import build_task, train
 from .manager import make_plugin_manager
 
 
@@ -162,7 +162,7 @@ def run_demo(output_dir: Path, quick: bool = False) -> dict:
         }
 
     tokenizer = local.load_tokenizer(str(teacher_dir))
-    task = manager.registry.build("tasks", "sumchain", {"min_len": recipe.min_len, "max_len": recipe.max_len}, "task")
+    task = build_task(manager.registry, "sumchain", {"min_len": recipe.min_len, "max_len": recipe.max_len}, tokenizer)
     evals = {"teacher": teacher_model, "student after cold start": local.load_model(str(cold.final_model_dir), "cold")}
     for name, info in results["methods"].items():
         evals[name] = local.load_model(info["model_dir"], name)

@@ -42,8 +42,11 @@ def load_model(path: str, key: str):
         raise ConfigError(f"{key} = {path!r} could not be loaded: {type(exc).__name__}: {str(exc).splitlines()[0]}") from None
 
 
-def load_student(config: Config, task: Any):
-    """The student model and tokenizer named by ``[student]`` (and LoRA-wrapped if asked)."""
+def load_student(config: Config, task_factory: Any):
+    """The student model and tokenizer named by ``[student]`` (and LoRA-wrapped if asked).
+
+    A ``tiny`` student speaks the teacher's tokenizer, or one built from ``task_factory.words()``.
+    """
     opts = config.student
     if bool(opts.path) == bool(opts.tiny):
         raise ConfigError("[student] needs exactly one of path (a model directory) or tiny (a size name)")
@@ -54,7 +57,7 @@ def load_student(config: Config, task: Any):
 
         if opts.tiny not in tiny.SIZES:
             raise ConfigError(f"student.tiny = {opts.tiny!r} is unknown; allowed: {', '.join(tiny.SIZES)}")
-        tokenizer = load_tokenizer(config.teacher.path) if config.teacher.path else tiny.build_tokenizer(task.words())
+        tokenizer = load_tokenizer(config.teacher.path) if config.teacher.path else tiny.build_tokenizer(task_factory.words())
         model = tiny.build_model(opts.tiny, tokenizer, seed=opts.init_seed)
     return maybe_lora(model, opts), tokenizer
 

@@ -58,9 +58,10 @@ def setup(config: Config, manager: Manager) -> RunContext:
     ctx = RunContext(config=config, manager=manager)
     validate_components(ctx)
     ctx.accelerator = Accelerator(cpu=config.run.device == "cpu")
-    ctx.task = ctx.component("tasks", config.task.name, config.task.options, "task.name")
-    student, tokenizer = local.load_student(config, ctx.task)
+    task_factory = ctx.registry.get("tasks", config.task.name, "task.name")
+    student, tokenizer = local.load_student(config, task_factory)
     ctx.tokenizer = tokenizer
+    ctx.task = build_task(ctx.registry, config.task.name, config.task.options, tokenizer)
     if config.teacher.path:
         teacher = local.load_model(config.teacher.path, "teacher.path")
         local.check_tokenizers(tokenizer, local.load_tokenizer(config.teacher.path))
@@ -69,6 +70,23 @@ def setup(config: Config, manager: Manager) -> RunContext:
     ctx.student = student
     manager.hook.opd_configure(ctx=ctx)
     return ctx
+
+
+def build_task(registry, name: str, options: dict, tokenizer) -> Any:
+    """The task ``name`` speaking ``tokenizer``'s ids, its options validated against the task's
+    ``options_class`` (a dataclass) when it declares one."""
+    from .config import from_dict
+
+    factory = registry.get("tasks", name, "task.name")
+    options_class = getattr(factory, "options_class", None)
+    if options_class is not None:
+        options = from_dict(options_class, options or {}, "[task.options]")
+    elif options:
+        raise ConfigError(f"task {name!r} takes no options, got {sorted(options)}")
+    try:
+        return factory(tokenizer=tokenizer, options=options or None)
+    except ValueError as exc:
+        raise ConfigError(f"task {name!r}: {exc}") from None
 
 
 def validate_components(ctx: RunContext) -> None:

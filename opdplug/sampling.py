@@ -1,0 +1,290 @@
+"""Batched, KV-cached sampling and scoring for local Hugging Face causal LMs.
+
+The local backend's rollouts and teacher scores. Everything works on a model as given: plain, or
+wrapped by DDP / accelerate / peft (only ``model(...)`` forward calls are made, never
+``.generate``), on whatever device its parameters live.
+
+Temperature semantics, the same everywhere in opdplug: a distribution at temperature ``T`` is
+``softmax(logits / T)`` over the full vocabulary. ``T == 0`` means greedy decoding; log-probs
+are then reported at ``T = 1``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+
+@dataclass(frozen=True)
+class SampleResult:
+    """Completions sampled for a batch of prompts. Every ``*_B_L`` tensor is right-padded."""
+
+    input_ids_B_L: torch.Tensor
+    """Prompt ids then generated ids (EOS included when produced), then ``pad_id`` (long)."""
+    attention_mask_B_L: torch.Tensor
+    """1 on prompt and generated tokens, 0 on padding (long)."""
+    completion_mask_B_L: torch.Tensor
+    """1 on generated tokens (the EOS included), 0 on prompt and padding (long)."""
+    logprobs_B_L: torch.Tensor
+    """Log-prob of each generated token under ``softmax(logits / temperature)`` over the full
+    vocabulary (at temperature 1 when greedy); 0 elsewhere (float32). Top-p truncation is NOT
+    reflected: this is the untruncated policy's log-prob, the one a loss compares with."""
+    prompt_lens_B: torch.Tensor
+    """Number of prompt tokens per row (long); the completion starts at this index."""
+    truncated_B: torch.Tensor
+    """True where no EOS was generated within ``max_new_tokens`` (bool)."""
+
+    @property
+    def completion_lens_B(self) -> torch.Tensor:
+        """Number of generated tokens per row (long), EOS included."""
+        return self.completion_mask_B_L.sum(-1)
+
+    def completions(self) -> list[list[int]]:
+        """The generated ids of each row as Python lists (EOS included when produced)."""
+        out = []
+        for row_L, mask_L in zip(self.input_ids_B_L.tolist(), self.completion_mask_B_L.tolist()):
+            out.append([tok for tok, m in zip(row_L, mask_L) if m])
+        return out
+
+
+def _device_of(model) -> torch.device:
+    """The device of the model's first parameter (CPU for a parameterless stand-in)."""
+    for p in model.parameters():
+        return p.device
+    return torch.device("cpu")
+
+
+def _positions(attention_mask_B_L: torch.Tensor) -> torch.Tensor:
+    """Position ids counting only attended tokens, so left and right padding give equal positions."""
+    return (attention_mask_B_L.cumsum(-1) - 1).clamp(min=0)
+
+
+def _nucleus_filter(probs_B_V: torch.Tensor, top_p: float) -> torch.Tensor:
+    """``probs_B_V`` with everything outside the top-p nucleus zeroed (not renormalised).
+
+    The nucleus is the smallest set of most likely tokens whose mass reaches ``top_p``; the most
+    likely token is always kept.
+    """
+    sorted_B_V, order_B_V = probs_B_V.sort(dim=-1, descending=True)
+    mass_before_B_V = sorted_B_V.cumsum(-1) - sorted_B_V
+    sorted_B_V = sorted_B_V.masked_fill(mass_before_B_V >= top_p, 0.0)
+    return torch.zeros_like(probs_B_V).scatter(-1, order_B_V, sorted_B_V)
+
+
+def _pick(
+    logits_B_V: torch.Tensor, temperature: float, top_p: float, generator: Optional[torch.Generator]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Choose the next token per row; return ``(token_B, logprob_B)`` (see ``SampleResult``)."""
+    logits_B_V = logits_B_V.float()
+    logp_B_V = torch.log_softmax(logits_B_V / (temperature if temperature > 0 else 1.0), dim=-1)
+    if temperature == 0:
+        token_B = logits_B_V.argmax(-1)
+    else:
+        probs_B_V = logp_B_V.exp()
+        if top_p < 1.0:
+            probs_B_V = _nucleus_filter(probs_B_V, top_p)
+        # Draw on the generator's device, so one seeded CPU generator serves a model anywhere.
+        draw_device = generator.device if generator is not None else probs_B_V.device
+        token_B = torch.multinomial(probs_B_V.to(draw_device), 1, generator=generator)
+        token_B = token_B.squeeze(-1).to(logits_B_V.device)
+    return token_B, logp_B_V.gather(-1, token_B[:, None]).squeeze(-1)
+
+
+@torch.no_grad()
+def sample(
+    model,
+    prompt_ids: list[list[int]],
+    *,
+    max_new_tokens: int,
+    temperature: float,
+    top_p: float = 1.0,
+    eos_id: int,
+    pad_id: int,
+    generator: Optional[torch.Generator] = None,
+) -> SampleResult:
+    """Sample one completion per prompt with the model's KV cache; stop each row at EOS.
+
+    :param model: a causal LM returning ``.logits`` and ``.past_key_values`` (possibly wrapped).
+    :param prompt_ids: token ids per prompt (any lengths >= 1; BOS included if wanted).
+    :param max_new_tokens: generation budget per row; rows without EOS by then are truncated.
+    :param temperature: sampling temperature; 0 means greedy (log-probs then at temperature 1).
+    :param top_p: nucleus sampling mass (1.0 = off). Only changes which tokens can be drawn;
+        ``logprobs_B_L`` stays the full-vocabulary log-prob at ``temperature``.
+    :param eos_id: id that ends a completion (kept in the output, with its log-prob).
+    :param pad_id: id written after a row ends and into the right padding.
+    :param generator: seeded ``torch.Generator`` for reproducible draws (any device), or None.
+    :return: a ``SampleResult``, right-padded.
+
+    Prompts are left-padded internally with attention mask and position ids counting only real
+    tokens, so each row gets the result it would get alone. After the prompt's forward pass each
+    step feeds only the new token. The model's train/eval mode is left as it is.
+    """
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    if not 0.0 < top_p <= 1.0:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    if not prompt_ids or any(len(p) == 0 for p in prompt_ids):
+        raise ValueError("sample() needs at least one prompt, each with at least one token")
+    device = _device_of(model)
+    B = len(prompt_ids)
+    prompt_lens = [len(p) for p in prompt_ids]
+    P = max(prompt_lens)
+
+    ids_B_P = torch.full((B, P), pad_id, dtype=torch.long)
+    mask_B_P = torch.zeros((B, P), dtype=torch.long)
+    for b, ids in enumerate(prompt_ids):
+        ids_B_P[b, P - len(ids):] = torch.tensor(ids, dtype=torch.long)
+        mask_B_P[b, P - len(ids):] = 1
+    ids_B_P, mask_B_P = ids_B_P.to(device), mask_B_P.to(device)
+
+    out = model(
+        input_ids=ids_B_P,
+        attention_mask=mask_B_P,
+        position_ids=_positions(mask_B_P),
+        use_cache=True,
+        logits_to_keep=1,  # only the last position's logits are needed: no [B, P, V] tensor
+    )
+    cache = out.past_key_values
+    logits_B_V = out.logits[:, -1]
+    mask_B_S = mask_B_P
+    next_pos_B = mask_B_P.sum(-1)  # position id of the first generated token
+
+    tokens, logprobs, alive = [], [], []
+    finished_B = torch.zeros(B, dtype=torch.bool, device=device)
+    for step in range(max_new_tokens):
+        token_B, logprob_B = _pick(logits_B_V, temperature, top_p, generator)
+        alive_B = ~finished_B
+        token_B = torch.where(alive_B, token_B, torch.full_like(token_B, pad_id))
+        tokens.append(token_B)
+        logprobs.append(torch.where(alive_B, logprob_B, torch.zeros_like(logprob_B)))
+        alive.append(alive_B)
+        finished_B = finished_B | (token_B == eos_id)
+        if bool(finished_B.all()) or step == max_new_tokens - 1:
+            break
+        # Rows already finished keep stepping with a masked pad (cheaper than re-batching).
+        mask_B_S = torch.cat([mask_B_S, alive_B.long()[:, None]], dim=-1)
+        out = model(
+            input_ids=token_B[:, None],
+            attention_mask=mask_B_S,
+            position_ids=(next_pos_B + step)[:, None],
+            past_key_values=cache,
+            use_cache=True,
+        )
+        cache = out.past_key_values
+        logits_B_V = out.logits[:, -1]
+
+    gen_B_N = torch.stack(tokens, dim=1).cpu()
+    gen_logp_B_N = torch.stack(logprobs, dim=1).float().cpu()
+    gen_alive_B_N = torch.stack(alive, dim=1).cpu()
+    gen_lens = gen_alive_B_N.sum(-1).tolist()
+    L = max(p + n for p, n in zip(prompt_lens, gen_lens))
+
+    input_ids_B_L = torch.full((B, L), pad_id, dtype=torch.long)
+    attention_mask_B_L = torch.zeros((B, L), dtype=torch.long)
+    completion_mask_B_L = torch.zeros((B, L), dtype=torch.long)
+    logprobs_B_L = torch.zeros((B, L), dtype=torch.float32)
+    for b in range(B):
+        p, n = prompt_lens[b], gen_lens[b]
+        input_ids_B_L[b, :p] = torch.tensor(prompt_ids[b], dtype=torch.long)
+        input_ids_B_L[b, p:p + n] = gen_B_N[b, :n]
+        attention_mask_B_L[b, :p + n] = 1
+        completion_mask_B_L[b, p:p + n] = 1
+        logprobs_B_L[b, p:p + n] = gen_logp_B_N[b, :n]
+    return SampleResult(
+        input_ids_B_L=input_ids_B_L.to(device),
+        attention_mask_B_L=attention_mask_B_L.to(device),
+        completion_mask_B_L=completion_mask_B_L.to(device),
+        logprobs_B_L=logprobs_B_L.to(device),
+        prompt_lens_B=torch.tensor(prompt_lens, dtype=torch.long, device=device),
+        truncated_B=(~finished_B).cpu().to(device),
+    )
+
+
+def forward_logprobs(
+    model,
+    input_ids_B_L: torch.Tensor,
+    attention_mask_B_L: torch.Tensor,
+    temperature: float,
+    *,
+    chunk_size: Optional[int] = None,
+) -> torch.Tensor:
+    """Log-prob of every token given its prefix, under ``softmax(logits / temperature)``.
+
+    :param input_ids_B_L: token ids (right- or left-padded).
+    :param attention_mask_B_L: 1 on real tokens.
+    :param temperature: as in ``sample`` (0 is read as 1).
+    :param chunk_size: None computes the model's own logits ([B, L, V] at once); an int computes
+        ``final_hidden @ lm_head.T`` over that many positions at a time instead, for large
+        vocabularies (exact for models whose logits are a plain lm-head projection, e.g. Llama).
+    :return: ``logprobs_B_L`` (float32); position 0 and padding are 0.
+
+    Runs with gradients if the caller has them enabled (wrap in ``torch.no_grad()`` to score).
+    """
+    t = temperature if temperature > 0 else 1.0
+    targets_B_L1 = input_ids_B_L[:, 1:]
+    if chunk_size is None:
+        logits_B_L_V = model(
+            input_ids=input_ids_B_L,
+            attention_mask=attention_mask_B_L,
+            position_ids=_positions(attention_mask_B_L),
+            use_cache=False,
+        ).logits
+        logp_B_L1_V = torch.log_softmax(logits_B_L_V[:, :-1].float() / t, dim=-1)
+        token_logp_B_L1 = logp_B_L1_V.gather(-1, targets_B_L1[..., None]).squeeze(-1)
+    else:
+        # final_hidden is already shifted: row t predicts token t.
+        hidden_B_L_H = final_hidden(model, input_ids_B_L, attention_mask_B_L)[:, 1:]
+        weight_V_H = lm_head_weight(model)
+        parts = []
+        for start in range(0, hidden_B_L_H.shape[1], chunk_size):
+            h_B_C_H = hidden_B_L_H[:, start:start + chunk_size]
+            logits_B_C_V = (h_B_C_H @ weight_V_H.T).float() / t
+            tgt_B_C = targets_B_L1[:, start:start + chunk_size]
+            parts.append(
+                logits_B_C_V.gather(-1, tgt_B_C[..., None]).squeeze(-1)
+                - torch.logsumexp(logits_B_C_V, dim=-1)
+            )
+        token_logp_B_L1 = torch.cat(parts, dim=1)
+    token_logp_B_L1 = token_logp_B_L1 * attention_mask_B_L[:, 1:].to(token_logp_B_L1.dtype)
+    zeros_B_1 = torch.zeros_like(token_logp_B_L1[:, :1])
+    return torch.cat([zeros_B_1, token_logp_B_L1], dim=1)
+
+
+def final_hidden(model, input_ids_B_L: torch.Tensor, attention_mask_B_L: torch.Tensor) -> torch.Tensor:
+    """Final-layer hidden states (after the last norm), shifted so that row t predicts token t.
+
+    ``final_hidden(...)[:, t] @ lm_head_weight(model).T`` equals the model's logits at position
+    ``t - 1``; row 0 is zeros (nothing predicts the first token). Computed with
+    ``logits_to_keep=1`` so the [B, L, V] logits are never materialised. Gradients flow when
+    enabled (the student's forward uses this).
+
+    :return: ``hidden_B_L_H`` in the model's dtype.
+    """
+    out = model(
+        input_ids=input_ids_B_L,
+        attention_mask=attention_mask_B_L,
+        position_ids=_positions(attention_mask_B_L),
+        use_cache=False,
+        output_hidden_states=True,
+        logits_to_keep=1,
+    )
+    # In transformers' causal LMs the last entry of hidden_states is the final norm's output.
+    hidden_B_L_H = out.hidden_states[-1]
+    zeros_B_1_H = torch.zeros_like(hidden_B_L_H[:, :1])
+    return torch.cat([zeros_B_1_H, hidden_B_L_H[:, :-1]], dim=1)
+
+
+def lm_head_weight(model) -> torch.Tensor:
+    """The output projection weight ``[V, H]`` of ``model``, through DDP / accelerate / peft wrappers."""
+    inner = model
+    while hasattr(inner, "module") and isinstance(inner.module, torch.nn.Module):
+        inner = inner.module  # DistributedDataParallel, accelerate's wrappers
+    head = inner.get_output_embeddings()  # peft forwards this to the wrapped transformers model
+    if head is None:
+        raise ValueError(f"{type(inner).__name__} has no output embeddings (lm-head)")
+    weight = head.weight
+    base = getattr(head, "base_layer", None)  # a peft-wrapped lm-head keeps the weight here
+    if weight is None and base is not None:
+        weight = base.weight
+    return weight

@@ -1,0 +1,32 @@
+"""Hook implementations for the rollout side of ``opdplug-token``: samplers, teachers,
+verifiers, the plugin's config table and the degenerate-rollout filter (re-exported from
+``filters``). ``plugin.py`` re-exports everything here so one entry point registers it all."""
+from __future__ import annotations
+
+from opdplug.hookspecs import hookimpl
+
+from . import samplers, teachers
+from .filters import TokenOptions, opd_rollout, opd_score, opd_step_end  # noqa: F401 (hooks)
+
+
+@hookimpl
+def opd_add_options(register):
+    register("token", TokenOptions)
+
+
+@hookimpl
+def opd_register_samplers(register):
+    register("on_policy", samplers.OnPolicy)
+    register("teacher", samplers.TeacherSamples)
+    register("reference", samplers.Reference)
+    register("lambda_mix", samplers.LambdaMix)
+
+
+@hookimpl
+def opd_register_scorers(register):
+    register("privileged_context", teachers.PrivilegedContext)
+
+
+@hookimpl
+def opd_register_verifiers(register):
+    register("task", teachers.TaskVerifier)
