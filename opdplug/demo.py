@@ -120,6 +120,10 @@ def run_demo(output_dir: Path, quick: bool = False) -> dict:
     output_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     teacher_dir = train_teacher(recipe)
+    # a copy beside the run, so configs/ can point at runs/demo/teacher
+    if (output_dir / "teacher").exists():
+        shutil.rmtree(output_dir / "teacher")
+    shutil.copytree(teacher_dir, output_dir / "teacher")
     teacher_model = local.load_model(str(teacher_dir), "teacher")
     common = dict(teacher={"path": str(teacher_dir)})
 

@@ -330,7 +330,7 @@ def preflight(ctx: RunContext) -> float:
     from .builtin import SelfScorer
 
     hook = ctx.manager.hook
-    prompts = ctx.task.prompts(min(4, ctx.config.run.batch_size), seed=derive_seed(ctx.config.run.seed, "preflight"), split="train")
+    prompts = ctx.task.prompts(min(4, ctx.config.run.batch_size), seed=derive_seed(ctx.config.run.seed, "preflight"), split="eval")
     from .local import model_rollout
     from .types import PRODUCER_STUDENT
 
@@ -340,6 +340,9 @@ def preflight(ctx: RunContext) -> float:
         temperature=ctx.config.rollout.temperature, top_p=1.0, tokenizer=ctx.tokenizer,
         generator=ctx.generator("preflight"), on_policy=True,
     )
+    if ctx.config.credit.verifier:
+        # Constant rewards: a centred reward term is zero, so the self-loss must still be ~0.
+        batch = batch.replace(rewards_B=torch.zeros(batch.batch_size))
     with torch.no_grad():
         scores = SelfScorer()(ctx, batch)
         credit = hook.opd_credit(ctx=ctx, batch=batch, scores=scores)

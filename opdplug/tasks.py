@@ -65,6 +65,9 @@ class SumChainOptions:
     """Most steps T of a chain when lengths are drawn (<= 16, the number of labels)."""
     seed_offset: int = 0
     """Added to every seed, to get a different prompt stream from the same run seed."""
+    echo_digits: bool = False
+    """Write each step as ``label digit sum`` (the looked-up prompt digit spelled out before the
+    running sum) instead of ``label sum``. Splits the lookup from the addition: learns faster."""
     eval_fraction_mod: int = 10
     """An instance is in the eval split iff hash(digits) % eval_fraction_mod == 0 (1/10 by default).
     Determined by the digits alone, so train and eval never overlap whatever the seed."""
@@ -156,13 +159,12 @@ class SumChain:
             out += [label, str(d)]
         return out + [EQUALS]
 
-    @staticmethod
-    def reference_words(digits: list[int]) -> list[str]:
-        """``a 3 b 8 ... ; 6`` for ``digits``, without EOS."""
+    def reference_words(self, digits: list[int]) -> list[str]:
+        """``a 3 b 8 ... ; 6`` for ``digits`` (``a 3 3 b 5 8 ...`` with ``echo_digits``), no EOS."""
         sums = running_sums(digits)
         out = []
-        for label, s in zip(LABELS, sums):
-            out += [label, str(s)]
+        for label, d, s in zip(LABELS, digits, sums):
+            out += [label, str(d), str(s)] if self.options.echo_digits else [label, str(s)]
         return out + [ANSWER_SEP, str(sums[-1])]
 
     def make_prompt(self, digits: list[int]) -> Prompt:
@@ -214,9 +216,10 @@ class SumChain:
         return out
 
     def max_new_tokens(self, length: int) -> int:
-        """Exactly the reference's length, ``2 T + 3`` (pairs, ``;``, answer, EOS): a model that
-        has not finished by then is wrong anyway, and a tight budget keeps rollouts cheap."""
-        return 2 * length + 3
+        """Exactly the reference's length, ``2 T + 3`` (``3 T + 3`` with ``echo_digits``: steps,
+        ``;``, answer, EOS): a model that has not finished by then is wrong anyway, and a tight
+        budget keeps rollouts cheap."""
+        return (3 if self.options.echo_digits else 2) * length + 3
 
     # -- scoring ---------------------------------------------------------------------------
     def _completion_words(self, completion_ids: Any) -> Optional[list[Optional[str]]]:
