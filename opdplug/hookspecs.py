@@ -150,7 +150,8 @@ def opd_register_scorers(register: Register) -> None:
 def opd_register_credit_schemes(register: Register) -> None:
     """Register credit-assignment schemes (``[credit] scheme``).
 
-    :param register: ``register(name, scheme)``; ``scheme(ctx, batch, scores) -> Credit``.
+    :param register: ``register(name, cls)``; ``cls`` is a frozen dataclass of the scheme's
+        options (``[credit.options]``) whose instances are called ``scheme(batch, scores) -> Credit``.
     :return: nothing.
 
     Called once when the registry is built. Not firstresult.

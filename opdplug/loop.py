@@ -193,7 +193,7 @@ def train_step(ctx: RunContext, optimizer, scheduler, step: int) -> dict[str, fl
             require_finite(loss.detach(), "the loss", step)
             acc.backward(loss)
         loss_total += float(out.loss_sum.detach())
-        for k, v in out.metrics.items():
+        for k, v in {**{f"credit/{k}": v for k, v in credit.metrics.items()}, **out.metrics}.items():
             sums[k] = sums.get(k, 0.0) + float(v)
 
     grad_norm = 0.0
