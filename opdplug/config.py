@@ -138,6 +138,10 @@ class RunOptions:
     """Peak learning rate of AdamW."""
     weight_decay: float = 0.0
     """AdamW weight decay."""
+    adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    """AdamW betas."""
+    min_lr_ratio: float = 0.0
+    """Floor of the linear/cosine decay, as a fraction of ``lr``."""
     warmup_steps: int = 0
     """Linear warm-up steps."""
     lr_schedule: Literal["constant", "linear", "cosine"] = "constant"

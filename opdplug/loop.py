@@ -112,16 +112,19 @@ def validate_components(ctx: RunContext) -> None:
 def make_optimizer(ctx: RunContext):
     run = ctx.config.run
     params = [p for p in ctx.student.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=run.lr, weight_decay=run.weight_decay)
+    if len(run.adam_betas) != 2:
+        raise ConfigError(f"run.adam_betas must hold two numbers, got {run.adam_betas}")
+    optimizer = torch.optim.AdamW(params, lr=run.lr, weight_decay=run.weight_decay, betas=tuple(run.adam_betas))
+    floor = run.min_lr_ratio
 
     def factor(step: int) -> float:
         if step < run.warmup_steps:
             return (step + 1) / run.warmup_steps
         progress = (step - run.warmup_steps) / max(1, run.steps - run.warmup_steps)
         if run.lr_schedule == "linear":
-            return max(0.0, 1.0 - progress)
+            return floor + (1 - floor) * max(0.0, 1.0 - progress)
         if run.lr_schedule == "cosine":
-            return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+            return floor + (1 - floor) * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
         return 1.0
 
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)

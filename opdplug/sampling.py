@@ -197,7 +197,7 @@ def sample(
         completion_mask_B_L=completion_mask_B_L.to(device),
         logprobs_B_L=logprobs_B_L.to(device),
         prompt_lens_B=torch.tensor(prompt_lens, dtype=torch.long, device=device),
-        truncated_B=(~finished_B).cpu().to(device),
+        truncated_B=~finished_B,
     )
 
 

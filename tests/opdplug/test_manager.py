@@ -93,4 +93,4 @@ def test_stage_override_by_plugin_wins_over_builtin():
 
     plugin.opd_score = opd_score
     manager = make_plugin_manager([plugin])
-    assert manager.hook.opd_score(ctx=None, batch=None) is sentinel
+    assert manager.hook.opd_score(ctx=types.SimpleNamespace(scratch={}), batch=None) is sentinel

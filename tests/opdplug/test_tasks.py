@@ -34,16 +34,16 @@ def test_format_matches_the_spec(task):
     p = task.make_prompt([3, 5, 1, 7])
     tok = task.tokenizer
     assert tok.decode(list(p.prompt_ids)) == "<bos> a 3 b 5 c 1 d 7 ="
-    assert tok.decode(list(p.reference_ids)) == "a 3 b 8 c 9 d 6 ; 6 <eos>"
+    assert tok.decode(list(p.reference_ids)) == "a 3 3 b 5 8 c 1 9 d 7 6 ; 6 <eos>"
     assert tok.decode(list(p.privileged_ids)) == "; 6"
     assert p.meta == {"answer": 6, "length": 4, "digits": [3, 5, 1, 7]}
     assert len(p.reference_ids) == task.max_new_tokens(4)
-    echo = SumChain(echo_digits=True)
-    q = echo.make_prompt([3, 5, 1, 7])
+    terse = SumChain(echo_digits=False)
+    q = terse.make_prompt([3, 5, 1, 7])
     assert q.prompt_ids == p.prompt_ids and q.privileged_ids == p.privileged_ids
-    assert tok.decode(list(q.reference_ids)) == "a 3 3 b 5 8 c 1 9 d 7 6 ; 6 <eos>"
-    assert len(q.reference_ids) == echo.max_new_tokens(4)
-    assert echo.verify(q, list(q.reference_ids)) == 1.0
+    assert tok.decode(list(q.reference_ids)) == "a 3 b 8 c 9 d 6 ; 6 <eos>"
+    assert len(q.reference_ids) == terse.max_new_tokens(4)
+    assert terse.verify(q, list(q.reference_ids)) == 1.0
 
 
 def test_prompts_deterministic_and_lengths(task):
