@@ -38,9 +38,11 @@ class DemoRecipe:
     """Supervised steps of the teacher on reference traces (100% held-out accuracy by ~400)."""
     teacher_lr: float = 1e-3
     teacher_batch: int = 64
-    cold_start_steps: int = 50
-    """Off-policy SFT steps both students start from."""
-    distill_steps: int = 150
+    cold_start_steps: int = 250
+    """Off-policy SFT steps both students start from (OPD, as in the Thinking Machines recipe,
+    starts from a student that already follows the teacher's format; from a student at chance,
+    reverse KL stalls on this task, see the README)."""
+    distill_steps: int = 250
     """Steps of each distillation branch (equal for both)."""
     distill_batch: int = 32
     student_lr: float = 1e-3
