@@ -111,3 +111,32 @@ def test_lora_student_checkpoints_only_the_adapter(run_config, tmp_path):
     assert saved and all("lora_" in k for k in saved)
     merged = weights(result.final_model_dir)
     assert not any("lora" in k for k in merged)  # exported merged, a plain causal LM
+
+
+def test_metrics_jsonl_and_tensorboard(run_config, tmp_path):
+    import json
+
+    config, manager = run_config(run={"output_dir": str(tmp_path / "tb"), "tensorboard": True})
+    train(config, manager)
+    lines = [json.loads(l) for l in (tmp_path / "tb" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in lines] == [0, 1]
+    for key in ("reverse_kl", "forward_kl", "student_entropy", "teacher_entropy", "topk_overlap", "tail_mass",
+                "clamped", "rollout/truncated", "loss", "tokens"):
+        assert key in lines[0], key
+    assert list((tmp_path / "tb" / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_fake_rollout_fixture_feeds_the_builtin_loss(fake_rollout, opd_manager):
+    """The fixtures opdplug ships to plugin authors produce data the real loss accepts."""
+    from opdplug.config import Config
+    from opdplug.context import RunContext
+    from opdplug.types import StudentOutputs
+
+    batch, scores, hidden, head = fake_rollout(B=3, V=11, H=8)
+    ctx = RunContext(config=Config(), manager=opd_manager())
+    credit = ctx.manager.hook.opd_credit(ctx=ctx, batch=batch, scores=scores)
+    out = ctx.manager.hook.opd_loss(ctx=ctx, batch=batch, scores=scores, credit=credit,
+                                    student=StudentOutputs(hidden_B_L_H=hidden, lm_head_V_H=head))
+    assert out.num_tokens == batch.num_loss_tokens and out.loss_sum > 0
+    out.loss_sum.backward()
+    assert hidden.grad is not None and head.grad.abs().sum() > 0
