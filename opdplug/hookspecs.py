@@ -16,6 +16,10 @@ Three families, in the order a run meets them:
 
 All hooks take keyword arguments; implement only the ones you need, with any subset of the
 arguments (pluggy passes what you name).
+
+Registered components are either a frozen dataclass *class*, instantiated once per run with the
+options the config gives it (validated against its fields: unknown keys and wrong types are
+one-line errors), or a ready-made instance for components without options.
 """
 from __future__ import annotations
 
@@ -128,7 +132,8 @@ def opd_register_updates(register: Register) -> None:
 def opd_register_samplers(register: Register) -> None:
     """Register rollout samplers (``[rollout] sampler``): who writes the completions.
 
-    :param register: ``register(name, sampler)``; ``sampler(ctx, prompts, step) -> RolloutBatch``.
+    :param register: ``register(name, cls)``; instances (options from ``[rollout.options]``) are
+        called ``sampler(ctx, prompts, step) -> RolloutBatch``.
     :return: nothing.
 
     Called once when the registry is built. Not firstresult.
@@ -139,7 +144,8 @@ def opd_register_samplers(register: Register) -> None:
 def opd_register_scorers(register: Register) -> None:
     """Register teachers/scorers (``[teacher] scorer``) that turn a batch into ``TeacherScores``.
 
-    :param register: ``register(name, scorer)``; ``scorer(ctx, batch) -> TeacherScores``.
+    :param register: ``register(name, cls_or_instance)``; options from ``[teacher.options]``;
+        called ``scorer(ctx, batch) -> TeacherScores``.
     :return: nothing.
 
     Called once when the registry is built. Not firstresult.
@@ -173,8 +179,9 @@ def opd_register_verifiers(register: Register) -> None:
 def opd_register_tasks(register: Register) -> None:
     """Register prompt sources (``[task] name``): synthetic tasks or datasets on disk.
 
-    :param register: ``register(name, factory)``; ``factory(tokenizer, options) -> Task``
-        (see ``opdplug.tasks.Task``).
+    :param register: ``register(name, factory)``; ``factory(tokenizer=..., options=...) -> Task``
+        (see ``opdplug.tasks.Task``). If the factory has an ``options_class`` (a dataclass),
+        ``[task.options]`` is validated into it first.
     :return: nothing.
 
     Called once when the registry is built. Not firstresult.
