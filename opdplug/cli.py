@@ -81,7 +81,6 @@ class EvalCommand:
         parser.add_argument("--json", action="store_true", help="print JSON only")
 
     def run(self, args) -> int:
-        import torch
 
         from .evaluate import accuracy_by_length
         from .manager import make_plugin_manager

@@ -128,7 +128,6 @@ def run_demo(output_dir: Path, quick: bool = False) -> dict:
         shutil.rmtree(output_dir / "teacher")
     shutil.copytree(teacher_dir, output_dir / "teacher")
     teacher_model = local.load_model(str(teacher_dir), "teacher")
-    common = dict(teacher={"path": str(teacher_dir)})
 
     # Off-policy cold start shared by both students.
     config, manager = _config(

@@ -1,7 +1,6 @@
 """End to end on the built-in task: OPD closes the gap; the demo runs."""
 import json
 
-import pytest
 
 from opdplug.loop import train
 

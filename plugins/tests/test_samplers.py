@@ -3,7 +3,7 @@ import pytest
 
 from opdplug_token import samplers
 from opdplug_token.samplers import LambdaMix
-from opdplug.types import PRODUCER_REFERENCE, PRODUCER_STUDENT, PRODUCER_TEACHER
+from opdplug.types import PRODUCER_STUDENT, PRODUCER_TEACHER
 
 
 def test_schedule():
