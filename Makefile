@@ -8,7 +8,7 @@ PIP    := $(VENV)/bin/python -m pip install -q -c constraints.txt
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test env test-env clean
+.PHONY: demo test env test-env bench-env clean
 
 env: $(VENV)/.core-installed
 test-env: $(VENV)/.test-installed
@@ -22,6 +22,13 @@ $(VENV)/.core-installed: pyproject.toml plugins/pyproject.toml constraints.txt
 
 $(VENV)/.test-installed: $(VENV)/.core-installed tests/thirdparty_plugin/pyproject.toml
 	$(PIP) -e ".[test,peft,tensorboard]" -e tests/thirdparty_plugin
+	touch $@
+
+# The benchmarks under bench/ also need TRL (the baseline they are compared with).
+bench-env: $(VENV)/.bench-installed
+
+$(VENV)/.bench-installed: $(VENV)/.test-installed
+	$(PIP) -e ".[bench]"
 	touch $@
 
 demo: env
