@@ -22,7 +22,6 @@ Writes runs/bench/vs_trl.json and runs/bench/vs_trl.png; the last printed line i
 from __future__ import annotations
 
 import argparse
-import contextlib
 import cProfile
 import io
 import json
