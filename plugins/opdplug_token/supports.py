@@ -172,6 +172,20 @@ def _finish(g: _Gathered, student: StudentOutputs, values_N, token_logq_N, sums:
     return SupportResult(values_B_L=values_B_L, student_token_logprobs_B_L=token_B_L, mask_B_L=mask, metric_sums=metric_sums)
 
 
+def _topk_pair(divergence, logq_C_V: Tensor, ids_C_K: Tensor, t_C_K1: Tensor, tokens_C: Tensor):
+    """What both top-k supports share once the ids are chosen: the student over the same K + 1
+    outcomes (its exact tail bucket), the divergence, the student's token log-probs, and the
+    metrics that do not depend on who chose the ids."""
+    s_C_K1 = _with_tail(logq_C_V.gather(-1, ids_C_K), complement_logsumexp(logq_C_V, ids_C_K))
+    values_C = divergence(s_C_K1, t_C_K1)
+    token_logq_C = _token_logp(logq_C_V, tokens_C)
+    with torch.no_grad():
+        m = _pair_metrics(s_C_K1, t_C_K1)
+        m["student_entropy"] = entropy(logq_C_V).sum()
+        m["tail_mass"] = t_C_K1[:, -1].float().exp().sum()
+    return values_C, token_logq_C, m
+
+
 def _sparse_teacher_tail(logp_N_K: Tensor) -> tuple[Tensor, Tensor]:
     """Teacher tail log-mass from sparse top-k log-probs: log1mexp(logsumexp), and #clamped."""
     tail_N, clamped_N = log1mexp(torch.logsumexp(_upcast(logp_N_K), dim=-1))
@@ -289,13 +303,8 @@ class StudentTopK:
             else:
                 ids_C_K = c["s_ids"]
                 t_C_K1 = _with_tail(c["t_lp"], c["t_tail"])
-            s_C_K1 = _with_tail(logq_C_V.gather(-1, ids_C_K), complement_logsumexp(logq_C_V, ids_C_K))
-            values_C = divergence(s_C_K1, t_C_K1)
-            token_logq_C = _token_logp(logq_C_V, c["tok"])
+            values_C, token_logq_C, m = _topk_pair(divergence, logq_C_V, ids_C_K, t_C_K1, c["tok"])
             with torch.no_grad():
-                m = _pair_metrics(s_C_K1, t_C_K1)
-                m["student_entropy"] = entropy(logq_C_V).sum()
-                m["tail_mass"] = t_C_K1[:, -1].float().exp().sum()
                 if "h_t" in c:
                     m["teacher_entropy"] = entropy(logp_C_V).sum()
                     m["topk_overlap"] = topk_overlap(ids_C_K, logp_C_V.topk(k).indices).sum()
@@ -363,14 +372,9 @@ class TeacherTopK:
             else:
                 ids_C_K = c["t_ids"]
                 t_C_K1 = _with_tail(c["t_lp"], c["t_tail"])
-            s_C_K1 = _with_tail(logq_C_V.gather(-1, ids_C_K), complement_logsumexp(logq_C_V, ids_C_K))
-            values_C = divergence(s_C_K1, t_C_K1)
-            token_logq_C = _token_logp(logq_C_V, c["tok"])
+            values_C, token_logq_C, m = _topk_pair(divergence, logq_C_V, ids_C_K, t_C_K1, c["tok"])
             with torch.no_grad():
-                m = _pair_metrics(s_C_K1, t_C_K1)
-                m["student_entropy"] = entropy(logq_C_V).sum()
                 m["teacher_entropy"] = entropy(logp_C_V if "h_t" in c else t_C_K1).sum()
-                m["tail_mass"] = t_C_K1[:, -1].float().exp().sum()
                 kk = min(k, ids_C_K.shape[-1])
                 m["topk_overlap"] = topk_overlap(logq_C_V.topk(kk).indices, ids_C_K).sum()
             return (values_C, token_logq_C), m
