@@ -41,9 +41,10 @@ import torch  # noqa: E402
 
 from opdplug import local, tiny  # noqa: E402
 from opdplug.cli import load_for_eval  # noqa: E402
-from opdplug.demo import DemoRecipe, _config, flops_of_run, train_teacher  # noqa: E402
+from opdplug.demo import DemoRecipe, _config, cold_start, flops_of_run, train_teacher  # noqa: E402
 from opdplug.evaluate import accuracy_by_length  # noqa: E402
 from opdplug.loop import train  # noqa: E402
+from opdplug.manager import make_plugin_manager  # noqa: E402
 
 
 def interp(xs, ys, x):
@@ -80,20 +81,12 @@ def main() -> None:
     teacher_dir = train_teacher(recipe)  # cached under ~/.cache/opdplug (~75 s the first time)
     teacher_model = local.load_model(str(teacher_dir), "teacher")
 
-    config, manager = _config(
-        recipe, work / "cold_start",
-        run={"steps": recipe.cold_start_steps, "batch_size": recipe.distill_batch, "lr": recipe.student_lr},
-        student={"tiny": "student", "init_seed": 2},
-        rollout={"sampler": "teacher", "temperature": 1.0},
-        loss={"support": "sampled", "estimator": "nll"},
-        teacher={"path": str(teacher_dir), "scorer": "none"},
-    )
-    cold = train(config, manager, progress_desc="cold start (SFT)")
+    cold = cold_start(recipe, work / "cold_start", teacher_dir)
     student_params = tiny.count_parameters(local.load_model(str(cold.final_model_dir), "cold start"))
     teacher_params = tiny.count_parameters(teacher_model)
     cold_flops = flops_of_run(cold.history, student_params, teacher_params, "teacher")
 
-    model, tokenizer, task = load_for_eval(cold.final_model_dir, "sumchain", manager, {"min_len": recipe.min_len, "max_len": recipe.max_len})
+    model, tokenizer, task = load_for_eval(cold.final_model_dir, "sumchain", make_plugin_manager(), {"min_len": recipe.min_len, "max_len": recipe.max_len})
     acc0 = accuracy_by_length(model, tokenizer, task, lengths, n=args.eval_n)
     print(f"cold start ({args.cold_start} steps): {cold_flops / 1e9:.1f} GFLOPs, accuracy {acc0}", flush=True)
 

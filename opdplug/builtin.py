@@ -8,7 +8,7 @@ import torch
 from .errors import ConfigError, TrainingError
 from .hookspecs import hookimpl
 from .local import score_with_model
-from .types import Credit, LossOutput, TeacherScores
+from .types import LossOutput, TeacherScores
 
 
 # ----------------------------------------------------------------------------- stages
@@ -113,5 +113,3 @@ def require_finite(value: torch.Tensor, what: str, step: int) -> None:
             f"or check the teacher (no checkpoint was written for this step)"
         )
 
-
-__all__ = ["Credit", "LossOutput", "require_finite"]

@@ -102,6 +102,19 @@ def train_teacher(recipe: DemoRecipe) -> Path:
     return target
 
 
+def cold_start(recipe: DemoRecipe, output_dir: Path, teacher_dir: Path):
+    """The off-policy cold start every student begins from: SFT on teacher samples."""
+    config, manager = _config(
+        recipe, output_dir,
+        run={"steps": recipe.cold_start_steps, "batch_size": recipe.distill_batch, "lr": recipe.student_lr},
+        student={"tiny": "student", "init_seed": 2},
+        rollout={"sampler": "teacher", "temperature": 1.0},
+        loss={"support": "sampled", "estimator": "nll"},
+        teacher={"path": str(teacher_dir), "scorer": "none"},
+    )
+    return train(config, manager, progress_desc="student cold start (SFT)")
+
+
 def flops_of_run(history: list, student_params: int, teacher_params: int, generator: str) -> float:
     """FLOPs of a distillation run, counted from the tokens it processed (2N per token forward,
     6N per token trained): the generating model's forward over every sequence token, the
@@ -129,16 +142,7 @@ def run_demo(output_dir: Path, quick: bool = False) -> dict:
     shutil.copytree(teacher_dir, output_dir / "teacher")
     teacher_model = local.load_model(str(teacher_dir), "teacher")
 
-    # Off-policy cold start shared by both students.
-    config, manager = _config(
-        recipe, output_dir / "cold_start",
-        run={"steps": recipe.cold_start_steps, "batch_size": recipe.distill_batch, "lr": recipe.student_lr},
-        student={"tiny": "student", "init_seed": 2},
-        rollout={"sampler": "teacher", "temperature": 1.0},
-        loss={"support": "sampled", "estimator": "nll"},
-        **{"teacher": {"path": str(teacher_dir), "scorer": "none"}},
-    )
-    cold = train(config, manager, progress_desc="student cold start (SFT)")
+    cold = cold_start(recipe, output_dir / "cold_start", teacher_dir)
 
     branches = {
         "SFT (off-policy)": dict(rollout={"sampler": "teacher"}, loss={"support": "sampled", "estimator": "nll"},
