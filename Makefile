@@ -13,11 +13,11 @@ export TOKENIZERS_PARALLELISM := false
 env: $(VENV)/.core-installed
 test-env: $(VENV)/.test-installed
 
-$(VENV)/.core-installed: pyproject.toml plugins/pyproject.toml constraints.txt
+$(VENV)/.core-installed: pyproject.toml plugins/pyproject.toml agents/pyproject.toml constraints.txt
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(PIP) --upgrade pip setuptools wheel
 	$(PIP) torch==2.13.0
-	$(PIP) -e . -e plugins
+	$(PIP) -e . -e plugins -e agents
 	touch $@
 
 $(VENV)/.test-installed: $(VENV)/.core-installed tests/thirdparty_plugin/pyproject.toml
@@ -35,7 +35,7 @@ demo: env
 	$(VENV)/bin/opdplug demo --output-dir runs/demo
 
 test: test-env
-	$(VENV)/bin/python -m pytest -q tests plugins/tests
+	$(VENV)/bin/python -m pytest -q tests plugins/tests agents/tests
 
 clean:
 	rm -rf $(VENV) runs

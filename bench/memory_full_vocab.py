@@ -6,8 +6,7 @@ backward pass of
 
 * ``naive``: both models' ``[B, T, V]`` logits materialized (student's with grad, teacher's under
   no_grad), then the divergence the way TRL's ``GKDTrainer.generalized_jsd_loss`` computes it
-  (TRL's own function when importable, else a verbatim copy): log_softmax of both, the KL/JSD on
-  the full tensors, backward;
+  (TRL's own function, imported): log_softmax of both, the KL/JSD on the full tensors, backward;
 * ``full``: opdplug's chunked ``full`` support (``opdplug_token.supports.Full``), called the way
   the core's ``opd_loss`` calls it: ``support(divergence, StudentOutputs, TeacherScores,
   RolloutBatch, mask, top_k=, chunk_size=)``, then the ``direct`` update (sum of values), backward;
@@ -66,32 +65,12 @@ def _reset_peak() -> bool:
 
 # ----------------------------------------------------------------------------- the losses
 def trl_generalized_jsd_loss():
-    """TRL's GKDTrainer.generalized_jsd_loss (its own function when TRL imports, else a copy)."""
+    """TRL's own ``GKDTrainer.generalized_jsd_loss``: the naive [B, T, V] computation compared with."""
     try:
         from trl.experimental.gkd.gkd_trainer import GKDTrainer
-
-        return GKDTrainer.generalized_jsd_loss, "trl"
-    except Exception:  # noqa: BLE001
-        import torch
-        import torch.nn.functional as F
-
-        def generalized_jsd_loss(student_logits, teacher_logits, labels=None, beta=0.5, temperature=1.0, reduction="batchmean"):
-            student_log_probs = F.log_softmax(student_logits / temperature, dim=-1)
-            teacher_log_probs = F.log_softmax(teacher_logits / temperature, dim=-1)
-            if beta == 0:
-                jsd = F.kl_div(student_log_probs, teacher_log_probs, reduction="none", log_target=True)
-            elif beta == 1:
-                jsd = F.kl_div(teacher_log_probs, student_log_probs, reduction="none", log_target=True)
-            else:
-                beta = torch.tensor(beta, dtype=student_log_probs.dtype)
-                mix = torch.logsumexp(torch.stack([student_log_probs + torch.log1p(-beta), teacher_log_probs + torch.log(beta)]), dim=0)
-                jsd = beta * F.kl_div(mix, teacher_log_probs, reduction="none", log_target=True) + (1 - beta) * F.kl_div(
-                    mix, student_log_probs, reduction="none", log_target=True)
-            if reduction == "sum":
-                return jsd.sum()
-            return jsd.sum() / (jsd.size(0) * jsd.size(1))
-
-        return generalized_jsd_loss, "copy of trl"
+    except ImportError as e:
+        raise SystemExit(f"this benchmark compares with TRL, which does not import ({e}); run `make bench-env` first")
+    return GKDTrainer.generalized_jsd_loss, "trl"
 
 
 def make_inputs(V: int, T: int, H: int, seed: int = 0):

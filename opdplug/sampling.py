@@ -15,6 +15,8 @@ from typing import Optional
 
 import torch
 
+from . import fastpath
+
 
 @dataclass(frozen=True)
 class SampleResult:
@@ -138,15 +140,19 @@ def sample(
         mask_B_P[b, P - len(ids):] = 1
     ids_B_P, mask_B_P = ids_B_P.to(device), mask_B_P.to(device)
 
-    out = model(
-        input_ids=ids_B_P,
-        attention_mask=mask_B_P,
-        position_ids=_positions(mask_B_P),
-        use_cache=True,
-        logits_to_keep=1,  # only the last position's logits are needed: no [B, P, V] tensor
-    )
-    cache = out.past_key_values
-    logits_B_V = out.logits[:, -1]
+    fast = fastpath.fast_forward(model)  # None: the model's own forward (any architecture)
+    if fast is not None:
+        logits_B_V = fast.prefill(ids_B_P, mask_B_P, _positions(mask_B_P), max_new_tokens)
+    else:
+        out = model(
+            input_ids=ids_B_P,
+            attention_mask=mask_B_P,
+            position_ids=_positions(mask_B_P),
+            use_cache=True,
+            logits_to_keep=1,  # only the last position's logits are needed: no [B, P, V] tensor
+        )
+        cache = out.past_key_values
+        logits_B_V = out.logits[:, -1]
     mask_B_S = mask_B_P
     next_pos_B = mask_B_P.sum(-1)  # position id of the first generated token
 
@@ -164,6 +170,9 @@ def sample(
             break
         # Rows already finished keep stepping with a masked pad (cheaper than re-batching).
         mask_B_S = torch.cat([mask_B_S, alive_B.long()[:, None]], dim=-1)
+        if fast is not None:
+            logits_B_V = fast.decode(token_B, mask_B_S, next_pos_B + step)
+            continue
         out = model(
             input_ids=token_B[:, None],
             attention_mask=mask_B_S,
@@ -223,13 +232,17 @@ def forward_logprobs(
     """
     t = temperature if temperature > 0 else 1.0
     targets_B_L1 = input_ids_B_L[:, 1:]
+    fast = fastpath.fast_forward(model)  # only without gradients
     if chunk_size is None:
-        logits_B_L_V = model(
-            input_ids=input_ids_B_L,
-            attention_mask=attention_mask_B_L,
-            position_ids=_positions(attention_mask_B_L),
-            use_cache=False,
-        ).logits
+        if fast is not None:
+            logits_B_L_V = fast.logits(fast.hidden(input_ids_B_L, attention_mask_B_L, _positions(attention_mask_B_L)))
+        else:
+            logits_B_L_V = model(
+                input_ids=input_ids_B_L,
+                attention_mask=attention_mask_B_L,
+                position_ids=_positions(attention_mask_B_L),
+                use_cache=False,
+            ).logits
         logp_B_L1_V = torch.log_softmax(logits_B_L_V[:, :-1].float() / t, dim=-1)
         token_logp_B_L1 = logp_B_L1_V.gather(-1, targets_B_L1[..., None]).squeeze(-1)
     else:
@@ -261,16 +274,20 @@ def final_hidden(model, input_ids_B_L: torch.Tensor, attention_mask_B_L: torch.T
 
     :return: ``hidden_B_L_H`` in the model's dtype.
     """
-    out = model(
-        input_ids=input_ids_B_L,
-        attention_mask=attention_mask_B_L,
-        position_ids=_positions(attention_mask_B_L),
-        use_cache=False,
-        output_hidden_states=True,
-        logits_to_keep=1,
-    )
-    # In transformers' causal LMs the last entry of hidden_states is the final norm's output.
-    hidden_B_L_H = out.hidden_states[-1]
+    fast = fastpath.fast_forward(model)  # only without gradients
+    if fast is not None:
+        hidden_B_L_H = fast.hidden(input_ids_B_L, attention_mask_B_L, _positions(attention_mask_B_L))
+    else:
+        out = model(
+            input_ids=input_ids_B_L,
+            attention_mask=attention_mask_B_L,
+            position_ids=_positions(attention_mask_B_L),
+            use_cache=False,
+            output_hidden_states=True,
+            logits_to_keep=1,
+        )
+        # In transformers' causal LMs the last entry of hidden_states is the final norm's output.
+        hidden_B_L_H = out.hidden_states[-1]
     zeros_B_1_H = torch.zeros_like(hidden_B_L_H[:, :1])
     return torch.cat([zeros_B_1_H, hidden_B_L_H[:, :-1]], dim=1)
 

@@ -1,0 +1,229 @@
+"""A lean no-grad forward pass for Llama-architecture models: sampling and scoring without overhead.
+
+Why: on small models a transformers forward is mostly Python (module dispatch, mask building,
+cache bookkeeping): a decode step of a 2-layer model spends far more time there than in
+arithmetic. Sampling is the largest part of an OPD step, so the local backend runs the same
+mathematics here with fused projections (q/k/v in one matmul, gate/up in one), a preallocated KV
+cache and one boolean mask per step. Results equal the model's own forward to float round-off
+(tests compare logits and seeded samples).
+
+It is used only where it is exact and safe: no gradients, a plain ``LlamaForCausalLM`` (under
+DDP / accelerate wrappers) whose projections are ordinary ``nn.Linear`` (no peft adapter, no
+quantised layer, no accelerate device-map hooks), a static rotary embedding and no dropout in
+train mode. Anything else goes through ``model(...)``, so correctness never depends on this file.
+Set ``OPDPLUG_DISABLE_FASTPATH=1`` to force the model's own forward everywhere.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+STATIC_ROPE_TYPES = ("default", "linear", "llama3")  # tables that do not depend on the sequence length
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The module inside DDP / accelerate wrappers (``.module`` chains)."""
+    while hasattr(model, "module") and isinstance(model.module, torch.nn.Module):
+        model = model.module
+    return model
+
+
+def unsupported_reason(model: torch.nn.Module) -> Optional[str]:
+    """Why ``model`` cannot take the fast path, or None when it can."""
+    if os.environ.get("OPDPLUG_DISABLE_FASTPATH", "") not in ("", "0"):
+        return "OPDPLUG_DISABLE_FASTPATH is set"
+    inner = unwrap(model)
+    if type(inner).__name__ != "LlamaForCausalLM":
+        return f"{type(inner).__name__} is not LlamaForCausalLM"
+    cfg = inner.config
+    if getattr(cfg, "hidden_act", "silu") != "silu" or getattr(cfg, "pretraining_tp", 1) != 1:
+        return "activation other than silu or pretraining_tp != 1"
+    rope_type = getattr(inner.model.rotary_emb, "rope_type", "default")
+    if rope_type not in STATIC_ROPE_TYPES:
+        return f"rope type {rope_type!r} depends on the sequence length"
+    if inner.training and getattr(cfg, "attention_dropout", 0.0) > 0:
+        return "attention dropout in train mode"
+    for module in inner.modules():
+        hooks = [*module._forward_hooks.values(), *module._forward_pre_hooks.values()]
+        if hasattr(module, "_hf_hook") or any(not _is_passive(h) for h in hooks):
+            return f"{type(module).__name__} has forward hooks"
+        if isinstance(module, torch.nn.Linear) and type(module) is not torch.nn.Linear:
+            return f"{type(module).__name__} is not a plain nn.Linear (adapter or quantised layer)"
+    return None
+
+
+def _is_passive(hook) -> bool:
+    """True for transformers' own output-capturing hooks: installed on the first forward with
+    ``output_hidden_states``, they only record outputs when a capture is requested and change nothing."""
+    return getattr(hook, "__module__", "") == "transformers.utils.output_capturing"
+
+
+@dataclass(frozen=True)
+class _Layer:
+    """One decoder layer's weights, detached, with q/k/v and gate/up concatenated."""
+
+    input_norm_H: torch.Tensor
+    qkv_weight: torch.Tensor
+    qkv_bias: Optional[torch.Tensor]
+    o_weight: torch.Tensor
+    o_bias: Optional[torch.Tensor]
+    post_norm_H: torch.Tensor
+    gate_up_weight: torch.Tensor
+    gate_up_bias: Optional[torch.Tensor]
+    down_weight: torch.Tensor
+    down_bias: Optional[torch.Tensor]
+
+
+def _cat_bias(*linears) -> Optional[torch.Tensor]:
+    if all(lin.bias is None for lin in linears):
+        return None
+    return torch.cat([lin.bias.detach() if lin.bias is not None else torch.zeros(lin.out_features, dtype=lin.weight.dtype,
+                                                                                 device=lin.weight.device) for lin in linears])
+
+
+class FastLlama:
+    """The no-grad forward of one ``LlamaForCausalLM``'s current weights.
+
+    Build it once per sampling or scoring call (the weights it holds are a snapshot: the
+    concatenations are copies, so a later optimizer step is not seen).
+    """
+
+    def __init__(self, model: torch.nn.Module):
+        inner = unwrap(model)
+        cfg = inner.config
+        self.embed_V_H = inner.model.embed_tokens.weight.detach()
+        self.final_norm_H = inner.model.norm.weight.detach()
+        self.lm_head_V_H = inner.lm_head.weight.detach()
+        self.lm_head_bias = None if inner.lm_head.bias is None else inner.lm_head.bias.detach()
+        self.rotary = inner.model.rotary_emb
+        self.eps = cfg.rms_norm_eps
+        self.n_heads = cfg.num_attention_heads
+        self.n_kv_heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
+        self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        self.scaling = self.head_dim ** -0.5
+        self.layers = []
+        for layer in inner.model.layers:
+            att, mlp = layer.self_attn, layer.mlp
+            self.layers.append(_Layer(
+                input_norm_H=layer.input_layernorm.weight.detach(),
+                qkv_weight=torch.cat([att.q_proj.weight, att.k_proj.weight, att.v_proj.weight]).detach(),
+                qkv_bias=_cat_bias(att.q_proj, att.k_proj, att.v_proj),
+                o_weight=att.o_proj.weight.detach(),
+                o_bias=None if att.o_proj.bias is None else att.o_proj.bias.detach(),
+                post_norm_H=layer.post_attention_layernorm.weight.detach(),
+                gate_up_weight=torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]).detach(),
+                gate_up_bias=_cat_bias(mlp.gate_proj, mlp.up_proj),
+                down_weight=mlp.down_proj.weight.detach(),
+                down_bias=None if mlp.down_proj.bias is None else mlp.down_proj.bias.detach(),
+            ))
+        self.dtype = self.embed_V_H.dtype
+        self.device = self.embed_V_H.device
+        self.k_cache: list[torch.Tensor] = []
+        self.v_cache: list[torch.Tensor] = []
+        self.cos_P_D = self.sin_P_D = None
+
+    # -------------------------------------------------------------------------------- pieces
+    def _norm(self, x_B_L_H: torch.Tensor, weight_H: torch.Tensor) -> torch.Tensor:
+        # As LlamaRMSNorm: normalise in float32, scale in the model's dtype (one op in float32).
+        if x_B_L_H.dtype == torch.float32:
+            return F.rms_norm(x_B_L_H, (x_B_L_H.shape[-1],), weight_H, self.eps)
+        y = F.rms_norm(x_B_L_H.float(), (x_B_L_H.shape[-1],), None, self.eps)
+        return weight_H * y.to(x_B_L_H.dtype)
+
+    def _rope_tables(self, n_positions: int) -> None:
+        """cos/sin for positions 0..n-1 from the model's own rotary module (any static rope type)."""
+        if self.cos_P_D is not None and self.cos_P_D.shape[0] >= n_positions:
+            return
+        probe = torch.zeros(1, dtype=self.dtype, device=self.device)
+        cos, sin = self.rotary(probe, torch.arange(n_positions, device=self.device)[None])
+        self.cos_P_D, self.sin_P_D = cos[0], sin[0]
+
+    @staticmethod
+    def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        half = x.shape[-1] // 2
+        rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+        return x * cos + rotated * sin
+
+    def _layers(self, x_B_L_H, positions_B_L, attn_mask_B_1_L_S, cache_slice: Optional[slice]) -> torch.Tensor:
+        """Run every decoder layer. ``cache_slice``: where this input's keys/values go in the
+        preallocated cache (attention then reads the cache up to its end); None: no cache."""
+        B, L, _ = x_B_L_H.shape
+        cos = self.cos_P_D[positions_B_L][:, :, None]  # [B, L, 1, D]: one table for all heads
+        sin = self.sin_P_D[positions_B_L][:, :, None]
+        Hq, Hkv, D = self.n_heads, self.n_kv_heads, self.head_dim
+        for i, w in enumerate(self.layers):
+            h = self._norm(x_B_L_H, w.input_norm_H)
+            qkv = F.linear(h, w.qkv_weight, w.qkv_bias).view(B, L, Hq + 2 * Hkv, D)
+            qk = self._rotate(qkv[:, :, :Hq + Hkv], cos, sin)  # queries and keys rotated together
+            q = qk[:, :, :Hq].transpose(1, 2)
+            k = qk[:, :, Hq:].transpose(1, 2)
+            v = qkv[:, :, Hq + Hkv:].transpose(1, 2)
+            if cache_slice is not None:
+                self.k_cache[i][:, :, cache_slice] = k
+                self.v_cache[i][:, :, cache_slice] = v
+                k = self.k_cache[i][:, :, :cache_slice.stop]
+                v = self.v_cache[i][:, :, :cache_slice.stop]
+            a = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask_B_1_L_S, scale=self.scaling,
+                                               enable_gqa=self.n_heads != self.n_kv_heads)
+            x_B_L_H = x_B_L_H + F.linear(a.transpose(1, 2).reshape(B, L, Hq * D), w.o_weight, w.o_bias)
+            h = self._norm(x_B_L_H, w.post_norm_H)
+            gate, up = F.linear(h, w.gate_up_weight, w.gate_up_bias).chunk(2, dim=-1)
+            x_B_L_H = x_B_L_H + F.linear(F.silu(gate) * up, w.down_weight, w.down_bias)
+        return self._norm(x_B_L_H, self.final_norm_H)
+
+    def logits(self, hidden_B_L_H: torch.Tensor) -> torch.Tensor:
+        return F.linear(hidden_B_L_H, self.lm_head_V_H, self.lm_head_bias)
+
+    @staticmethod
+    def _prefix_mask(attention_mask_B_L: torch.Tensor) -> torch.Tensor:
+        """Causal and padding mask ``[B, 1, L, L]``. Each position also sees itself, so a padding
+        query never has an empty row (an all-masked row would give NaN that reaches the cache)."""
+        L = attention_mask_B_L.shape[1]
+        causal_L_L = torch.ones(L, L, dtype=torch.bool, device=attention_mask_B_L.device).tril()
+        mask = causal_L_L[None] & attention_mask_B_L.bool()[:, None, :]
+        return (mask | torch.eye(L, dtype=torch.bool, device=mask.device)[None])[:, None]
+
+    # -------------------------------------------------------------------------------- entry points
+    @torch.no_grad()
+    def hidden(self, input_ids_B_L: torch.Tensor, attention_mask_B_L: torch.Tensor,
+               position_ids_B_L: torch.Tensor) -> torch.Tensor:
+        """Final normed hidden states ``[B, L, H]`` of a whole sequence (no cache)."""
+        self._rope_tables(int(position_ids_B_L.max()) + 1)
+        x = F.embedding(input_ids_B_L, self.embed_V_H)
+        return self._layers(x, position_ids_B_L, self._prefix_mask(attention_mask_B_L), None)
+
+    @torch.no_grad()
+    def prefill(self, input_ids_B_P: torch.Tensor, attention_mask_B_P: torch.Tensor,
+                position_ids_B_P: torch.Tensor, max_new_tokens: int) -> torch.Tensor:
+        """Start decoding: fill a cache sized for ``max_new_tokens`` more; return last logits ``[B, V]``."""
+        B, P = input_ids_B_P.shape
+        S = P + max_new_tokens
+        shape = (B, self.n_kv_heads, S, self.head_dim)
+        self.k_cache = [torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in self.layers]
+        self.v_cache = [torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in self.layers]
+        self._rope_tables(int(position_ids_B_P.max()) + max_new_tokens + 1)
+        x = F.embedding(input_ids_B_P, self.embed_V_H)
+        h = self._layers(x, position_ids_B_P, self._prefix_mask(attention_mask_B_P), slice(0, P))
+        return self.logits(h[:, -1])
+
+    @torch.no_grad()
+    def decode(self, token_B: torch.Tensor, attention_mask_B_S: torch.Tensor, position_B: torch.Tensor) -> torch.Tensor:
+        """One step: ``token_B`` at cache slot ``S - 1`` where ``S = attention_mask_B_S.shape[1]``
+        (the mask over every slot so far, this one included). Returns logits ``[B, V]``."""
+        S = attention_mask_B_S.shape[1]
+        x = F.embedding(token_B[:, None], self.embed_V_H)
+        mask = attention_mask_B_S.bool().clone()
+        mask[:, -1] = True  # a finished row's pad step still needs one key (see _prefix_mask)
+        h = self._layers(x, position_B[:, None], mask[:, None, None, :], slice(S - 1, S))
+        return self.logits(h[:, -1])
+
+
+def fast_forward(model: torch.nn.Module) -> Optional[FastLlama]:
+    """A ``FastLlama`` over ``model``'s current weights, or None if it must use its own forward."""
+    if torch.is_grad_enabled() or unsupported_reason(model) is not None:
+        return None
+    return FastLlama(model)

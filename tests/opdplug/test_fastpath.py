@@ -1,0 +1,161 @@
+"""The lean Llama forward against transformers' own, and the cases where it must step aside."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from opdplug import fastpath, tiny
+from opdplug.sampling import _positions, final_hidden, sample
+from opdplug.tasks import SumChain
+
+
+def _model(tok, **overrides):
+    size = dict(tiny.SIZES["tiny"], **overrides)
+    model = tiny.build_model(size, tok, seed=3).eval()
+    with torch.no_grad():  # biases are zero at init: make them count
+        for p in model.parameters():
+            if p.ndim == 1 and p.abs().sum() == 0:
+                p.normal_(0, 0.1)
+    return model
+
+
+def _left_padded(tok, rows):
+    L = max(len(r) for r in rows)
+    ids = torch.full((len(rows), L), tok.pad_token_id)
+    mask = torch.zeros((len(rows), L), dtype=torch.long)
+    for b, r in enumerate(rows):
+        ids[b, L - len(r):] = torch.tensor(r)
+        mask[b, L - len(r):] = 1
+    return ids, mask
+
+
+@pytest.fixture(scope="module")
+def task():
+    return SumChain()
+
+
+@pytest.mark.parametrize("overrides", [
+    {},  # grouped-query attention (4 query heads, 2 key/value heads)
+    {"num_key_value_heads": 4, "attention_bias": True, "mlp_bias": True},
+    {"rope_scaling": {"rope_type": "linear", "factor": 2.0}},
+])
+def test_hidden_and_logits_match_transformers(task, overrides):
+    tok = task.tokenizer
+    model = _model(tok, **overrides)
+    assert fastpath.unsupported_reason(model) is None
+    rows = [list(p.prompt_ids) + list(p.reference_ids) for p in task.prompts(4, seed=1, split="train")]
+    rows[0] = rows[0][:4]
+    ids, mask = _left_padded(tok, rows)
+    pos = _positions(mask)
+    with torch.no_grad():
+        ref = model(input_ids=ids, attention_mask=mask, position_ids=pos, output_hidden_states=True)
+        fast = fastpath.FastLlama(model)
+        hidden = fast.hidden(ids, mask, pos)
+    real = mask.bool()
+    torch.testing.assert_close(hidden[real], ref.hidden_states[-1][real], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(fast.logits(hidden)[real], ref.logits[real], atol=1e-5, rtol=1e-5)
+
+
+def test_decode_matches_a_cache_free_forward(task):
+    """prefill + decode steps give the logits of the whole sequence run at once, per row."""
+    tok = task.tokenizer
+    model = _model(tok)
+    rows = [list(p.prompt_ids) for p in task.prompts(3, seed=2, split="train")]
+    rows[1] = rows[1][:3]
+    ids, mask = _left_padded(tok, rows)
+    fast = fastpath.FastLlama(model)
+    logits = fast.prefill(ids, mask, _positions(mask), max_new_tokens=4)
+    next_pos = mask.sum(-1)
+    generated = []
+    for step in range(4):
+        token = logits.argmax(-1)
+        generated.append(token)
+        full = [r + [int(t[b]) for t in generated] for b, r in enumerate(rows)]
+        with torch.no_grad():
+            want = torch.stack([model(torch.tensor([f])).logits[0, -1] for f in full])
+        mask = torch.cat([mask, torch.ones(3, 1, dtype=torch.long)], dim=-1)
+        logits = fast.decode(token, mask, next_pos + step)
+        torch.testing.assert_close(logits, want, atol=1e-5, rtol=1e-5)
+
+
+def test_sampling_is_the_same_with_and_without_the_fast_path(task, monkeypatch):
+    tok = task.tokenizer
+    model = _model(tok)
+    prompts = [list(p.prompt_ids) for p in task.prompts(6, seed=4, split="train")]
+    calls = []
+    real_init = fastpath.FastLlama.__init__
+    monkeypatch.setattr(fastpath.FastLlama, "__init__", lambda self, m: (calls.append(1), real_init(self, m))[1])
+
+    def draw(temperature):
+        return sample(model, prompts, max_new_tokens=12, temperature=temperature, eos_id=tok.eos_token_id,
+                      pad_id=tok.pad_token_id, generator=torch.Generator().manual_seed(7))
+
+    for temperature in (0.0, 1.0):
+        fast = draw(temperature)
+        assert calls, "the fast path was not taken"
+        calls.clear()
+        monkeypatch.setenv("OPDPLUG_DISABLE_FASTPATH", "1")
+        slow = draw(temperature)
+        monkeypatch.delenv("OPDPLUG_DISABLE_FASTPATH")
+        assert not calls
+        assert torch.equal(fast.input_ids_B_L, slow.input_ids_B_L)
+        torch.testing.assert_close(fast.logprobs_B_L, slow.logprobs_B_L, atol=1e-5, rtol=1e-5)
+
+
+def test_bfloat16_matches_transformers_to_bf16_precision(task):
+    tok = task.tokenizer
+    model = _model(tok).to(torch.bfloat16)
+    rows = [list(p.prompt_ids) for p in task.prompts(3, seed=5, split="train")]
+    ids, mask = _left_padded(tok, rows)
+    with torch.no_grad():
+        ref = model(input_ids=ids, attention_mask=mask, position_ids=_positions(mask), output_hidden_states=True)
+        hidden = fastpath.FastLlama(model).hidden(ids, mask, _positions(mask))
+    assert hidden.dtype == torch.bfloat16
+    real = mask.bool()
+    torch.testing.assert_close(hidden[real].float(), ref.hidden_states[-1][real].float(), atol=3e-2, rtol=3e-2)
+
+
+def test_steps_aside_with_gradients_adapters_hooks_and_other_architectures(task, monkeypatch):
+    tok = task.tokenizer
+    model = _model(tok)
+    assert fastpath.fast_forward(model) is None  # gradients enabled: the training forward is the model's
+    with torch.no_grad():
+        assert fastpath.fast_forward(model) is not None
+        monkeypatch.setenv("OPDPLUG_DISABLE_FASTPATH", "1")
+        assert fastpath.fast_forward(model) is None
+        monkeypatch.delenv("OPDPLUG_DISABLE_FASTPATH")
+
+    # transformers installs passive output-capturing hooks on the first forward that asks for
+    # hidden states (the student's training forward does): they must not switch the fast path off
+    ids, mask = _left_padded(tok, [list(p.prompt_ids) for p in task.prompts(2, seed=6, split="train")])
+    model(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+    assert fastpath.unsupported_reason(model) is None
+    handle = model.model.layers[0].mlp.register_forward_hook(lambda *a: None)
+    assert "hooks" in fastpath.unsupported_reason(model)
+    handle.remove()
+
+    peft = pytest.importorskip("peft")
+    lora = peft.get_peft_model(_model(tok), peft.LoraConfig(r=2, target_modules=["q_proj", "v_proj"]))
+    assert fastpath.unsupported_reason(lora) is not None
+    # final_hidden still works through the model's own forward and gives the adapter's result
+    ids, mask = _left_padded(tok, [list(p.prompt_ids) for p in task.prompts(2, seed=6, split="train")])
+    with torch.no_grad():
+        assert final_hidden(lora, ids, mask).shape[:2] == ids.shape
+
+    import transformers
+
+    gpt2 = transformers.GPT2LMHeadModel(transformers.GPT2Config(vocab_size=len(tok), n_embd=16, n_layer=1, n_head=2))
+    assert "not LlamaForCausalLM" in fastpath.unsupported_reason(gpt2)
+
+
+def test_a_ddp_style_wrapper_is_unwrapped(task):
+    tok = task.tokenizer
+    model = _model(tok)
+
+    class Wrapper(torch.nn.Module):
+        def __init__(self, module):
+            super().__init__()
+            self.module = module
+
+    assert fastpath.unwrap(Wrapper(Wrapper(model))) is model
+    assert fastpath.unsupported_reason(Wrapper(model)) is None
