@@ -5,6 +5,13 @@
 * ``opdplug_agents.envs``        the environments (``calc_lookup``, ``gridnav``, ``swapsort``),
   registered with gymnasium as ``opdplug/CalcLookup-v0``, ``opdplug/GridNav-v0``,
   ``opdplug/SwapSort-v0`` when imported.
-* ``opdplug_agents.plugin``      the ``opdplug`` entry point: registers the environments by name.
+* ``opdplug_agents.textio``      the token layout of an episode (``<bos> obs ACT action <eos> ...``),
+  observation/action encoding and action decoding.
+* ``opdplug_agents.rollout``     batched multi-turn episodes (``run_episodes``) and their
+  ``RolloutBatch`` (``episodes_to_batch``): exact ids, producers, loss masks, turn ids.
+* ``opdplug_agents.task``        the ``agent`` task: prompts are first observations of episodes.
+* ``opdplug_agents.samplers``    the ``agent``, ``agent_teacher`` and ``agent_expert`` samplers.
+* ``opdplug_agents.plugin``      the ``opdplug`` entry point: registers the environments, the
+  task, the samplers and the ``agent`` verifier by name.
 """
 __version__ = "0.1.0"

@@ -1,0 +1,194 @@
+"""The ``agent`` task: prompts are the first observations of environment episodes.
+
+``[task] name = "agent"`` with ``[task.options] env = "gridnav"`` gives prompts
+``<bos> obs_0 ACT`` (the layout of ``opdplug_agents.textio``) whose ``meta`` says which episode
+they start: ``{"env", "seed", "options", "length"}``. The ``agent`` samplers play the episode
+on from there; ``verify`` replays a completion's actions in the environment.
+
+One tokenizer for every environment: ``AgentTask.words()`` is the vocabulary of all of them
+(the core builds a tiny student's tokenizer from the task *class*, before any option is read),
+so a model trained on one environment loads for another.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import random
+from dataclasses import dataclass, field
+from typing import Any, Optional, Union
+
+from opdplug.types import Prompt
+
+from . import textio
+from .envs import ENVS
+from .tools import pretokenize
+
+RESERVED_ENV_OPTIONS = ("horizon", "split", "max_turns")
+"""Environment options the task sets itself (from ``min_horizon``/``max_horizon``, the split
+asked for, and ``max_turns``)."""
+ACTION_SLACK = 4
+"""Tokens an automatic action budget allows beyond the expert's longest action."""
+
+
+@dataclass(frozen=True)
+class AgentTaskOptions:
+    """Config of the ``agent`` task (``[task.options]``)."""
+
+    env: str = "gridnav"
+    """Environment name (``opdplug_agents.envs.ENVS``: calc_lookup, gridnav, swapsort)."""
+    min_horizon: int = 2
+    """Smallest horizon drawn when ``prompts(length=None)``."""
+    max_horizon: int = 2
+    """Largest horizon drawn (uniformly between the two)."""
+    max_turns: int = 0
+    """Turn limit of an episode (0: the environment's default, about twice the expert's)."""
+    max_action_tokens: int = 0
+    """Token budget of one action (0: the expert's longest action at that horizon + 4)."""
+    env_options: dict = field(default_factory=dict)
+    """Other constructor options of the environment, e.g. ``{size = 5, wall_density = 0.2}``."""
+    seed_offset: int = 0
+    """Added to every seed, for a different episode stream from the same run seed."""
+
+    def __post_init__(self) -> None:
+        if self.env not in ENVS:
+            raise ValueError(f"env = {self.env!r} is unknown; known: {', '.join(sorted(ENVS))}")
+        lo, hi = ENVS[self.env].horizon_range
+        if not lo <= self.min_horizon <= self.max_horizon <= hi:
+            raise ValueError(f"{self.env} needs {lo} <= min_horizon <= max_horizon <= {hi}, got {self.min_horizon}, {self.max_horizon}")
+        if self.max_turns < 0 or self.max_action_tokens < 0:
+            raise ValueError("max_turns and max_action_tokens must be >= 0")
+        taken = sorted(set(self.env_options) & set(RESERVED_ENV_OPTIONS))
+        if taken:
+            raise ValueError(f"env_options must not set {taken}: the task sets them (min_horizon/max_horizon, the split, max_turns)")
+        for horizon in {self.min_horizon, self.max_horizon}:
+            build_env(self.env, env_options(self, horizon, "train"))  # bad env options fail now
+
+
+def env_options(opts: AgentTaskOptions, horizon: int, split: str) -> dict:
+    """The environment's constructor options for one episode."""
+    out = {**opts.env_options, "horizon": horizon, "split": split}
+    if opts.max_turns:
+        out["max_turns"] = opts.max_turns
+    return out
+
+
+def build_env(name: str, options: dict):
+    """``ENVS[name](**options)``; a bad option is a one-line ``ValueError`` naming the env."""
+    try:
+        return ENVS[name](**options)
+    except TypeError as exc:  # an unknown keyword
+        raise ValueError(f"{name}: {exc}") from None
+
+
+@functools.lru_cache(maxsize=256)
+def _expert_action_tokens(name: str, options_json: str, seeds: int = 4) -> int:
+    """Longest expert action (pre-tokens + ``<eos>``) over a few episodes of these options."""
+    longest = 1
+    for seed in range(seeds):
+        env = build_env(name, json.loads(options_json))
+        env.reset(seed=seed)
+        done = False
+        while not done:
+            action = env.expert_action()
+            longest = max(longest, len(pretokenize(action)) + 1)
+            _, _, terminated, truncated, _ = env.step(action)
+            done = terminated or truncated
+    return longest
+
+
+class AgentTask:
+    """Multi-turn tool use in one environment; ``length`` = the environment's horizon."""
+
+    name = "agent"
+    options_class = AgentTaskOptions  # the core validates [task.options] against it
+
+    def __init__(self, tokenizer: Any = None, options: Union[AgentTaskOptions, dict, None] = None, **option_kwargs: Any) -> None:
+        """Build the task.
+
+        :param tokenizer: a tokenizer knowing ``words()`` (None builds a tiny one).
+        :param options: an ``AgentTaskOptions`` or a dict of its fields.
+        :param option_kwargs: fields given directly (``AgentTask(env="swapsort")``).
+        """
+        if isinstance(options, AgentTaskOptions):
+            options = dataclasses.asdict(options)
+        self.options = AgentTaskOptions(**{**(options or {}), **option_kwargs})
+        if tokenizer is None:
+            from opdplug.tiny import build_tokenizer
+
+            tokenizer = build_tokenizer(self.words())
+        vocab = tokenizer.get_vocab()
+        missing = [w for w in self.env_words() if w not in vocab]
+        if missing:
+            raise ValueError(f"the tokenizer lacks {len(missing)} words of {self.options.env}, e.g. {missing[0]!r}; build it from AgentTask.words()")
+        self.tokenizer = tokenizer
+
+    # -- vocabulary ------------------------------------------------------------------------
+    @staticmethod
+    def words() -> list[str]:
+        """Every word of every environment, and the action marker (one shared tokenizer)."""
+        return textio.agent_words(sorted(ENVS))
+
+    def env_words(self) -> list[str]:
+        """The words of this task's environment only (with the marker)."""
+        return textio.agent_words([self.options.env])
+
+    # -- prompts ---------------------------------------------------------------------------
+    def prompts(self, n: int, *, seed: int, split: str = "train", length: Optional[int] = None) -> list[Prompt]:
+        """``n`` episode starts of ``split``, deterministic in ``(seed, split, length, seed_offset)``.
+
+        Horizons are uniform in ``[min_horizon, max_horizon]`` unless ``length`` fixes one; each
+        episode's reset seed is drawn from the same stream. The environments put an episode in
+        train or eval by a hash of its content, so the splits never share an episode.
+        """
+        if split not in ("train", "eval"):
+            raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
+        opts = self.options
+        lo, hi = ENVS[opts.env].horizon_range
+        if length is not None and not lo <= length <= hi:
+            raise ValueError(f"length (the horizon of {opts.env}) must be in {lo}..{hi}, got {length}")
+        # A string seed is hashed by random.Random with SHA-512: stable across processes.
+        rng = random.Random(f"agent:{opts.env}:{seed + opts.seed_offset}:{split}:{length}")
+        out = []
+        for _ in range(n):
+            horizon = length if length is not None else rng.randint(opts.min_horizon, opts.max_horizon)
+            env_seed = rng.randrange(2**31)
+            options = env_options(opts, horizon, split)
+            env = build_env(opts.env, options)
+            obs, _ = env.reset(seed=env_seed)
+            ids = [*textio.encode_observation(self.tokenizer, obs, opts.env), textio.marker_id(self.tokenizer)]
+            if self.tokenizer.bos_token_id is not None:
+                ids = [self.tokenizer.bos_token_id, *ids]
+            out.append(Prompt(
+                prompt_ids=tuple(ids),
+                meta={"env": opts.env, "seed": env_seed, "options": options, "length": horizon},
+            ))
+        return out
+
+    def max_new_tokens(self, length: int) -> int:
+        """Token budget of ONE action at horizon ``length`` (``max_action_tokens``, or the
+        expert's longest action there plus ``ACTION_SLACK``)."""
+        if self.options.max_action_tokens:
+            return self.options.max_action_tokens
+        options = env_options(self.options, int(length), "train")
+        return _expert_action_tokens(self.options.env, json.dumps(options, sort_keys=True)) + ACTION_SLACK
+
+    # -- scoring ---------------------------------------------------------------------------
+    def verify(self, prompt: Prompt, completion_ids: Any) -> float:
+        """1.0 iff replaying the completion's actions in the prompt's episode succeeds.
+
+        ``completion_ids``: the ids after the prompt in the full layout (observations included),
+        or the action tokens alone (see ``textio.split_actions``). Never raises.
+        """
+        try:
+            meta = prompt.meta
+            env = build_env(meta["env"], dict(meta["options"]))
+            env.reset(seed=int(meta["seed"]))
+            info = {"success": False}
+            for action_ids in textio.split_actions(self.tokenizer, completion_ids):
+                _, _, terminated, truncated, info = env.step(textio.decode_action(self.tokenizer, action_ids))
+                if terminated or truncated:
+                    break
+            return 1.0 if info["success"] else 0.0
+        except Exception:  # noqa: BLE001 - a verifier must never take a run down
+            return 0.0
