@@ -1,21 +1,35 @@
-"""Performance 1: opdplug vs TRL's GKDTrainer on identical tiny models, data and settings.
+"""Performance 1: opdplug vs TRL's two distillation trainers on identical tiny models, data and settings.
 
-Both systems distill the same cold-started student from the same SumChain teacher (the cached
-``make demo`` teacher) for the same steps, batch, completion budget (max_new_tokens), lambda = 1
-(fully on-policy) and divergence (reverse KL = GKD beta 1, or JSD beta 0.5), lr 1e-3, constant
-schedule, AdamW (0.9, 0.999), no weight decay, grad clip 1.0, 2 threads. The prompts of step s are
-the same in both (opdplug's own per-step SumChain prompts, fed to TRL in order, unshuffled).
+Three systems distill the same cold-started student from the same SumChain teacher (the cached
+``make demo`` teacher): opdplug, ``trl.experimental.gkd.GKDTrainer`` ("TRL GKD", key ``trl``) and
+``trl.DistillationTrainer`` ("TRL Distillation", key ``distill``). All use the same steps, batch
+(one optimizer step = ``--batch`` prompts, one on-policy student completion each, no gradient
+accumulation), completion budget (max_new_tokens = DistillationConfig.max_completion_length),
+sampling at T 1 with no top-p / top-k, fully on-policy generation (GKD lambda 1) and divergence:
+reverse KL (GKD / Distillation beta 1) or JSD (beta 0.5; both TRL trainers define beta the same
+way: mixture (1 - beta) p_student + beta p_teacher, beta 1 = KL(student || teacher)); lr 1e-3,
+constant schedule, AdamW (0.9, 0.999), no weight decay, grad clip 1.0, fp32, no activation
+checkpointing (TRL's configs turn it on by default), CPU, 1 thread per worker. The prompts of
+step s are the same in all three (opdplug's own per-step SumChain prompts, fed to TRL in order,
+unshuffled; DistillationTrainer gets them as plain text that tokenizes to the same ids).
+
+What each does per step: opdplug samples with its own KV-cache sampler, scores with the teacher
+and takes the full-vocabulary divergence on the student's logits; GKD generates with HF
+``generate`` then runs full student and teacher forwards and ``generalized_jsd_loss`` on the
+full logits; Distillation tokenizes the text prompts, generates with HF ``generate``, runs the
+student and teacher backbones only and computes the divergence through both lm_heads chunk by
+chunk (``ChunkedDivergenceFunction``), a token-mean over completion tokens.
 
 Every run is its own subprocess (peak RSS = ru_maxrss read before evaluation), the systems
-alternate A B A B, and each worker times the interval between consecutive optimizer-step ends
-(dropping the first ``--skip`` steps) and attributes time to phases with light wrappers
-(generation, teacher forward, student forward + loss, backward, optimizer incl. clipping, rest).
-After training, each final student is evaluated by the SAME function: full-vocabulary reverse KL
-to the teacher per completion token on a fixed set of student rollouts (256 held-out prompts,
-seeded sampler at T = 1), plus greedy accuracy. A short cProfile run of each adds the top
-functions by own time.
+alternate in an order rotated every rep (opdplug GKD Distillation; Distillation opdplug GKD; ...),
+and each worker times the interval between consecutive optimizer-step ends (dropping the first
+``--skip`` steps) and attributes time to phases with light wrappers (generation, teacher forward,
+student forward + loss, backward, optimizer incl. clipping, rest). After training, each final
+student is evaluated by the SAME function: full-vocabulary reverse KL to the teacher per completion
+token on a fixed set of student rollouts (256 held-out prompts, seeded sampler at T = 1), plus
+greedy accuracy. A short cProfile run of each adds the top functions by own time.
 
-    .venv/bin/python bench/vs_trl.py                 # ~5-8 min on 2 CPU cores
+    .venv/bin/python bench/vs_trl.py                 # ~5-7 min on 2 CPU cores (3 reps x 3 systems x 40 steps)
     .venv/bin/python bench/vs_trl.py --divergence jsd
 Writes runs/bench/vs_trl.json and runs/bench/vs_trl.png; the last printed line is the headline.
 """
@@ -39,6 +53,8 @@ ROOT = Path(__file__).resolve().parents[1]
 BETA = {"reverse_kl": 1.0, "jsd": 0.5}
 LENGTHS = (2, 8)  # SumChain min_len, max_len (the demo's)
 THREADS = 1  # per worker; 1 keeps timings stable when other jobs share the 2 cores
+SYSTEMS = ("opdplug", "trl", "distill")  # "trl" is GKD (the key of earlier results)
+LABELS = {"opdplug": "opdplug", "trl": "TRL GKD", "distill": "TRL Distillation"}
 
 
 # ----------------------------------------------------------------------------- phase timers
@@ -78,7 +94,7 @@ def step_prompts(task, seed: int, step: int, batch: int):
 
 # ----------------------------------------------------------------------------- evaluation
 def evaluate(model_dir: str, teacher_dir: str, max_new_tokens: int, n: int = 256) -> dict:
-    """Same for both systems: full-vocab reverse KL(student || teacher) per completion token on
+    """Same for every system: full-vocab reverse KL(student || teacher) per completion token on
     fixed student rollouts (seeded, T = 1), and greedy accuracy on held-out prompts."""
     import torch
 
@@ -215,10 +231,14 @@ def worker_trl(a, phases: Phases, marks: list):
         lmbda=1.0, beta=BETA[a.divergence], temperature=1.0, max_new_tokens=a.max_new_tokens,
         report_to="none", save_strategy="no", logging_steps=10**6, disable_tqdm=True, use_cpu=True,
         dataloader_num_workers=0, seed=a.seed, bf16=False, fp16=False,
+        # TRL's configs default gradient_checkpointing to True, which transformers 5 maps to activation
+        # checkpointing (recomputation in backward); opdplug does not checkpoint, so neither do these runs
+        activation_checkpointing=False,
     )
 
     class Mark(TrainerCallback):
         def on_train_begin(self, args, state, control, **kw):
+            assert not kw["model"].is_activation_checkpointing  # enabled (or not) by train(), before this
             phases.reset()
             marks.append(("begin", time.perf_counter()))
 
@@ -266,6 +286,123 @@ def worker_trl(a, phases: Phases, marks: list):
     return str(final), begin
 
 
+
+def worker_distill(a, phases: Phases, marks: list):
+    """``trl.DistillationTrainer`` (TRL's non-experimental on-policy distillation trainer).
+
+    Per optimizer step (gradient_accumulation_steps 1, so one generation batch = one step): the
+    ``--batch`` text prompts are tokenized with ``processing_class(text=...)``, the student samples
+    one completion each with ``model.generate`` (transformers, no vLLM; T 1, top_p 1, top_k 0,
+    ``max_completion_length`` tokens, completion kept up to and including the first EOS); then
+    ``compute_loss`` runs the student backbone with grad and the teacher backbone under no_grad on
+    prompt + completion (hidden states only), and ``ChunkedDivergenceFunction`` projects both
+    through their lm_heads chunk by chunk (on CPU: every position, padding masked afterwards) and
+    returns the per-token divergence, summed over completion tokens / their number.
+
+    Sign convention of its ``beta`` (trl/kernels/chunked_divergence.py, same as GKD's
+    ``generalized_jsd_loss``): mixture m = (1 - beta) p_student + beta p_teacher, loss =
+    beta KL(p_teacher || m) + (1 - beta) KL(p_student || m); beta 1 is special-cased to the
+    reverse KL(p_student || p_teacher) = sum_v p_s (log p_s - log p_t), beta 0 to the forward
+    KL(p_teacher || p_student); beta 0.5 is the symmetric JSD. So BETA (1.0 / 0.5) means the same
+    divergence here as in GKD and opdplug.
+    """
+    import datasets
+    from transformers import TrainerCallback
+    from trl import DistillationConfig, DistillationTrainer
+
+    from opdplug import local
+    from opdplug.tasks import SumChain
+
+    tok = local.load_tokenizer(a.student)
+    student = local.load_model(a.student, "student")
+    teacher = local.load_model(a.teacher, "teacher")
+    task = SumChain(tokenizer=tok, min_len=LENGTHS[0], max_len=LENGTHS[1])
+    # Plain-text prompts (the word-level tokenizer has no chat template, so a non-conversational
+    # "prompt" column is what DistillationTrainer tokenizes with processing_class(text=...)): the
+    # same prompts, in the same order, as opdplug's steps. The text must give exactly opdplug's ids.
+    expected_ids, texts = [], []
+    for s in range(a.steps):
+        for p in step_prompts(task, a.seed, s, a.batch):
+            expected_ids.append(list(p.prompt_ids))
+            texts.append(tok.decode(p.prompt_ids, skip_special_tokens=True))
+    got = tok(text=texts)["input_ids"]  # what DistillationTrainer._tokenize_prompts does
+    assert got == expected_ids, f"text prompts do not round-trip: {texts[0]!r} -> {got[0]} != {expected_ids[0]}"
+    ds = datasets.Dataset.from_list([{"prompt": t} for t in texts])
+
+    args = DistillationConfig(
+        output_dir=str(Path(a.work) / "run"), per_device_train_batch_size=a.batch, gradient_accumulation_steps=1,
+        max_steps=a.steps, learning_rate=a.lr, lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0,
+        adam_beta1=0.9, adam_beta2=0.999, max_grad_norm=1.0, optim="adamw_torch",
+        beta=BETA[a.divergence], temperature=1.0, top_p=1.0, top_k=0, min_p=None, repetition_penalty=1.0,
+        max_completion_length=a.max_new_tokens, use_vllm=False, shuffle_dataset=False,
+        # TRL's configs default gradient_checkpointing to True, which transformers 5 maps to activation
+        # checkpointing (recomputation in backward); opdplug does not checkpoint, so neither do these runs
+        activation_checkpointing=False,
+        report_to="none", save_strategy="no", logging_steps=10**6, log_completions=False, disable_tqdm=True,
+        use_cpu=True, dataloader_num_workers=0, seed=a.seed, bf16=False, fp16=False,
+    )
+
+    class Mark(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kw):
+            assert not kw["model"].is_activation_checkpointing  # enabled (or not) by train(), before this
+            phases.reset()
+            marks.append(("begin", time.perf_counter()))
+
+        def on_step_end(self, args, state, control, **kw):
+            marks.append(time.perf_counter())
+
+    trainer = DistillationTrainer(model=student, teacher_model=teacher, args=args, train_dataset=ds,
+                                  processing_class=tok, callbacks=[Mark()])
+    # phase wrappers. Generation = _generate_and_score_completions (called from _prepare_inputs,
+    # before compute_loss): prompt tokenization, model.generate, EOS masking, padding to tensors.
+    real_gen = trainer._generate_and_score_completions
+    seen = {"n": 0}
+
+    def generate(inputs):
+        s = seen["n"]  # the trainer must feed opdplug's step-s prompts at step s (shuffle off)
+        assert [x["prompt"] for x in inputs] == texts[s * a.batch:(s + 1) * a.batch], f"prompt order differs at step {s}"
+        seen["n"] += 1
+        return real_gen(inputs)
+
+    trainer._generate_and_score_completions = phases.wrap("generation", generate)
+    trainer.compute_loss = phases.wrap("student fwd + loss", trainer.compute_loss)
+    # The teacher runs inside compute_loss, and only its backbone (_get_last_hidden_state calls
+    # teacher.base_model directly; teacher.forward is never called); its lm_head projection happens
+    # inside the chunked loss and so stays in "student fwd + loss". Time the backbone, subtract below.
+    inner = {"t": 0.0}
+    backbone = trainer.accelerator.unwrap_model(trainer.teacher_model).base_model
+    real_tb = backbone.forward
+
+    def teacher_backbone(*x, **k):
+        t0 = time.perf_counter()
+        try:
+            return real_tb(*x, **k)
+        finally:
+            inner["t"] += time.perf_counter() - t0
+
+    backbone.forward = teacher_backbone
+    trainer.accelerator.backward = phases.wrap("backward", trainer.accelerator.backward)
+    real_create = trainer.create_optimizer
+
+    def create_optimizer(*x, **k):
+        opt = real_create(*x, **k)
+        opt.step = phases.wrap("optimizer (+clip)", opt.step)
+        return opt
+
+    trainer.create_optimizer = create_optimizer
+    trainer.accelerator.clip_grad_norm_ = phases.wrap("optimizer (+clip)", trainer.accelerator.clip_grad_norm_)
+    trainer.train()
+    assert seen["n"] == a.steps, f"{seen['n']} generation batches for {a.steps} steps"
+    phases.t["teacher forward"] = phases.t.get("teacher forward", 0.0) + inner["t"]
+    phases.t["student fwd + loss"] = phases.t.get("student fwd + loss", 0.0) - inner["t"]
+    final = Path(a.work) / "final"
+    trainer.model.save_pretrained(final, safe_serialization=True)
+    tok.save_pretrained(final)
+    begin = next(m for m in marks if isinstance(m, tuple))[1]
+    marks[:] = [m for m in marks if not isinstance(m, tuple)]
+    return str(final), begin
+
+
 def worker(a) -> None:
     import torch
 
@@ -273,7 +410,7 @@ def worker(a) -> None:
     torch.manual_seed(a.seed)
     prof = cProfile.Profile() if a.cprofile else None
     phases, marks = Phases(prof), []
-    fn = worker_opdplug if a.system == "opdplug" else worker_trl
+    fn = {"opdplug": worker_opdplug, "trl": worker_trl, "distill": worker_distill}[a.system]
     final_dir, t_begin = fn(a, phases, marks)
     if prof:
         prof.disable()
@@ -354,12 +491,12 @@ def main() -> None:
     p.add_argument("--max-new-tokens", type=int, default=27, help="3 T + 3 at T = 8: the longest reference")
     p.add_argument("--divergence", choices=sorted(BETA), default="reverse_kl")
     p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--reps", type=int, default=3, help="A B pairs (alternated)")
+    p.add_argument("--reps", type=int, default=3, help="rounds of one run per system (order rotated each round)")
     p.add_argument("--skip", type=int, default=3, help="first steps of each run left out of the timing")
     p.add_argument("--profile-steps", type=int, default=10)
     p.add_argument("--out-dir", default=str(ROOT / "runs" / "bench"))
     # worker mode
-    p.add_argument("--worker", choices=["opdplug", "trl"])
+    p.add_argument("--worker", choices=list(SYSTEMS))
     p.add_argument("--work"), p.add_argument("--out"), p.add_argument("--teacher"), p.add_argument("--student")
     p.add_argument("--cprofile", action="store_true")
     p.add_argument("--seed", type=int, default=0, help="worker: run seed (prompts, sampling); rep r uses seed r")
@@ -375,16 +512,17 @@ def main() -> None:
     import trl
 
     print(f"teacher {teacher}\nstudent {student}\ntrl {trl.__version__}; steps {a.steps}, batch {a.batch}, "
-          f"max_new_tokens {a.max_new_tokens}, lambda 1.0, {a.divergence} (GKD beta {BETA[a.divergence]}), lr {a.lr}")
-    systems = ("opdplug", "trl")
+          f"max_new_tokens {a.max_new_tokens}, lambda 1.0, {a.divergence} (GKD/Distillation beta {BETA[a.divergence]}), lr {a.lr}")
+    systems = SYSTEMS
     runs = {s: [] for s in systems}
-    for rep in range(a.reps):  # rep r: run seed r in both systems (same prompts, different draws)
-        order = systems if rep % 2 == 0 else systems[::-1]
+    for rep in range(a.reps):  # rep r: run seed r in every system (same prompts, different draws)
+        # rotated order: rep 0 opdplug gkd distill, rep 1 distill opdplug gkd, rep 2 gkd distill opdplug
+        order = [systems[(i - rep) % len(systems)] for i in range(len(systems))]
         for s in order:
             r = run_worker(a, s, rep, teacher, student, out_dir, a.steps)
             runs[s].append(r)
             st = r["step_s"][a.skip:]
-            print(f"  rep {rep} {s:8s} median step {statistics.median(st) * 1e3:6.1f} ms  peak RSS {r['peak_rss_mb']:6.0f} MB  "
+            print(f"  rep {rep} {LABELS[s]:16s} median step {statistics.median(st) * 1e3:6.1f} ms  peak RSS {r['peak_rss_mb']:6.0f} MB  "
                   f"reverse KL {r['eval']['reverse_kl']:.4f}  acc {r['eval']['greedy_accuracy']:.3f}  ({r['process_s']:.0f} s)", flush=True)
     profiles = {s: run_worker(a, s, 0, teacher, student, out_dir, a.profile_steps, cprofile=True) for s in systems}
 
@@ -408,25 +546,31 @@ def main() -> None:
             "phase_fraction": {k: v / train_tot for k, v in phase_tot.items()},
             "phase_ms_per_step": {k: 1e3 * v / (a.steps * len(runs[s])) for k, v in phase_tot.items()},
         }
-    o, t = summary["opdplug"], summary["trl"]
-    speed = t["step_s"]["median"] / o["step_s"]["median"]
-    rss = o["peak_rss_mb"]["median"] / t["peak_rss_mb"]["median"]
-    headline = (f"opdplug is {speed:.2f}x {'faster' if speed >= 1 else 'slower'} per step (median), peak RSS {rss:.2f}x, "
-                f"final reverse KL {o['reverse_kl']['median']:.4f} vs {t['reverse_kl']['median']:.4f} (TRL GKD; start {init['reverse_kl']:.4f})")
+    o = summary["opdplug"]
+    vs = []
+    for s in systems[1:]:
+        t = summary[s]
+        speed = t["step_s"]["median"] / o["step_s"]["median"]
+        rss = o["peak_rss_mb"]["median"] / t["peak_rss_mb"]["median"]
+        vs.append(f"{speed:.2f}x {'faster' if speed >= 1 else 'slower'} per step (median) and {rss:.2f}x the peak RSS of {LABELS[s]}")
+    kls = " / ".join(f"{summary[s]['reverse_kl']['median']:.4f}" for s in systems)
+    headline = (f"opdplug is {'; '.join(vs)}; final reverse KL {kls} "
+                f"({' / '.join(LABELS[s] for s in systems)}; start {init['reverse_kl']:.4f})")
 
     print("\nwhere the time goes (ms per step, all timed runs; wall time incl. first steps)")
     names = ["generation", "teacher forward", "student fwd + loss", "backward", "optimizer (+clip)", "rest (loop, data, hooks)"]
-    print(f"{'phase':26s}{'opdplug':>10s}{'TRL GKD':>10s}")
+    print(f"{'phase':26s}" + "".join(f"{LABELS[s]:>18s}" for s in systems))
     for k in names:
-        print(f"{k:26s}{o['phase_ms_per_step'].get(k, 0):10.1f}{t['phase_ms_per_step'].get(k, 0):10.1f}")
+        print(f"{k:26s}" + "".join(f"{summary[s]['phase_ms_per_step'].get(k, 0):18.1f}" for s in systems))
     for s in systems:
-        print(f"\ncProfile of {s} ({a.profile_steps} steps), top functions by own time:")
+        print(f"\ncProfile of {LABELS[s]} ({a.profile_steps} steps), top functions by own time:")
         lines = [ln for ln in profiles[s]["cprofile_tottime"].splitlines() if ln.strip()]
         start = next(i for i, ln in enumerate(lines) if "ncalls" in ln)
         print("\n".join(lines[start:start + 9]))
 
     result = {"settings": {k: getattr(a, k) for k in ("steps", "batch", "max_new_tokens", "divergence", "lr", "reps", "skip")}
-              | {"lambda": 1.0, "gkd_beta": BETA[a.divergence], "trl": trl.__version__, "teacher": teacher, "student": student,
+              | {"lambda": 1.0, "gkd_beta": BETA[a.divergence], "distillation_beta": BETA[a.divergence],
+                 "labels": LABELS, "trl": trl.__version__, "teacher": teacher, "student": student,
                  "threads": THREADS, "lengths": LENGTHS},
               "initial_student": init, "summary": summary,
               "runs": {s: [{k: v for k, v in r.items() if k != "cprofile_tottime"} for r in runs[s]] for s in systems},
@@ -434,10 +578,10 @@ def main() -> None:
     (out_dir / "vs_trl.json").write_text(json.dumps(result, indent=1))
     plot(summary, init, out_dir / "vs_trl.png", a)
 
-    print(f"\n{'system':10s}{'step ms med':>12s}{'p10-p90':>16s}{'peak RSS MB':>13s}{'rev KL':>9s}{'acc':>7s}")
-    for s, label in (("opdplug", "opdplug"), ("trl", "TRL GKD")):
+    print(f"\n{'system':18s}{'step ms med':>12s}{'p10-p90':>16s}{'peak RSS MB':>13s}{'rev KL':>9s}{'acc':>7s}")
+    for s in systems:
         x = summary[s]
-        print(f"{label:10s}{x['step_s']['median'] * 1e3:12.1f}{x['step_s']['p10'] * 1e3:8.1f}-{x['step_s']['p90'] * 1e3:<7.1f}"
+        print(f"{LABELS[s]:18s}{x['step_s']['median'] * 1e3:12.1f}{x['step_s']['p10'] * 1e3:8.1f}-{x['step_s']['p90'] * 1e3:<7.1f}"
               f"{x['peak_rss_mb']['median']:13.0f}{x['reverse_kl']['median']:9.4f}{x['greedy_accuracy']['median']:7.3f}")
     print(f"(wrote {out_dir / 'vs_trl.json'} and {out_dir / 'vs_trl.png'})")
     print(headline)
@@ -449,15 +593,16 @@ def plot(summary, init, path, a) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    systems, labels = ["opdplug", "trl"], ["opdplug", "TRL GKD"]
-    fig, axes = plt.subplots(1, 3, figsize=(10, 3.4))
+    systems = list(SYSTEMS)
+    labels = [LABELS[s].replace("TRL ", "TRL\n") for s in systems]
+    fig, axes = plt.subplots(1, 3, figsize=(11, 3.6))
     panels = [("step_s", "ms per step (median, p10-p90)", 1e3), ("peak_rss_mb", "peak RSS (MB)", 1.0),
               ("reverse_kl", f"reverse KL after {a.steps} steps", 1.0)]
     for ax, (key, title, scale) in zip(axes, panels):
         med = [summary[s][key]["median"] * scale for s in systems]
         lo = [med[i] - summary[s][key]["p10"] * scale for i, s in enumerate(systems)]
         hi = [summary[s][key]["p90"] * scale - med[i] for i, s in enumerate(systems)]
-        ax.bar(labels, med, yerr=[lo, hi], color=["tab:blue", "tab:orange"], capsize=4)
+        ax.bar(labels, med, yerr=[lo, hi], color=["tab:blue", "tab:orange", "tab:green"], capsize=4)
         if key == "reverse_kl":
             ax.axhline(init["reverse_kl"], ls="--", color="gray", label="start")
             ax.legend(fontsize=8)

@@ -26,8 +26,13 @@ STATIC_ROPE_TYPES = ("default", "linear", "llama3")  # tables that do not depend
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    """The module inside DDP / accelerate wrappers (``.module`` chains)."""
-    while hasattr(model, "module") and isinstance(model.module, torch.nn.Module):
+    """The module inside (Distributed)DataParallel wrappers, whose forward only calls it.
+
+    Other modules with a ``.module`` attribute are NOT unwrapped: their forward may change the
+    result (e.g. a logit bias), so the fast path must step aside for them.
+    """
+    wrappers = (torch.nn.parallel.DistributedDataParallel, torch.nn.DataParallel)
+    while isinstance(model, wrappers):
         model = model.module
     return model
 
@@ -96,6 +101,7 @@ class FastLlama:
         inner = unwrap(model)
         cfg = inner.config
         self.embed_V_H = inner.model.embed_tokens.weight.detach()
+        self.device = self.embed_V_H.device
         self.final_norm_H = inner.model.norm.weight.detach()
         self.lm_head_V_H = inner.lm_head.weight.detach()
         self.lm_head_bias = None if inner.lm_head.bias is None else inner.lm_head.bias.detach()
@@ -105,13 +111,29 @@ class FastLlama:
         self.n_kv_heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
         self.scaling = self.head_dim ** -0.5
+        self.dtype = self.embed_V_H.dtype
+        # Rotary embedding as one complex multiply (float32 only: torch has no bfloat16 complex).
+        # transformers pairs coordinate i with i + D/2 inside each head; complex numbers need the
+        # pair adjacent. Permuting the rows of q_proj and k_proj the same way inside every head
+        # gives that layout and leaves every q.k product, hence attention, unchanged.
+        self.complex_rope = self.dtype == torch.float32 and self.head_dim % 2 == 0
+        D = self.head_dim
+        inner_perm = torch.arange(D).view(2, D // 2).t().reshape(-1) if self.complex_rope else torch.arange(D)
+        q_rows = (torch.arange(self.n_heads)[:, None] * D + inner_perm).reshape(-1)
+        k_rows = (torch.arange(self.n_kv_heads)[:, None] * D + inner_perm).reshape(-1)
         self.layers = []
         for layer in inner.model.layers:
             att, mlp = layer.self_attn, layer.mlp
+            q_w, k_w = att.q_proj.weight[q_rows.to(self.device)], att.k_proj.weight[k_rows.to(self.device)]
+            qkv_bias = _cat_bias(att.q_proj, att.k_proj, att.v_proj)
+            if qkv_bias is not None:
+                nq, nk = self.n_heads * D, self.n_kv_heads * D
+                qkv_bias = torch.cat([qkv_bias[:nq][q_rows.to(self.device)], qkv_bias[nq:nq + nk][k_rows.to(self.device)],
+                                      qkv_bias[nq + nk:]])
             self.layers.append(_Layer(
                 input_norm_H=layer.input_layernorm.weight.detach(),
-                qkv_weight=torch.cat([att.q_proj.weight, att.k_proj.weight, att.v_proj.weight]).detach(),
-                qkv_bias=_cat_bias(att.q_proj, att.k_proj, att.v_proj),
+                qkv_weight=torch.cat([q_w, k_w, att.v_proj.weight]).detach(),
+                qkv_bias=qkv_bias,
                 o_weight=att.o_proj.weight.detach(),
                 o_bias=None if att.o_proj.bias is None else att.o_proj.bias.detach(),
                 post_norm_H=layer.post_attention_layernorm.weight.detach(),
@@ -120,7 +142,6 @@ class FastLlama:
                 down_weight=mlp.down_proj.weight.detach(),
                 down_bias=None if mlp.down_proj.bias is None else mlp.down_proj.bias.detach(),
             ))
-        self.dtype = self.embed_V_H.dtype
         self.device = self.embed_V_H.device
         self.k_cache: list[torch.Tensor] = []
         self.v_cache: list[torch.Tensor] = []
@@ -141,6 +162,9 @@ class FastLlama:
         probe = torch.zeros(1, dtype=self.dtype, device=self.device)
         cos, sin = self.rotary(probe, torch.arange(n_positions, device=self.device)[None])
         self.cos_P_D, self.sin_P_D = cos[0], sin[0]
+        if self.complex_rope:  # the table repeats its first half: one complex factor per pair
+            half = self.head_dim // 2
+            self.cis_P_D2 = torch.complex(self.cos_P_D[:, :half].float(), self.sin_P_D[:, :half].float())
 
     @staticmethod
     def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -152,13 +176,20 @@ class FastLlama:
         """Run every decoder layer. ``cache_slice``: where this input's keys/values go in the
         preallocated cache (attention then reads the cache up to its end); None: no cache."""
         B, L, _ = x_B_L_H.shape
-        cos = self.cos_P_D[positions_B_L][:, :, None]  # [B, L, 1, D]: one table for all heads
-        sin = self.sin_P_D[positions_B_L][:, :, None]
         Hq, Hkv, D = self.n_heads, self.n_kv_heads, self.head_dim
+        if self.complex_rope:
+            cis = self.cis_P_D2[positions_B_L][:, :, None]  # [B, L, 1, D/2]: one table for all heads
+        else:
+            cos = self.cos_P_D[positions_B_L][:, :, None]  # [B, L, 1, D]
+            sin = self.sin_P_D[positions_B_L][:, :, None]
         for i, w in enumerate(self.layers):
             h = self._norm(x_B_L_H, w.input_norm_H)
             qkv = F.linear(h, w.qkv_weight, w.qkv_bias).view(B, L, Hq + 2 * Hkv, D)
-            qk = self._rotate(qkv[:, :, :Hq + Hkv], cos, sin)  # queries and keys rotated together
+            if self.complex_rope:  # queries and keys rotated together
+                pairs = torch.view_as_complex(qkv[:, :, :Hq + Hkv].unflatten(-1, (D // 2, 2)))
+                qk = torch.view_as_real(pairs * cis).flatten(-2)
+            else:
+                qk = self._rotate(qkv[:, :, :Hq + Hkv], cos, sin)
             q = qk[:, :, :Hq].transpose(1, 2)
             k = qk[:, :, Hq:].transpose(1, 2)
             v = qkv[:, :, Hq + Hkv:].transpose(1, 2)
@@ -211,15 +242,23 @@ class FastLlama:
         return self.logits(h[:, -1])
 
     @torch.no_grad()
-    def decode(self, token_B: torch.Tensor, attention_mask_B_S: torch.Tensor, position_B: torch.Tensor) -> torch.Tensor:
-        """One step: ``token_B`` at cache slot ``S - 1`` where ``S = attention_mask_B_S.shape[1]``
-        (the mask over every slot so far, this one included). Returns logits ``[B, V]``."""
-        S = attention_mask_B_S.shape[1]
+    def decode(self, token_B: torch.Tensor, attention_mask: torch.Tensor, position_B: torch.Tensor) -> torch.Tensor:
+        """One step: ``token_B`` goes to cache slot ``S - 1``, where S is the mask's last dimension.
+
+        ``attention_mask``: ``[B, S]`` with 1/True on every slot to attend (this one included), or
+        an additive float mask ``[B, 1, 1, S]`` (0 or -inf; see ``additive_mask``), which spares a
+        conversion per step. Returns logits ``[B, V]``.
+        """
+        S = attention_mask.shape[-1]
+        mask = attention_mask if attention_mask.dim() == 4 else attention_mask.bool()[:, None, None, :]
         x = F.embedding(token_B[:, None], self.embed_V_H)
-        mask = attention_mask_B_S.bool().clone()
-        mask[:, -1] = True  # a finished row's pad step still needs one key (see _prefix_mask)
-        h = self._layers(x, position_B[:, None], mask[:, None, None, :], slice(S - 1, S))
+        h = self._layers(x, position_B[:, None], mask, slice(S - 1, S))
         return self.logits(h[:, -1])
+
+    def additive_mask(self, attention_mask_B_S: torch.Tensor) -> torch.Tensor:
+        """``[B, 1, 1, S]`` in the model's dtype: 0 where attended, -inf elsewhere."""
+        zeros = torch.zeros(attention_mask_B_S.shape, dtype=self.dtype, device=attention_mask_B_S.device)
+        return zeros.masked_fill(~attention_mask_B_S.bool(), float("-inf"))[:, None, None, :]
 
 
 def fast_forward(model: torch.nn.Module) -> Optional[FastLlama]:

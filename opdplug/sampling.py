@@ -153,23 +153,24 @@ def sample(
         )
         cache = out.past_key_values
         logits_B_V = out.logits[:, -1]
-    mask_B_S = mask_B_P
     next_pos_B = mask_B_P.sum(-1)  # position id of the first generated token
+    # Rows that finished keep decoding (cheaper than re-batching): whatever they write after
+    # their EOS is dropped below, and rows never see each other, so every generated slot is
+    # simply attended. One mask for the whole call; each step reads a prefix of it.
+    full_mask_B_S = torch.cat([mask_B_P, torch.ones(B, max_new_tokens, dtype=torch.long, device=device)], dim=-1)
+    if fast is not None:
+        full_mask_B_S = fast.additive_mask(full_mask_B_S)  # [B, 1, 1, S]: no conversion per step
 
-    tokens, logprobs, alive = [], [], []
+    tokens, logprobs = [], []
     finished_B = torch.zeros(B, dtype=torch.bool, device=device)
     for step in range(max_new_tokens):
         token_B, logprob_B = _pick(logits_B_V, temperature, top_p, generator)
-        alive_B = ~finished_B
-        token_B = torch.where(alive_B, token_B, torch.full_like(token_B, pad_id))
         tokens.append(token_B)
-        logprobs.append(torch.where(alive_B, logprob_B, torch.zeros_like(logprob_B)))
-        alive.append(alive_B)
-        finished_B = finished_B | (token_B == eos_id)
-        if bool(finished_B.all()) or step == max_new_tokens - 1:
+        logprobs.append(logprob_B)
+        finished_B |= token_B == eos_id
+        if step == max_new_tokens - 1 or bool(finished_B.all()):
             break
-        # Rows already finished keep stepping with a masked pad (cheaper than re-batching).
-        mask_B_S = torch.cat([mask_B_S, alive_B.long()[:, None]], dim=-1)
+        mask_B_S = full_mask_B_S[..., :P + step + 1]
         if fast is not None:
             logits_B_V = fast.decode(token_B, mask_B_S, next_pos_B + step)
             continue
@@ -184,8 +185,10 @@ def sample(
         logits_B_V = out.logits[:, -1]
 
     gen_B_N = torch.stack(tokens, dim=1).cpu()
-    gen_logp_B_N = torch.stack(logprobs, dim=1).float().cpu()
-    gen_alive_B_N = torch.stack(alive, dim=1).cpu()
+    is_eos_B_N = gen_B_N == eos_id
+    # A token is kept up to and including the row's first EOS.
+    gen_alive_B_N = (is_eos_B_N.long().cumsum(-1) - is_eos_B_N.long()) == 0
+    gen_logp_B_N = torch.stack(logprobs, dim=1).float().cpu() * gen_alive_B_N
     gen_lens = gen_alive_B_N.sum(-1).tolist()
     L = max(p + n for p, n in zip(prompt_lens, gen_lens))
 

@@ -42,8 +42,9 @@ SIZES: dict[str, dict] = {
 }
 """Named Llama shapes (keyword arguments of ``LlamaConfig``). ``build_model`` also accepts a dict."""
 
-DEFAULT_MAX_POSITIONS = 128
-"""Context length of built models; SumChain at 16 steps needs 1 + 33 prompt + 51 completion = 85."""
+DEFAULT_MAX_POSITIONS = 1024
+"""Context length of built models: SumChain at 16 steps needs 85 tokens, a multi-turn agent
+episode of the agents plugin a few hundred."""
 
 
 def build_tokenizer(words: list[str]) -> transformers.PreTrainedTokenizerFast:

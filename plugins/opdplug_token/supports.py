@@ -15,9 +15,9 @@ where ``fn`` is a divergence (``div(student_logp_N_S, teacher_logp_N_S) -> value
 
 Memory: only masked positions are gathered (``N`` tokens), and they are processed ``chunk_size``
 at a time. Each chunk computes ``logits = hidden @ W.T / temperature`` for the student (and the
-teacher when dense) under ``torch.utils.checkpoint`` (non-reentrant), so the backward pass
-recomputes one chunk's ``[chunk, V]`` logits at a time instead of keeping all of them:
-peak extra memory is O(chunk_size * V), never O(B * L * V). Diagnostics are computed under
+teacher when dense) under ``torch.utils.checkpoint`` (non-reentrant) whenever there is more than
+one chunk, so the backward pass recomputes one chunk's ``[chunk, V]`` logits at a time instead of
+keeping all of them: peak extra memory is O(chunk_size * V), never O(B * L * V). Diagnostics are computed under
 ``no_grad`` after the differentiable part, so checkpoint's early stopping skips them when it
 recomputes.
 
@@ -135,8 +135,8 @@ def _pair_metrics(logq_C_S: Tensor, logp_C_S: Tensor) -> dict[str, Tensor]:
 def _map_chunks(fn: Callable, per_token: dict[str, Tensor], params: tuple, chunk_size: int):
     """Run ``fn(chunk_dict, *params) -> (outputs tuple, metrics dict)`` over token chunks.
 
-    Each call is checkpointed when gradients are on, so only one chunk's ``[chunk, V]``
-    intermediates are alive in forward and in backward. Returns the concatenated outputs and
+    With gradients on and more than one chunk, each call is checkpointed, so only one chunk's
+    ``[chunk, V]`` intermediates are alive in forward and in backward. Returns the concatenated outputs and
     the summed metrics (0-dim tensors).
     """
     if chunk_size <= 0:
@@ -144,9 +144,12 @@ def _map_chunks(fn: Callable, per_token: dict[str, Tensor], params: tuple, chunk
     n = next(iter(per_token.values())).shape[0]
     outs: list[tuple[Tensor, ...]] = []
     sums: dict[str, Tensor] = {}
+    # A lone chunk is not checkpointed: backward would rebuild the same [n, V] intermediates, so
+    # the peak is the same and the recomputation is pure cost (most short-sequence batches).
+    recompute = torch.is_grad_enabled() and n > chunk_size
     for start in range(0, n, chunk_size):
         chunk = {k: v[start : start + chunk_size] for k, v in per_token.items()}
-        if torch.is_grad_enabled():
+        if recompute:
             out, metrics = checkpoint(fn, chunk, *params, use_reentrant=False)
         else:
             out, metrics = fn(chunk, *params)
