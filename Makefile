@@ -8,7 +8,7 @@ PIP    := $(VENV)/bin/python -m pip install -q -c constraints.txt
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test env test-env bench-env clean
+.PHONY: demo test env test-env bench-env bench clean
 
 env: $(VENV)/.core-installed
 test-env: $(VENV)/.test-installed
@@ -30,6 +30,12 @@ bench-env: $(VENV)/.bench-installed
 $(VENV)/.bench-installed: $(VENV)/.test-installed
 	$(PIP) -e ".[bench]"
 	touch $@
+
+# Each prints a table whose last line is its headline; each takes under 10 minutes on 2 cores.
+bench: bench-env
+	$(VENV)/bin/python bench/vs_trl.py
+	$(VENV)/bin/python bench/memory_full_vocab.py
+	$(VENV)/bin/python bench/compute_claim.py
 
 demo: env
 	$(VENV)/bin/opdplug demo --output-dir runs/demo

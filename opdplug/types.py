@@ -71,6 +71,10 @@ class RolloutBatch:
     """True where the student sampled the completion with its current weights (bool), or None."""
     prompts: tuple[Prompt, ...] = ()
     """The prompts the rows came from, in order (for verifiers and privileged teachers)."""
+    key_step_B_L: Optional[torch.Tensor] = None
+    """True on the action tokens of key steps (bool): actions a teacher wrote in place of a
+    student's located mistake (SCoRe-style correction), for credit schemes that weight them;
+    None when the sampler marks none."""
 
     @property
     def batch_size(self) -> int:
@@ -101,6 +105,7 @@ class RolloutBatch:
             truncated_B=take(self.truncated_B),
             on_policy_B=take(self.on_policy_B),
             prompts=tuple(self.prompts[i] for i in keep) if self.prompts else (),
+            key_step_B_L=take(self.key_step_B_L),
         )
 
 

@@ -11,6 +11,11 @@
   ``RolloutBatch`` (``episodes_to_batch``): exact ids, producers, loss masks, turn ids.
 * ``opdplug_agents.task``        the ``agent`` task: prompts are first observations of episodes.
 * ``opdplug_agents.samplers``    the ``agent``, ``agent_teacher`` and ``agent_expert`` samplers.
+* ``opdplug_agents.locators``    earliest-error locators by name (``expert``, ``teacher_logprob``,
+  ``teacher_rollouts``, ``llm_judge``) behind ``locate(episodes, deps, start=None)``.
+* ``opdplug_agents.correction``  the ``agent_score`` (SCoRe) and ``agent_dagger`` samplers.
+* ``opdplug_agents.credit``      credit across turns: ``turn_level``, ``discounted_episode``.
+* ``opdplug_agents.accounting``  per-step ``agent/*`` metrics: teacher calls, successes, first errors.
 * ``opdplug_agents.plugin``      the ``opdplug`` entry point: registers the environments, the
   task, the samplers and the ``agent`` verifier by name.
 """

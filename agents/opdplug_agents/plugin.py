@@ -8,12 +8,18 @@
 * samplers ``agent``, ``agent_teacher``, ``agent_expert`` (``opdplug_agents.samplers``): who
   acts in the episodes, and whose tokens carry loss.
 * verifier ``agent``: episode success by replay.
+* samplers ``agent_score`` (SCoRe correction) and ``agent_dagger`` (``opdplug_agents.correction``),
+  with the earliest-error locators of ``opdplug_agents.locators``.
+* credit schemes ``turn_level`` and ``discounted_episode`` (``opdplug_agents.credit``).
+* ``opd_score`` (a wrapper that only counts) and ``opd_step_end``: the ``agent/*`` metrics of
+  ``opdplug_agents.accounting`` (teacher calls, successes, first-error positions).
 """
 from __future__ import annotations
 
 from opdplug.hookspecs import hookimpl
 
-from . import samplers
+from . import correction, credit, samplers
+from .accounting import opd_score, opd_step_end  # noqa: F401 (hooks)
 from .envs import ENVS
 from .task import AgentTask
 
@@ -34,8 +40,16 @@ def opd_register_samplers(register):
     register("agent", samplers.AgentOnPolicy)
     register("agent_teacher", samplers.AgentTeacher)
     register("agent_expert", samplers.AgentExpert)
+    register("agent_score", correction.AgentScore)
+    register("agent_dagger", correction.AgentDagger)
 
 
 @hookimpl
 def opd_register_verifiers(register):
     register("agent", samplers.AgentVerifier)
+
+
+@hookimpl
+def opd_register_credit_schemes(register):
+    register("turn_level", credit.TurnLevel)
+    register("discounted_episode", credit.DiscountedEpisode)

@@ -171,7 +171,19 @@ class ExpertActor:
     """Recorded as the turns' producer."""
 
 
-Actor = Union[ModelActor, ExpertActor]
+@dataclass(frozen=True, eq=False)
+class PolicyActor:
+    """A program that acts: ``policy(env, turn) -> action text`` (e.g. a scripted or noisy
+    student in tests and benchmarks). Log-probs 0, like the expert's; ``env`` is the running
+    bare environment (``expert_action()`` and ``is_optimal()`` are there to use)."""
+
+    policy: Callable[[Any, int], str]
+    """Called with the environment and the turn index (from 0)."""
+    producer: str = "student"
+    """Recorded as the turns' producer."""
+
+
+Actor = Union[ModelActor, ExpertActor, PolicyActor]
 ActorChoice = Union[Actor, Callable[[int, int], Actor]]
 """One actor for every turn, or ``choose(episode_index, turn) -> Actor``."""
 
@@ -232,7 +244,7 @@ def run_episodes(
 
     :param specs: ``EpisodeSpec`` or ``(env_name, seed, options)`` per episode; ``options`` are
         the environment's constructor options (``horizon``, ``split``, ``max_turns``, ...).
-    :param actors: an ``ModelActor`` / ``ExpertActor`` for every turn, or a callable
+    :param actors: a ``ModelActor`` / ``ExpertActor`` / ``PolicyActor`` for every turn, or a callable
         ``(episode_index, turn) -> actor`` (turn counts from 0, prefix turns included).
     :param tokenizer: a tokenizer knowing ``textio.agent_words`` of the environments.
     :param max_action_tokens: token budget of one sampled action; an action without ``<eos>``
@@ -259,7 +271,7 @@ def run_episodes(
         raise ValueError(f"{len(prefixes)} prefixes for {len(specs)} episodes")
     eos, bos = tokenizer.eos_token_id, tokenizer.bos_token_id
     marker = textio.marker_id(tokenizer)
-    choose = (lambda i, t: actors) if isinstance(actors, (ModelActor, ExpertActor)) else actors
+    choose = (lambda i, t: actors) if isinstance(actors, (ModelActor, ExpertActor, PolicyActor)) else actors
 
     running: list[_Running] = []
     for spec, prefix in zip(specs, prefixes):
@@ -293,14 +305,16 @@ def run_episodes(
                 acted[i] = (list(fixed.action_ids), lps, fixed.producer, not ended)
                 continue
             actor = choose(i, len(r.turns))
-            if isinstance(actor, ExpertActor):
-                ids = textio.encode_action(tokenizer, r.env.expert_action(), r.spec.env)
+            if isinstance(actor, (ExpertActor, PolicyActor)):
+                _check_producer(actor.producer)
+                text = r.env.expert_action() if isinstance(actor, ExpertActor) else actor.policy(r.env, len(r.turns))
+                ids = textio.encode_action(tokenizer, text, r.spec.env)
                 acted[i] = (ids, [0.0] * len(ids), actor.producer, False)
             elif isinstance(actor, ModelActor):
                 _check_producer(actor.producer)
                 by_model.setdefault(id(actor), (actor, []))[1].append(i)
             else:
-                raise TypeError(f"an actor must be a ModelActor or an ExpertActor, got {type(actor).__name__}")
+                raise TypeError(f"an actor must be a ModelActor, an ExpertActor or a PolicyActor, got {type(actor).__name__}")
         for actor, rows in by_model.values():
             for i, (ids, lps, truncated) in zip(rows, _sample(actor, [running[i].ids for i in rows], tokenizer, max_action_tokens, temperature, generator)):
                 acted[i] = (ids, lps, actor.producer, truncated)

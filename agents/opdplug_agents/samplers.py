@@ -9,6 +9,10 @@ Each reads the episodes to play from the prompts' ``meta`` (``opdplug_agents.tas
 at ``[rollout] temperature``/``top_p`` with a per-action budget of ``[rollout] max_new_tokens``
 (0: the task's ``max_new_tokens(horizon)``) and attaches the success of each episode as
 ``rewards_B``.
+
+Every agent sampler reports what it spent through ``opdplug_agents.accounting`` (logged as
+``agent/*`` metrics each step): episodes, their success, rows, teacher actions (one per action
+the local teacher generates), expert actions, and the derived ``teacher_calls``.
 """
 from __future__ import annotations
 
@@ -20,6 +24,7 @@ import torch
 from opdplug.errors import ConfigError
 from opdplug.types import Prompt, RolloutBatch
 
+from . import accounting
 from .rollout import ExpertActor, ModelActor, episodes_to_batch, run_episodes
 
 
@@ -60,6 +65,11 @@ def agent_rollout(ctx, prompts: Sequence[Prompt], step: int, actor: str, sampler
     episodes = run_episodes(
         specs, acting, ctx.tokenizer, max_action_tokens=_action_budget(ctx, prompts),
         temperature=opts.temperature, generator=ctx.generator(actor, step, prompts[0].prompt_ids),
+    )
+    actions = sum(e.num_turns for e in episodes)
+    accounting.record(
+        ctx, episodes=len(episodes), success=sum(e.success for e in episodes), rows=len(episodes),
+        teacher_actions=actions if actor == "teacher" else 0, expert_actions=actions if actor == "expert" else 0,
     )
     try:
         return episodes_to_batch(episodes, train_on=(actor,), pad_id=ctx.tokenizer.pad_token_id, prompts=prompts)

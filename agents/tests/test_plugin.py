@@ -32,12 +32,14 @@ def test_manager_loads_the_plugin_and_its_environments(opd_manager):
     manager = opd_manager()
     info = manager.infos["agents"]
     assert not info.error and info.distribution == "opdplug-agents" and info.version == "0.1.0"
-    assert info.hooks == ["opd_register_environments", "opd_register_samplers", "opd_register_tasks", "opd_register_verifiers"]
+    assert {"opd_register_environments", "opd_register_samplers", "opd_register_tasks", "opd_register_verifiers",
+            "opd_register_credit_schemes", "opd_score", "opd_step_end"} <= set(info.hooks)
     registry = manager.registry
     assert EXPECTED <= set(registry.names("environments"))
     assert set(info.provides["environments"]) == EXPECTED
     assert info.provides["tasks"] == ["agent"] and info.provides["verifiers"] == ["agent"]
-    assert set(info.provides["samplers"]) == {"agent", "agent_teacher", "agent_expert"}
+    assert set(info.provides["samplers"]) == {"agent", "agent_teacher", "agent_expert", "agent_score", "agent_dagger"}
+    assert set(info.provides["credit_schemes"]) == {"turn_level", "discounted_episode"}
     assert {registry.owners["environments"][name] for name in EXPECTED} == {"agents"}
 
 

@@ -7,6 +7,8 @@ An environment subclasses ``ToolTextEnv`` and provides:
 * ``_begin()``: set the dynamic state from ``self.episode``, return the first observation;
 * ``_tool_<name>(**args)`` for each tool: apply a validated call, return an ``Outcome``;
 * ``_expert()``: the expert's action text from the current state;
+* ``_optimal_cost()`` (optional): the fewest actions to success from the current state, which
+  lets ``is_optimal`` accept every optimal action (ties), not only the expert's own;
 * ``words``: the words its observations use besides numbers and the tool format.
 
 Observations are one line of words separated by single spaces (punctuation such as ``:`` and
@@ -161,6 +163,12 @@ class ToolTextEnv(gymnasium.Env):
     def _expert(self) -> str:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def _optimal_cost(self) -> Optional[int]:
+        """The fewest actions from the current state to success, as the expert (who knows the
+        episode) counts them; None when the environment cannot tell (``is_optimal`` then compares
+        the call with the expert's)."""
+        return None
+
     # -- gymnasium API ----------------------------------------------------------------------
     def reset(self, *, seed: Optional[int] = None, options: Optional[dict] = None):
         """Draw an episode of the split (rejection sampling on ``split_of``) and start it.
@@ -218,6 +226,42 @@ class ToolTextEnv(gymnasium.Env):
         if self.episode is None or self._terminated or self._truncated:
             raise RuntimeError(f"{self.name}: no expert action outside a running episode")
         return self._expert()
+
+    def optimal_cost(self) -> Optional[int]:
+        """The optimal remaining cost: the fewest actions to success from the current state
+        (the expert's episode length from here), or None if the environment does not define it.
+
+        :raises RuntimeError: before ``reset`` or once the episode is over.
+        """
+        if self.episode is None or self._terminated or self._truncated:
+            raise RuntimeError(f"{self.name}: no optimal cost outside a running episode")
+        return self._optimal_cost()
+
+    def is_optimal(self, action: str) -> bool:
+        """Whether ``action``, taken now, is an optimal move; the state is left unchanged.
+
+        With ``optimal_cost`` defined: the call is valid and either solves the task or leaves
+        the episode running with the optimal cost down by exactly one (so every tie counts:
+        any shortest-path move in gridnav, any swap that removes one inversion in swapsort).
+        Otherwise: the call parses to the same tool call as the expert's (formatting aside).
+        Malformed and invalid calls, bumps and wasted calls are never optimal.
+
+        :raises RuntimeError: before ``reset`` or once the episode is over.
+        """
+        before = self.optimal_cost()
+        if before is None:
+            call, expert = parse_call(action, self.tools, max_chars=MAX_ACTION_CHARS), parse_call(self._expert(), self.tools)
+            return not isinstance(call, str) and call == expert
+        taken = list(self.actions)
+        try:
+            _, _, terminated, _, info = self.step(action)
+            if not info["valid_action"]:
+                return False
+            if info["success"]:
+                return True
+            return not terminated and self._optimal_cost() == before - 1
+        finally:
+            self.replay(taken)  # deterministic: back to exactly the state before
 
     def replay(self, actions: list[str]) -> str:
         """Restart the current episode (no new draw, ``np_random`` untouched), apply ``actions``

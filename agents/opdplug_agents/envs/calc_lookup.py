@@ -161,6 +161,16 @@ class CalcLookupEnv(ToolTextEnv):
         return Outcome(TEXT["correct" if right else "wrong"], terminated=True, success=right)
 
     # -- expert -----------------------------------------------------------------------------
+    def _optimal_cost(self) -> int:
+        """Chain members not looked up yet, plus one ``calc`` unless the total is already a
+        result (or there is one person), plus the ``answer``. Looking up a distractor or a name
+        twice, or a partial sum, leaves it unchanged: not optimal."""
+        t = self.episode
+        chain = t.chain()
+        missing = sum(t.names[i] not in self._looked_up for i in chain)
+        calc = int(len(chain) > 1 and t.total() not in self._results)
+        return missing + calc + 1
+
     def _expert(self) -> str:
         t = self.episode
         chain = t.chain()

@@ -166,6 +166,10 @@ class GridNavEnv(ToolTextEnv):
         return Outcome(text, terminated=arrived, success=arrived)
 
     # -- expert -----------------------------------------------------------------------------
+    def _optimal_cost(self) -> int:
+        """BFS distance from here to the goal: an optimal move lowers it by one."""
+        return self._to_goal[self._pos]
+
     def _expert(self) -> str:
         here = self._to_goal[self._pos]
         for d, (dr, dc) in DIRECTIONS.items():

@@ -125,6 +125,10 @@ class SwapSortEnv(ToolTextEnv):
         return Outcome(TEXT["sorted" if ok else "unsorted"], terminated=True, success=ok)
 
     # -- expert -----------------------------------------------------------------------------
+    def _optimal_cost(self) -> int:
+        """Inversions left (one swap each) plus the ``done`` call."""
+        return inversions(tuple(self._items)) + 1
+
     def _expert(self) -> str:
         for i, (a, b) in enumerate(zip(self._items, self._items[1:])):
             if a > b:
