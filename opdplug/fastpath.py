@@ -172,39 +172,48 @@ class FastLlama:
         rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
         return x * cos + rotated * sin
 
-    def _layers(self, x_B_L_H, positions_B_L, attn_mask_B_1_L_S, cache_slice: Optional[slice]) -> torch.Tensor:
-        """Run every decoder layer. ``cache_slice``: where this input's keys/values go in the
-        preallocated cache (attention then reads the cache up to its end); None: no cache."""
-        B, L, _ = x_B_L_H.shape
+    def _layers(self, x_B_L_H, positions_B_L, attn_mask_B_1_L_S, cache_start: Optional[int]) -> torch.Tensor:
+        """Run every decoder layer. ``cache_start``: the cache slot of this input's first token
+        (attention then reads the cache up to this input's end); None: no cache."""
+        B, L, H = x_B_L_H.shape
         Hq, Hkv, D = self.n_heads, self.n_kv_heads, self.head_dim
         if self.complex_rope:
             cis = self.cis_P_D2[positions_B_L][:, :, None]  # [B, L, 1, D/2]: one table for all heads
         else:
             cos = self.cos_P_D[positions_B_L][:, :, None]  # [B, L, 1, D]
             sin = self.sin_P_D[positions_B_L][:, :, None]
+        # Few, cheap operations per layer: on small models each one costs more in dispatch than
+        # in arithmetic. The residual stream stays 2-D so the output projections can add into it
+        # (addmm), and the cache is [B, S, heads, D] so writing a step is one narrow + copy.
+        x_N_H = x_B_L_H.reshape(B * L, H)
         for i, w in enumerate(self.layers):
-            h = self._norm(x_B_L_H, w.input_norm_H)
-            qkv = F.linear(h, w.qkv_weight, w.qkv_bias).view(B, L, Hq + 2 * Hkv, D)
+            qkv = F.linear(self._norm(x_N_H, w.input_norm_H), w.qkv_weight, w.qkv_bias).view(B, L, Hq + 2 * Hkv, D)
+            qk, v = qkv.split([Hq + Hkv, Hkv], dim=2)
             if self.complex_rope:  # queries and keys rotated together
-                pairs = torch.view_as_complex(qkv[:, :, :Hq + Hkv].unflatten(-1, (D // 2, 2)))
-                qk = torch.view_as_real(pairs * cis).flatten(-2)
+                qk = torch.view_as_real(torch.view_as_complex(qk.unflatten(-1, (D // 2, 2))) * cis).flatten(-2)
             else:
-                qk = self._rotate(qkv[:, :, :Hq + Hkv], cos, sin)
-            q = qk[:, :, :Hq].transpose(1, 2)
-            k = qk[:, :, Hq:].transpose(1, 2)
-            v = qkv[:, :, Hq + Hkv:].transpose(1, 2)
-            if cache_slice is not None:
-                self.k_cache[i][:, :, cache_slice] = k
-                self.v_cache[i][:, :, cache_slice] = v
-                k = self.k_cache[i][:, :, :cache_slice.stop]
-                v = self.v_cache[i][:, :, :cache_slice.stop]
-            a = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask_B_1_L_S, scale=self.scaling,
-                                               enable_gqa=self.n_heads != self.n_kv_heads)
-            x_B_L_H = x_B_L_H + F.linear(a.transpose(1, 2).reshape(B, L, Hq * D), w.o_weight, w.o_bias)
-            h = self._norm(x_B_L_H, w.post_norm_H)
-            gate, up = F.linear(h, w.gate_up_weight, w.gate_up_bias).chunk(2, dim=-1)
-            x_B_L_H = x_B_L_H + F.linear(F.silu(gate) * up, w.down_weight, w.down_bias)
-        return self._norm(x_B_L_H, self.final_norm_H)
+                qk = self._rotate(qk, cos, sin)
+            q, k = qk.split([Hq, Hkv], dim=2)
+            if cache_start is not None:
+                self.k_cache[i].narrow(1, cache_start, L).copy_(k)
+                self.v_cache[i].narrow(1, cache_start, L).copy_(v)
+                k = self.k_cache[i].narrow(1, 0, cache_start + L)
+                v = self.v_cache[i].narrow(1, 0, cache_start + L)
+            a = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                               attn_mask=attn_mask_B_1_L_S, scale=self.scaling,
+                                               enable_gqa=Hq != Hkv)
+            x_N_H = self._project_add(x_N_H, a.transpose(1, 2).reshape(B * L, Hq * D), w.o_weight, w.o_bias)
+            gate, up = F.linear(self._norm(x_N_H, w.post_norm_H), w.gate_up_weight, w.gate_up_bias).chunk(2, dim=-1)
+            x_N_H = self._project_add(x_N_H, F.silu(gate) * up, w.down_weight, w.down_bias)
+        return self._norm(x_N_H, self.final_norm_H).view(B, L, H)
+
+    @staticmethod
+    def _project_add(x_N_H: torch.Tensor, a_N_I: torch.Tensor, weight_H_I: torch.Tensor,
+                     bias_H: Optional[torch.Tensor]) -> torch.Tensor:
+        """``x + a @ weight.T (+ bias)``: one addmm when there is no bias."""
+        if bias_H is None:
+            return torch.addmm(x_N_H, a_N_I, weight_H_I.t())
+        return x_N_H + F.linear(a_N_I, weight_H_I, bias_H)
 
     def logits(self, hidden_B_L_H: torch.Tensor) -> torch.Tensor:
         return F.linear(hidden_B_L_H, self.lm_head_V_H, self.lm_head_bias)
@@ -233,12 +242,12 @@ class FastLlama:
         """Start decoding: fill a cache sized for ``max_new_tokens`` more; return last logits ``[B, V]``."""
         B, P = input_ids_B_P.shape
         S = P + max_new_tokens
-        shape = (B, self.n_kv_heads, S, self.head_dim)
+        shape = (B, S, self.n_kv_heads, self.head_dim)
         self.k_cache = [torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in self.layers]
         self.v_cache = [torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in self.layers]
         self._rope_tables(int(position_ids_B_P.max()) + max_new_tokens + 1)
         x = F.embedding(input_ids_B_P, self.embed_V_H)
-        h = self._layers(x, position_ids_B_P, self._prefix_mask(attention_mask_B_P), slice(0, P))
+        h = self._layers(x, position_ids_B_P, self._prefix_mask(attention_mask_B_P), 0)
         return self.logits(h[:, -1])
 
     @torch.no_grad()
@@ -252,7 +261,7 @@ class FastLlama:
         S = attention_mask.shape[-1]
         mask = attention_mask if attention_mask.dim() == 4 else attention_mask.bool()[:, None, None, :]
         x = F.embedding(token_B[:, None], self.embed_V_H)
-        h = self._layers(x, position_B[:, None], mask, slice(S - 1, S))
+        h = self._layers(x, position_B[:, None], mask, S - 1)
         return self.logits(h[:, -1])
 
     def additive_mask(self, attention_mask_B_S: torch.Tensor) -> torch.Tensor:
