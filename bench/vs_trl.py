@@ -250,41 +250,8 @@ def worker_trl(a, phases: Phases, marks: list):
     trainer._get_train_sampler = lambda *x, **k: SequentialSampler(ds)
     # phase wrappers
     GKDTrainer.generate_on_policy_outputs = staticmethod(phases.wrap("generation", GKDTrainer.generate_on_policy_outputs))
-    trainer.teacher_model.forward = phases.wrap("teacher forward", trainer.teacher_model.forward)
-    real_compute_loss = trainer.compute_loss
-    trainer.compute_loss = phases.wrap("student fwd + loss", real_compute_loss)
-    # teacher forward is nested in compute_loss: time it separately, subtract below
-    inner = {"t": 0.0}
-    real_tf = teacher.forward
-
-    def teacher_forward(*x, **k):
-        t0 = time.perf_counter()
-        try:
-            return real_tf(*x, **k)
-        finally:
-            inner["t"] += time.perf_counter() - t0
-
-    trainer.teacher_model.forward = teacher_forward
-    trainer.accelerator.backward = phases.wrap("backward", trainer.accelerator.backward)
-    real_create = trainer.create_optimizer
-
-    def create_optimizer(*x, **k):
-        opt = real_create(*x, **k)
-        opt.step = phases.wrap("optimizer (+clip)", opt.step)
-        return opt
-
-    trainer.create_optimizer = create_optimizer
-    trainer.accelerator.clip_grad_norm_ = phases.wrap("optimizer (+clip)", trainer.accelerator.clip_grad_norm_)
-    trainer.train()
-    phases.t["teacher forward"] = phases.t.get("teacher forward", 0.0) + inner["t"]
-    phases.t["student fwd + loss"] = phases.t.get("student fwd + loss", 0.0) - inner["t"]
-    final = Path(a.work) / "final"
-    trainer.model.save_pretrained(final, safe_serialization=True)
-    tok.save_pretrained(final)
-    begin = [m for m in marks if isinstance(m, tuple)][0][1]
-    marks[:] = [m for m in marks if not isinstance(m, tuple)]
-    return str(final), begin
-
+    trainer.compute_loss = phases.wrap("student fwd + loss", trainer.compute_loss)
+    return train_timed(trainer, trainer.teacher_model, phases, marks, Path(a.work) / "final", tok)
 
 
 def worker_distill(a, phases: Phases, marks: list):
@@ -369,18 +336,27 @@ def worker_distill(a, phases: Phases, marks: list):
     # The teacher runs inside compute_loss, and only its backbone (_get_last_hidden_state calls
     # teacher.base_model directly; teacher.forward is never called); its lm_head projection happens
     # inside the chunked loss and so stays in "student fwd + loss". Time the backbone, subtract below.
-    inner = {"t": 0.0}
     backbone = trainer.accelerator.unwrap_model(trainer.teacher_model).base_model
-    real_tb = backbone.forward
+    result = train_timed(trainer, backbone, phases, marks, Path(a.work) / "final", tok)
+    assert seen["n"] == a.steps, f"{seen['n']} generation batches for {a.steps} steps"
+    return result
 
-    def teacher_backbone(*x, **k):
+
+def train_timed(trainer, teacher_module, phases: Phases, marks: list, final: Path, tok):
+    """Train a TRL trainer with its backward and optimizer phases timed, save the final student,
+    and return ``(final dir, start time)``. The teacher runs inside ``compute_loss``: it is timed
+    apart and its time moved from "student fwd + loss" to "teacher forward"."""
+    inner = {"t": 0.0}
+    real_teacher = teacher_module.forward
+
+    def timed_teacher(*x, **k):
         t0 = time.perf_counter()
         try:
-            return real_tb(*x, **k)
+            return real_teacher(*x, **k)
         finally:
             inner["t"] += time.perf_counter() - t0
 
-    backbone.forward = teacher_backbone
+    teacher_module.forward = timed_teacher
     trainer.accelerator.backward = phases.wrap("backward", trainer.accelerator.backward)
     real_create = trainer.create_optimizer
 
@@ -392,10 +368,8 @@ def worker_distill(a, phases: Phases, marks: list):
     trainer.create_optimizer = create_optimizer
     trainer.accelerator.clip_grad_norm_ = phases.wrap("optimizer (+clip)", trainer.accelerator.clip_grad_norm_)
     trainer.train()
-    assert seen["n"] == a.steps, f"{seen['n']} generation batches for {a.steps} steps"
     phases.t["teacher forward"] = phases.t.get("teacher forward", 0.0) + inner["t"]
     phases.t["student fwd + loss"] = phases.t.get("student fwd + loss", 0.0) - inner["t"]
-    final = Path(a.work) / "final"
     trainer.model.save_pretrained(final, safe_serialization=True)
     tok.save_pretrained(final)
     begin = next(m for m in marks if isinstance(m, tuple))[1]
