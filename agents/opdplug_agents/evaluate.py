@@ -50,6 +50,9 @@ class HorizonResult:
     """Mean number of turns taken (actions sent to the environment)."""
     first_errors: tuple = ()
     """Per episode, the 0-based turn of its first error, or None (no error)."""
+    distinct: int = 0
+    """Distinct episodes among the ``n`` (by first observation): small environments (a 4x4
+    grid without walls has a few dozen episodes per horizon) repeat episodes."""
 
     @property
     def first_error_histogram(self) -> dict[str, int]:
@@ -95,7 +98,7 @@ class AgentEvalReport:
             "first_error_source": self.first_error_source,
             "horizons": {
                 str(h): {
-                    "n": r.n, "success": r.success, "mean_turns": r.mean_turns,
+                    "n": r.n, "distinct": r.distinct, "success": r.success, "mean_turns": r.mean_turns,
                     "mean_first_error": r.mean_first_error, "first_error_histogram": r.first_error_histogram,
                 }
                 for h, r in self.results.items()
@@ -250,7 +253,7 @@ def success_by_horizon(
                 horizon=h, n=len(episodes),
                 success=sum(e.success for e in episodes) / len(episodes),
                 mean_turns=sum(e.num_turns for e in episodes) / len(episodes),
-                first_errors=errors,
+                first_errors=errors, distinct=len({e.prompt_ids for e in episodes}),
             )
     finally:
         if bar is not None:

@@ -13,6 +13,7 @@
 * credit schemes ``turn_level`` and ``discounted_episode`` (``opdplug_agents.credit``).
 * ``opd_score`` (a wrapper that only counts) and ``opd_step_end``: the ``agent/*`` metrics of
   ``opdplug_agents.accounting`` (teacher calls, successes, first-error positions).
+* command ``agent`` (``opdplug_agents.cli``): ``opdplug agent train|eval|teacher``.
 """
 from __future__ import annotations
 
@@ -53,3 +54,11 @@ def opd_register_verifiers(register):
 def opd_register_credit_schemes(register):
     register("turn_level", credit.TurnLevel)
     register("discounted_episode", credit.DiscountedEpisode)
+
+
+@hookimpl
+def opd_register_commands(register):
+    from . import cli  # imported lazily: the command line only
+
+    for name, command in cli.COMMANDS.items():
+        register(name, command)
