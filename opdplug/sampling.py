@@ -235,8 +235,8 @@ def forward_logprobs(
     """
     t = temperature if temperature > 0 else 1.0
     targets_B_L1 = input_ids_B_L[:, 1:]
-    fast = fastpath.fast_forward(model)  # only without gradients
     if chunk_size is None:
+        fast = fastpath.fast_forward(model)  # only without gradients
         if fast is not None:
             logits_B_L_V = fast.logits(fast.hidden(input_ids_B_L, attention_mask_B_L, _positions(attention_mask_B_L)))
         else:
