@@ -142,7 +142,6 @@ class FastLlama:
                 down_weight=mlp.down_proj.weight.detach(),
                 down_bias=None if mlp.down_proj.bias is None else mlp.down_proj.bias.detach(),
             ))
-        self.device = self.embed_V_H.device
         self.k_cache: list[torch.Tensor] = []
         self.v_cache: list[torch.Tensor] = []
         self.cos_P_D = self.sin_P_D = None
