@@ -73,7 +73,7 @@ class BenchConfig:
     """Horizons evaluated; the last is the headline's."""
     eval_n: int = 50
     """Held-out episodes per horizon and model."""
-    warm_steps: int = 300
+    warm_steps: int = 500
     """BC warm-start steps shared by every method."""
     warm_sampler: str = "agent_expert"
     """Who plays the warm start's episodes: ``agent_expert`` (a program: no teacher calls, and
@@ -84,7 +84,7 @@ class BenchConfig:
     """Episodes per step (every phase)."""
     lr: float = 1e-3
     """Students' learning rate after the warm start (constant)."""
-    budget: int = 1200
+    budget: int = 1000
     """Teacher calls per method after the warm start."""
     temperature: float = 1.0
     """Rollout temperature of every sampler (students and teacher)."""
@@ -94,7 +94,7 @@ class BenchConfig:
 
 
 FULL = BenchConfig()
-REDUCED = dataclasses.replace(FULL, warm_steps=200, budget=600, eval_n=30)
+REDUCED = dataclasses.replace(FULL, warm_steps=400, budget=500, eval_n=30)
 QUICK = dataclasses.replace(FULL, eval_horizons=(1, 2), eval_n=4, warm_steps=2, batch=4, budget=12)
 
 METHODS: dict[str, dict] = {

@@ -3,14 +3,16 @@
 ::
 
     opdplug agent train CONFIG.toml [--output-dir DIR] [--steps N] [--horizons 2,4,6] [--n 50] [--json]
-    opdplug agent eval MODEL_DIR --env gridnav --horizons 2,4,6 --n 50 [--png FILE] [--json]
+    opdplug agent eval MODEL_DIR --env gridnav --horizons 2,3,4 --n 50 [--env-options JSON] [--png FILE] [--json]
     opdplug agent eval expert --env swapsort --horizons 2,6,10     # the environment's expert
     opdplug agent teacher --env gridnav [--output-dir runs/agents] [--json]
 
 ``train`` is ``opdplug train`` for configs whose ``[task] name`` is ``"agent"``, followed by the
 success rate of the final student by horizon on held-out episodes. ``eval`` plays held-out
 episodes greedily (by default) and prints success, mean turns and the mean turn of the first
-error per horizon, and writes a PNG of success against horizon. ``teacher`` builds (or loads
+error per horizon, and writes a PNG of success against horizon; without ``--env`` /
+``--env-options`` it uses those the model was trained with when its directory records them (a
+run directory's ``config.toml``, a built-in teacher's ``teacher_eval.json``). ``teacher`` builds (or loads
 from the cache) the built-in teacher of ``opdplug_agents.recipe`` and copies it to
 ``OUTPUT_DIR/ENV/teacher``, where ``configs/agent_*.toml`` look for it.
 
@@ -64,6 +66,29 @@ def default_horizons(options: dict, env: str) -> list[int]:
     return sorted({*range(lo, hi + 1, step), hi})
 
 
+def recorded_task(path: Path) -> dict:
+    """The ``agent`` task options a model was trained with, when its directory records them: a
+    run directory's ``config.toml`` (also for its ``final/``) or a built-in teacher's
+    ``teacher_eval.json``; {} otherwise."""
+    import tomllib
+
+    for toml in (path / "config.toml", path.parent / "config.toml"):
+        if toml.is_file() and (toml.parent == path or path.name == "final"):
+            try:
+                task = tomllib.loads(toml.read_text()).get("task", {})
+            except (OSError, tomllib.TOMLDecodeError):
+                return {}
+            return dict(task.get("options", {})) if task.get("name") == "agent" else {}
+    measured = path / "teacher_eval.json"
+    if measured.is_file():
+        try:
+            recipe = json.loads(measured.read_text()).get("recipe", {})
+        except (OSError, json.JSONDecodeError):
+            return {}
+        return {"env": recipe.get("env"), "env_options": recipe.get("env_options", {})}
+    return {}
+
+
 def load_agent_model(path: str):
     """``(model, tokenizer)`` from a model directory or a finished run directory; one-line
     ``ConfigError`` otherwise."""
@@ -115,12 +140,14 @@ class AgentCommand:
 
         ev = sub.add_parser("eval", help="success rate by horizon of a model (or 'expert') on held-out episodes")
         ev.add_argument("path", help="a model directory, a finished run directory, or 'expert'")
-        ev.add_argument("--env", default="gridnav", help="environment (calc_lookup, gridnav, swapsort)")
+        ev.add_argument("--env", help="environment: calc_lookup, gridnav, swapsort (default: the one the model was "
+                                      "trained on, when its directory records it, else gridnav)")
         ev.add_argument("--horizons", default="2,4,6", help="comma-separated horizons (default 2,4,6)")
         ev.add_argument("--n", type=int, default=EVAL_N, help=f"held-out episodes per horizon (default {EVAL_N})")
         ev.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
         ev.add_argument("--max-turns", type=int, default=0, help="turn limit (0: the environment's default)")
-        ev.add_argument("--env-options", default="{}", help="JSON object of other environment options, e.g. '{\"size\": 6}'")
+        ev.add_argument("--env-options", help="JSON object of other environment options, e.g. '{\"size\": 6}' "
+                                              "(default: the model's recorded ones for that environment, else none)")
         ev.add_argument("--seed", type=int, default=1234, help="picks the episodes")
         ev.add_argument("--png", help="where to write the plot (default: PATH/success_vs_horizon_ENV.png; '' for none)")
         ev.add_argument("--json", action="store_true", help="print one JSON object only")
@@ -180,10 +207,12 @@ class AgentCommand:
         from .evaluate import EXPERT, plot_success
         from .task import AgentTask
 
-        env = check_env(args.env)
+        recorded = {} if args.path == EXPERT else recorded_task(Path(args.path))
+        env = check_env(args.env or recorded.get("env") or "gridnav")
         horizons = parse_horizons(args.horizons, env)
         try:
-            env_options = json.loads(args.env_options)
+            env_options = (json.loads(args.env_options) if args.env_options is not None
+                           else dict(recorded.get("env_options") or {}) if recorded.get("env") == env else {})
         except json.JSONDecodeError:
             raise ConfigError(f"--env-options must be a JSON object, got {args.env_options!r}") from None
         if not isinstance(env_options, dict):

@@ -9,14 +9,15 @@ the first error of every episode. ``model="expert"`` plays the environment's exp
 
 First error
 -----------
-The first turn whose action is invalid, ends the episode unsolved, or does not bring the
-episode one step closer to the end by the expert's measure: the expert's remaining episode
-length (``cost_to_go``: replay the prefix, let the expert finish, count its actions) must drop
-by exactly one. This is "differs from the expert's optimal move" without penalising an equally
-optimal alternative (another shortest path in ``gridnav``, another out-of-order pair in
-``swapsort``, another chain order in ``calc_lookup``). If the ``locators`` module offers an
-``expert`` locator (the SCoRe locator interface), it is used instead (``first_error_source``
-says which). The locator checks only the model's own turns, so the expert has no errors.
+The first of the model's turns that is not an optimal move in effect: an invalid or malformed
+call, a bump or wasted call, or a move that does not bring the optimal remaining cost down by
+exactly one (equally optimal alternatives count as right: another shortest path in
+``gridnav``, another out-of-order pair in ``swapsort``, another chain order in
+``calc_lookup``). It is found by the ``expert`` locator of ``opdplug_agents.locators`` (the
+SCoRe locator interface, ``env.is_optimal``); where that module is not available, by
+``first_error_cost_to_go``, the same rule computed here by letting the expert finish the
+episode from each prefix and counting its actions. ``first_error_source`` says which was used.
+Only the model's own turns are checked, so the expert never has an error.
 """
 from __future__ import annotations
 

@@ -18,18 +18,38 @@ The result is cached under ``$OPDPLUG_CACHE_DIR`` (default ``~/.cache/opdplug``)
 and ``threads`` are not part of it), built in a private directory and moved into place with
 one atomic rename, like the demo's SumChain teacher. Its success by horizon on held-out
 episodes is written beside the weights (``teacher_eval.json``). Horizon ranges are fields:
-``recipe.with_horizons(2, 8)`` gives another (separately cached) teacher.
+``recipe.with_horizons(1, 3)`` gives another (separately cached) teacher.
 
-Measured (this machine: 2 shared CPU cores, ``threads = 1``; greedy success on held-out
-episodes, ``eval_n`` per horizon)::
+Measured (this machine: 2 CPU cores shared with other jobs, ``threads = 1``; greedy success
+on 50 held-out episodes per horizon, eval split)::
 
-    MEASURED  (filled in below, see RECIPES)
+    gridnav (4x4 grid, wall density 0.1, horizons 1..4; BC 900 steps of 16 @ 1e-3, then
+             DAgger 25 steps x 16 episodes x 4 expert-labelled states @ 2e-4)
+        h=2 0.88   h=3 0.88   h=4 0.88      trained in 520 s (BC 419 s, ~0.47 s/step;
+                                            DAgger ~4 s/step: the model's own episodes)
+    calc_lookup (horizons 1..4; BC 600 steps of 16 @ 1e-3, then DAgger 20 steps x 2 states)
+        see CALC_LOOKUP_MEASURED below
 
-What did not work (same machine, BC on expert episodes, batch 16): lr 3e-3 sits on a plateau
-(the model learns the episode's shape, e.g. how many lookups, but copies no names) for 300+
-steps; the copy behaviour appears abruptly after ~350 steps at lr 1e-3. ``gridnav`` with its
-default walls (density 0.25) learnt nothing within 300 steps (direction loss at chance):
-finding the goal's column in the text map is position counting, slow for 2 layers.
+Learning curves behind these settings (BC on expert episodes, batch 16, same machine; success
+at the longest training horizon, 20-30 episodes):
+
+* calc_lookup 1..4 @ 1e-3: 0.07 at step 300, 0.90 at 400, 0.97 at 600. The copy behaviour (look
+  up the friend named in the last observation) appears abruptly after ~350 steps; before, the
+  model already knows the episode's shape (how many lookups, then calc, then answer) but copies
+  no names. At 3e-3 it stays on that plateau for 300+ steps. Over horizons 1..6 the calc step
+  (copy the coins of six lookups, in order, into one expression) is still wrong after 800 steps
+  (0.05-0.25 at h=6), hence 1..4.
+* gridnav 4x4, walls 0.1, 1..4 @ 1e-3: h=4 0.10 / 0.63 / 0.63 / 0.67 at steps 100 / 300 / 500 /
+  700 (2e-3 is slower). Its BC failures are textbook compounding errors: one bump into a wall
+  gives an observation ("blocked : wall to the north") that expert episodes never contain, and
+  the model repeats the bump, then writes malformed calls. Phase 2 (DAgger) is there for those
+  states: +0.04 at h=4 in 40 steps from the 700-step model.
+* gridnav without walls looks easier (5x5, 1..6: 0.83 at h=6 after 800 steps) but its episode
+  space is tiny: a 4x4 grid without walls has ONE held-out episode at h=5 (``HorizonResult.
+  distinct`` counts them); with walls 0.1 the eval episodes are (nearly) all distinct. The
+  default walls (0.25) on the default size learnt nothing in 300 steps.
+* Phase 2 at 3e-4 without warm-up undid the converged phase-1 model (loss 0.0005 -> 0.16 in 10
+  steps); hence 1e-4..2e-4 after 10 warm-up steps.
 """
 from __future__ import annotations
 
@@ -45,7 +65,7 @@ from typing import Any, Optional
 
 RECIPE_VERSION = 1
 """Part of the cache key: bump when the training code changes what a recipe produces."""
-TRAIN_FIELDS_EXCLUDED = ("eval_horizons", "eval_n", "threads")
+TRAIN_FIELDS_EXCLUDED = ("eval_horizons", "eval_n", "eval_phase1", "threads")
 """Recipe fields that do not change the weights (not part of the cache key)."""
 
 
@@ -93,6 +113,9 @@ class TeacherRecipe:
     """Horizons of the held-out check written to ``teacher_eval.json``."""
     eval_n: int = 50
     """Held-out episodes per horizon of that check."""
+    eval_phase1: bool = True
+    """Also measure the model after phase 1 (``phase1_success`` in ``teacher_eval.json``): what
+    phase 2 changed."""
     threads: int = 1
     """torch threads while training."""
 
@@ -117,8 +140,8 @@ class TeacherRecipe:
 RECIPES: dict[str, TeacherRecipe] = {
     "gridnav": TeacherRecipe(env="gridnav", min_horizon=1, max_horizon=4, env_options={"wall_density": 0.1, "size": 4},
                              bc_steps=900, dagger_steps=25, dagger_states=4, dagger_lr=2e-4, eval_horizons=(2, 3, 4)),
-    "calc_lookup": TeacherRecipe(env="calc_lookup", min_horizon=1, max_horizon=4, bc_steps=600, dagger_steps=20,
-                                 dagger_states=2, dagger_lr=2e-4, eval_horizons=(2, 3, 4)),
+    "calc_lookup": TeacherRecipe(env="calc_lookup", min_horizon=1, max_horizon=4, bc_steps=800, dagger_steps=20,
+                                 dagger_states=2, dagger_lr=1e-4, eval_horizons=(2, 3, 4)),
 }
 """The built-in teachers by environment (see the module docstring for what they reach)."""
 
@@ -194,6 +217,9 @@ def train_teacher(recipe: TeacherRecipe, *, progress: bool = True, verbose: bool
         )
         final = train(config, manager, progress_desc=f"teacher {recipe.env}: BC on expert").final_model_dir
         bc_seconds = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        phase1 = _measure(recipe, final, progress)["success"] if recipe.eval_phase1 and recipe.dagger_steps > 0 else None
+        phase1_seconds = time.perf_counter() - t1
         fallback = not has_sampler("agent_dagger")
         if recipe.dagger_steps > 0:
             rollout = ({"sampler": "agent_expert"} if fallback else
@@ -209,9 +235,10 @@ def train_teacher(recipe: TeacherRecipe, *, progress: bool = True, verbose: bool
             )
             desc = f"teacher {recipe.env}: " + ("more BC (no agent_dagger)" if fallback else "DAgger, expert labels")
             final = train(config, manager, progress_desc=desc).final_model_dir
-        train_seconds = time.perf_counter() - t0
+        train_seconds = time.perf_counter() - t0 - phase1_seconds
         measured = _measure(recipe, final, progress)
         measured.update({"recipe": dataclasses.asdict(recipe), "key": recipe.key(), "bc_seconds": bc_seconds,
+                         "phase1_success": phase1,
                          "train_seconds": train_seconds, "dagger_fallback": fallback if recipe.dagger_steps else None,
                          "phase2_sampler": None if not recipe.dagger_steps else ("agent_expert" if fallback else "agent_dagger")})
         (final / "teacher_eval.json").write_text(json.dumps(measured, indent=1, default=list))

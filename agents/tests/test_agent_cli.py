@@ -89,6 +89,9 @@ def test_agent_train_trains_then_reports_success_by_horizon(tmp_path, capsys):
     assert data["steps"] == 1 and set(data["success"]) == {"1", "2"}
     assert (tmp_path / "run" / "final" / "config.json").is_file()
     assert json.loads((tmp_path / "run" / "success_by_horizon.json").read_text())["env"] == "calc_lookup"
+    # eval of the run directory: the environment comes from its config.toml
+    rc, out, _ = run(["agent", "eval", str(tmp_path / "run"), "--horizons", "1", "--n", "1", "--json", "--png", ""], capsys)
+    assert rc == 0 and json.loads(out)["env"] == "calc_lookup"
 
 
 def test_agent_train_refuses_a_non_agent_config(tmp_path, capsys):

@@ -50,6 +50,8 @@ def test_an_untrained_model_is_scored_reproducibly(tok, model):
         assert 1 <= r.mean_turns <= 3
     data = json.loads(a.to_json())
     assert set(data["horizons"]) == {"1", "2"} and data["env"] == "gridnav"
+    assert data["first_error_source"] in ("locator:expert", "cost_to_go")
+    assert all(1 <= v["distinct"] <= 3 for v in data["horizons"].values())
     assert model.training  # the model's mode is left as it was
 
 
@@ -69,6 +71,9 @@ def test_first_error_is_the_first_non_optimal_student_turn(tok):
     assert first_error_cost_to_go(episode) == 1
     (clean,) = run_episodes([spec], ExpertActor(), tok, max_action_tokens=24, temperature=0, generator=None, prefixes=[prefix[:1]])
     assert first_error_cost_to_go(clean) is None
+    # The SCoRe expert locator (what success_by_horizon uses when it is there) agrees.
+    locators = pytest.importorskip("opdplug_agents.locators")
+    assert locators.ExpertLocator().locate([episode, clean], locators.LocatorDeps(tokenizer=tok)) == [1, None]
 
 
 def test_bad_arguments_are_value_errors(tok, model):

@@ -24,7 +24,7 @@ def test_key_hashes_the_training_fields_only():
     assert r.key() != r.with_horizons(1, 3).key()
     assert r.key() != dataclasses.replace(r, env_options={"wall_density": 0.1}).key()
     # evaluation and thread count do not change the weights: same cache entry
-    assert r.key() == dataclasses.replace(r, eval_n=7, eval_horizons=(3,), threads=2).key()
+    assert r.key() == dataclasses.replace(r, eval_n=7, eval_horizons=(3,), eval_phase1=False, threads=2).key()
     assert {n: q.size for n, q in QUICK.items()} == {n: "tiny" for n in RECIPES}
     assert RECIPES["gridnav"].task_options()["env"] == "gridnav"
 
@@ -36,6 +36,7 @@ def test_quick_teacher_is_built_once_and_cached(cache, monkeypatch, capsys):
     assert (path / "config.json").is_file() and (path / "tokenizer.json").is_file()
     measured = json.loads((path / "teacher_eval.json").read_text())
     assert set(measured["success"]) == {"1", "2"} and measured["key"] == recipe.key()
+    assert set(measured["phase1_success"]) == {"1", "2"}  # the model after BC, before DAgger
     assert measured["phase2_sampler"] == "agent_dagger" and measured["dagger_fallback"] is False
     assert not [p for p in cache.iterdir() if p.name.startswith(".build-")]  # work dir removed
     assert "held-out success" in capsys.readouterr().out
