@@ -38,6 +38,31 @@ One command:
 
 Headline goal (the issue's): at the longest horizon, the best of SCoRe/OPD within 5 points of
 the teacher while BC falls at least 15 points behind.
+
+Environment: ``gridnav`` on a 4x4 grid with walls (density 0.1), horizons 1..4, the built-in
+teacher's setting. Its behaviour-cloning failures are compounding errors: one bump into a wall
+gives an observation that expert episodes never contain, and a BC model repeats the bump, then
+writes malformed calls. ``calc_lookup`` (``--env calc_lookup``) has a perfect teacher but a
+student that needs 600+ BC steps before it copies a single name: too slow for a warm start here.
+
+Measured (this machine, 2 shared cores, 1 thread), ``--reduced`` (warm start 400 expert-BC
+steps, 500 teacher calls per method, 30 held-out episodes per cell), 277 s with the teacher
+cached::
+
+    model       h=2     h=3     h=4
+    teacher     0.967   0.967   0.767
+    warm start  0.367   0.267   0.233
+    BC          0.367   0.500   0.233     579 calls in  7 steps
+    OPD         0.633   0.500   0.300     512 calls in 32 steps
+    DAgger      0.267   0.167   0.100     522 calls in 17 steps
+    SCoRe       0.333   0.233   0.200     540 calls in  9 steps
+    headline h=4: teacher 0.77 | best of SCoRe/OPD (OPD) 0.30 | BC 0.23 -> NOT MET
+
+(a first reduced run with a 200-step warm start: every student at 0.00-0.40). At this size the
+students are still far from the teacher and 30 episodes per cell are noisy (+-0.09); the full
+size (500-step warm start, 1000 calls per method, 50 episodes) is estimated at 8-9 minutes from
+the per-step times above and has not been run yet. The teacher's 0.77 at h=4 here vs 0.88 in
+its own check (``teacher_eval.json``) is the difference between two sets of held-out episodes.
 """
 from __future__ import annotations
 
@@ -48,7 +73,7 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

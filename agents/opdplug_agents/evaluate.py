@@ -52,8 +52,8 @@ class HorizonResult:
     first_errors: tuple = ()
     """Per episode, the 0-based turn of its first error, or None (no error)."""
     distinct: int = 0
-    """Distinct episodes among the ``n`` (by first observation): small environments (a 4x4
-    grid without walls has a few dozen episodes per horizon) repeat episodes."""
+    """Distinct episodes among the ``n`` (by the environment's ``episode_key``): small episode
+    spaces repeat episodes (a 4x4 grid without walls has one held-out episode at horizon 5)."""
 
     @property
     def first_error_histogram(self) -> dict[str, int]:
@@ -117,12 +117,18 @@ def _new_env(episode: Episode):
     return env
 
 
+def episode_key(episode: Episode) -> str:
+    """The environment's key of the episode (what its train/eval split hashes)."""
+    env = ENVS[episode.env](**episode.options)
+    return env.reset(seed=episode.seed)[1]["episode_key"]
+
+
 def cost_to_go(env, actions: Sequence[str], limit: int = 1000) -> Optional[int]:
     """The expert's number of actions to finish the episode of ``env`` after ``actions``
     (replayed from the start); None if the prefix already ended it."""
     env.replay(list(actions))
     steps = 0
-    done = env._terminated or env._truncated  # noqa: SLF001 - replay leaves the flags set
+    done = env._terminated or env._truncated
     if done:
         return None
     while not done and steps < limit:
@@ -143,7 +149,7 @@ def first_error_cost_to_go(episode: Episode) -> Optional[int]:
         after = cost_to_go(env, actions[: t + 1])
         if after is None:  # this action ended the episode: fine only if it solved it
             env.replay(actions[: t + 1])
-            return None if env._success else t  # noqa: SLF001
+            return None if env._success else t
         if before is None or after != before - 1:
             return t
         before = after
@@ -156,7 +162,7 @@ def _expert_locator(tokenizer) -> Optional[Callable[[Sequence[Episode]], list]]:
     (the SCoRe locator interface) when that module offers it; else None."""
     try:
         from .locators import ExpertLocator, LocatorDeps
-    except Exception:  # noqa: BLE001 - missing or changed: fall back to cost_to_go
+    except Exception:
         return None
 
     def locate(episodes: Sequence[Episode]) -> list:
@@ -225,7 +231,7 @@ def success_by_horizon(
     locate = _expert_locator(tokenizer) if first_errors else None
     source = "locator:expert" if locate is not None else "cost_to_go"
     if locate is None:
-        locate = lambda episodes: [first_error_cost_to_go(e) for e in episodes]  # noqa: E731
+        locate = lambda episodes: [first_error_cost_to_go(e) for e in episodes]
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -254,7 +260,7 @@ def success_by_horizon(
                 horizon=h, n=len(episodes),
                 success=sum(e.success for e in episodes) / len(episodes),
                 mean_turns=sum(e.num_turns for e in episodes) / len(episodes),
-                first_errors=errors, distinct=len({e.prompt_ids for e in episodes}),
+                first_errors=errors, distinct=len({episode_key(e) for e in episodes}),
             )
     finally:
         if bar is not None:
@@ -306,6 +312,6 @@ def plot_success(reports: Mapping[str, AgentEvalReport], path, *, title: str = "
 
 
 __all__ = [
-    "EXPERT", "AgentEvalReport", "HorizonResult", "cost_to_go", "first_error_cost_to_go",
+    "EXPERT", "AgentEvalReport", "HorizonResult", "cost_to_go", "episode_key", "first_error_cost_to_go",
     "format_table", "plot_success", "success_by_horizon",
 ]

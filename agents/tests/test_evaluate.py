@@ -8,6 +8,7 @@ import pytest
 
 from opdplug import tiny
 from opdplug_agents import textio
+from opdplug_agents.envs import ENVS
 from opdplug_agents.evaluate import (
     EXPERT,
     first_error_cost_to_go,
@@ -15,7 +16,6 @@ from opdplug_agents.evaluate import (
     plot_success,
     success_by_horizon,
 )
-from opdplug_agents.envs import ENVS
 from opdplug_agents.rollout import ExpertActor, FixedTurn, run_episodes
 from opdplug_agents.task import AgentTask
 from opdplug_agents.tools import format_call
@@ -44,7 +44,7 @@ def test_an_untrained_model_is_scored_reproducibly(tok, model):
     a = success_by_horizon(model, tok, "gridnav", [1, 2], 3, seed=5, batch=2, max_turns=3)
     b = success_by_horizon(model, tok, "gridnav", [1, 2], 3, seed=5, batch=3, max_turns=3)
     assert a.to_dict() == b.to_dict()  # greedy and batch-independent
-    for h, r in a.results.items():
+    for r in a.results.values():
         assert r.n == 3 and 0.0 <= r.success <= 1.0 and len(r.first_errors) == 3
         assert sum(r.first_error_histogram.values()) == 3
         assert 1 <= r.mean_turns <= 3

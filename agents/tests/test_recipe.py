@@ -8,7 +8,13 @@ import json
 import pytest
 
 from opdplug_agents import recipe as recipes
-from opdplug_agents.recipe import QUICK, RECIPES, TeacherRecipe, teacher_path, train_teacher
+from opdplug_agents.recipe import (
+    QUICK,
+    RECIPES,
+    TeacherRecipe,
+    teacher_path,
+    train_teacher,
+)
 
 
 @pytest.fixture
