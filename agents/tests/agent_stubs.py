@@ -1,6 +1,7 @@
-"""Scripted students for the locator and correction tests: the expert, except at chosen turns."""
+"""Shared test helpers: scripted students (the expert, except at chosen turns) and a rollout capture."""
 from __future__ import annotations
 
+from opdplug.hookspecs import hookimpl
 from opdplug_agents.rollout import PolicyActor
 from opdplug_agents.tools import format_call
 
@@ -34,3 +35,16 @@ def bad_student(bad_turns, producer: str = "student", fatal: bool = False) -> Po
         return env.expert_action()
 
     return PolicyActor(policy, producer)
+
+
+class Capture:
+    """A plugin that keeps every rollout batch the loop trains on."""
+
+    def __init__(self):
+        self.batches = []
+
+    @hookimpl(wrapper=True)
+    def opd_rollout(self, ctx, prompts, step):
+        batch = yield
+        self.batches.append(batch)
+        return batch

@@ -8,9 +8,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from agent_stubs import bad_student
+from agent_stubs import Capture, bad_student
 from opdplug import tiny
-from opdplug.hookspecs import hookimpl
 from opdplug.types import PRODUCER_ENV, PRODUCER_STUDENT, PRODUCER_TEACHER
 from opdplug_agents import accounting, textio
 from opdplug_agents.correction import (
@@ -154,15 +153,6 @@ def test_agent_score_options_are_checked():
 
 
 # ----------------------------------------------------------------------------- training runs
-class Capture:
-    def __init__(self):
-        self.batches = []
-
-    @hookimpl(wrapper=True)
-    def opd_rollout(self, ctx, prompts, step):
-        batch = yield
-        self.batches.append(batch)
-        return batch
 
 
 @pytest.fixture(scope="module")

@@ -9,9 +9,9 @@ import gymnasium
 import pytest
 import torch
 
+from agent_stubs import Capture
 from opdplug import tiny
 from opdplug.errors import ConfigError
-from opdplug.hookspecs import hookimpl
 from opdplug.types import PRODUCER_STUDENT, PRODUCER_TEACHER
 from opdplug_agents import textio
 from opdplug_agents.envs import ENVS
@@ -126,17 +126,6 @@ def test_agent_task_prompts_and_verify(agent_tok, name):
         assert task.verify(p, [agent_tok.eos_token_id, 999999]) == 0.0  # garbage never raises
 
 
-class Capture:
-    """Keeps every rollout batch the loop trains on."""
-
-    def __init__(self):
-        self.batches = []
-
-    @hookimpl(wrapper=True)
-    def opd_rollout(self, ctx, prompts, step):
-        batch = yield
-        self.batches.append(batch)
-        return batch
 
 
 def agent_config(manager, tmp_path, teacher_dir, steps, **sections):
