@@ -39,8 +39,12 @@ class TrainCommand:
         if overrides:
             config = config.replace(run=overrides)
         result = train(config, manager)
+        from accelerate import PartialState
+
+        if not PartialState().is_main_process:
+            return 0  # under accelerate launch: one summary line, from the process that exported
         last = result.history[-1] if result.history else {}
-        print(json.dumps({"output_dir": str(result.output_dir), "steps": result.steps_done,
+        print(json.dumps({"output_dir": str(result.output_dir), "steps": result.steps_done, "processes": PartialState().num_processes,
                           "final_model": str(result.final_model_dir) if result.final_model_dir else None,
                           "last_loss": last.get("loss")}))
         return 0
@@ -115,6 +119,7 @@ def load_for_eval(path: Path, task_name: str, manager, options: dict | None = No
         import tomllib
 
         config = parse_config(tomllib.loads((path / "config.toml").read_text()), manager.plugin_tables())
+        config = config.replace(student={"adapter": ""})  # the checkpoint holds the whole adapter
         model, tokenizer = local.load_student(config, manager.registry.get("tasks", config.task.name, "task.name"))
         task = build_task(manager.registry, config.task.name, config.task.options, tokenizer)
         state = load_checkpoint(path)["model"]

@@ -131,9 +131,12 @@ class RunOptions:
     steps: int = 100
     """Number of optimizer steps."""
     batch_size: int = 8
-    """Sequences per micro-batch per process."""
+    """Sequences per micro-batch PER PROCESS (not global): under ``accelerate launch
+    --num_processes N`` each process rolls out this many, so halve it when going from 1 to 2
+    processes to keep the global batch."""
     grad_accum: int = 1
-    """Micro-batches per optimizer step. Global batch = batch_size * grad_accum * processes."""
+    """Micro-batches per optimizer step. Global batch = batch_size * grad_accum * processes; the
+    run (prompts, samples, updates) is a function of the global batch, not of how it is split."""
     lr: float = 1e-3
     """Peak learning rate of AdamW."""
     weight_decay: float = 0.0
@@ -166,6 +169,9 @@ class RunOptions:
     """torch intra-op threads (0: torch's default)."""
     stop_after: int = 0
     """Stop (as if killed) after this many steps of this invocation; 0 never. For resume tests."""
+    step_retries: int = 2
+    """Times a step is redone from its rollout when a server stays unreachable through its own
+    retry budget (``RemoteError``); after that the run writes a checkpoint and stops."""
 
 
 @dataclass(frozen=True)
@@ -187,6 +193,11 @@ class ModelOptions:
     """LoRA dropout."""
     lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
     """Module names LoRA adapts."""
+    adapter: str = ""
+    """Start the LoRA adapter from an earlier run instead of zero: its run directory (latest
+    checkpoint), a checkpoint directory, or a peft adapter directory; ``lora_r`` and
+    ``lora_targets`` must be the ones it was trained with. The base weights stay ``path``'s,
+    so ``teacher.scorer = "base_model"`` distills from the weights before that run."""
 
 
 @dataclass(frozen=True)

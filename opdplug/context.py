@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import torch
 
@@ -72,6 +72,19 @@ class RunContext:
         return torch.Generator(device="cpu").manual_seed(
             derive_seed(self.config.run.seed, self.process_index, *parts)
         )
+
+    def row_seeds(self, prompts: Sequence[Any], *parts: Any) -> list[int]:
+        """One sampling seed per prompt (for ``sampling.sample(row_seeds=...)``), from the run
+        seed, ``parts`` (e.g. stream and step) and the prompt's global row index
+        (``Prompt.row``), never the process: two processes draw exactly what one process with
+        the same global batch draws. A prompt the loop did not place (``row < 0``) falls back
+        to its position in ``prompts`` on this process."""
+        seed = self.config.run.seed
+        return [
+            derive_seed(seed, "row", *parts, p.row) if getattr(p, "row", -1) >= 0
+            else derive_seed(seed, "unplaced", self.process_index, *parts, i)
+            for i, p in enumerate(prompts)
+        ]
 
 
 def derive_seed(*parts: Any) -> int:

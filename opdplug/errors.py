@@ -23,3 +23,14 @@ class TrainingError(OpdError):
     """Training cannot continue (non-finite loss, a stage returned nothing)."""
 
     exit_code = 3
+
+
+class RemoteError(TrainingError):
+    """A server (teacher, rollout engine) stayed unreachable or kept answering garbage after the
+    retry budget was spent. The loop writes a checkpoint before stopping: rerunning resumes."""
+
+    exit_code = 4
+
+    def __init__(self, message: str, url: str = ""):
+        super().__init__(message)
+        self.url = url

@@ -228,7 +228,9 @@ def opd_rollout(ctx: "RunContext", prompts: "list[Prompt]", step: int) -> "Optio
     """Produce the token sequences of one micro-batch.
 
     :param ctx: the run context.
-    :param prompts: the task instances of this micro-batch (deterministic in seed and step).
+    :param prompts: this process's task instances of this micro-batch (deterministic in seed and
+        step), each with its index in the step's global batch (``Prompt.row``): seed sampling
+        per row from it (``ctx.row_seeds``) so the draws do not depend on the process count.
     :param step: the optimizer step being prepared (0-based).
     :return: a ``RolloutBatch`` with exact token ids and sampling log-probs, or None to defer.
 

@@ -64,6 +64,8 @@ def load_student(config: Config, task_factory: Any):
 
 def maybe_lora(model, opts: ModelOptions):
     if opts.lora_r <= 0:
+        if opts.adapter:
+            raise ConfigError("student.adapter needs student.lora_r > 0 (the rank and targets the adapter was trained with)")
         return model
     try:
         import peft
@@ -73,7 +75,44 @@ def maybe_lora(model, opts: ModelOptions):
         r=opts.lora_r, lora_alpha=opts.lora_alpha, lora_dropout=opts.lora_dropout,
         target_modules=list(opts.lora_targets), task_type="CAUSAL_LM",
     )
-    return peft.get_peft_model(model, cfg)
+    model = peft.get_peft_model(model, cfg)
+    if opts.adapter:
+        load_adapter(model, opts.adapter)
+    return model
+
+
+def load_adapter(model, path: str) -> None:
+    """Copy a trained LoRA adapter into ``model``'s fresh one (``student.adapter``).
+
+    ``path`` is an opdplug run directory (its latest checkpoint), a checkpoint directory (whose
+    ``model.safetensors`` holds exactly the trainable tensors under their parameter names), or
+    a peft ``save_pretrained`` directory (``adapter_model.safetensors``).
+    """
+    from safetensors.torch import load_file
+
+    from .checkpoint import latest_checkpoint
+
+    key = "student.adapter"
+    root = Path(path)
+    directory = latest_checkpoint(root) or root
+    trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    if (directory / "adapter_model.safetensors").is_file():
+        import peft
+
+        state = load_file(str(directory / "adapter_model.safetensors"))
+        result = peft.set_peft_model_state_dict(model, state)
+        if result.unexpected_keys:
+            raise ConfigError(f"{key} = {path!r} does not fit the student's LoRA (e.g. {result.unexpected_keys[0]!r}); use the lora_r and lora_targets it was trained with")
+        return
+    if not (directory / "model.safetensors").is_file():
+        raise ConfigError(f"{key} = {path!r} holds no checkpoint or adapter; point it at a LoRA run's output_dir or checkpoint")
+    state = load_file(str(directory / "model.safetensors"))
+    mismatch = sorted(set(state) ^ set(trainable)) or [n for n in state if state[n].shape != trainable[n].shape]
+    if mismatch:
+        raise ConfigError(f"{key} = {path!r} does not fit the student's LoRA (e.g. {mismatch[0]!r}); use the lora_r and lora_targets it was trained with")
+    with torch.no_grad():
+        for name, p in trainable.items():
+            p.copy_(state[name].to(p.dtype))
 
 
 def check_tokenizers(student_tok, teacher_tok) -> None:
@@ -186,14 +225,19 @@ def model_rollout(
     prompts: Sequence[Prompt],
     *,
     producer: int,
-    max_new_tokens: int,
+    max_new_tokens: int | Sequence[int],
     temperature: float,
     top_p: float,
     tokenizer,
-    generator: torch.Generator,
+    generator: torch.Generator | None,
     on_policy: bool,
+    row_seeds: Sequence[int] | None = None,
 ) -> RolloutBatch:
-    """Completions sampled from a local model, with exact ids and sampling log-probs."""
+    """Completions sampled from a local model, with exact ids and sampling log-probs.
+
+    ``max_new_tokens`` is one budget or one per prompt; ``row_seeds`` (one per prompt, instead
+    of ``generator``) makes each row's draws independent of its batch (see ``sampling.sample``).
+    """
     was_training = model.training
     model.eval()  # no dropout while sampling: the log-probs must be the policy's
     try:
@@ -206,6 +250,7 @@ def model_rollout(
             eos_id=tokenizer.eos_token_id,
             pad_id=tokenizer.pad_token_id,
             generator=generator,
+            row_seeds=row_seeds,
         )
     finally:
         model.train(was_training)

@@ -9,10 +9,12 @@ global count: the result does not depend on how the batch is split.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import os
 import shutil
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -26,7 +28,7 @@ from . import local, sampling
 from .builtin import require_finite
 from .config import Config, config_to_toml_dict, dump_toml
 from .context import RunContext, derive_seed
-from .errors import ConfigError, PreflightError, TrainingError
+from .errors import ConfigError, PreflightError, RemoteError, TrainingError
 from .manager import Manager, make_plugin_manager
 from .types import StudentOutputs
 
@@ -147,17 +149,50 @@ def student_forward(ctx: RunContext, batch) -> StudentOutputs:
     )
 
 
-def rollout_stats(batches) -> dict[str, float]:
-    rows = sum(b.batch_size for b in batches)
-    out = {
-        "rollout/completion_tokens": float(sum(b.num_loss_tokens for b in batches)) / max(rows, 1),
-        "rollout/truncated": sum(float(b.truncated_B.float().sum()) for b in batches if b.truncated_B is not None) / max(rows, 1),
-        "rollout/sequence_tokens_total": float(sum(int(b.attention_mask_B_L.sum()) for b in batches)),
-        "rollout/on_policy": sum(float(b.on_policy_B.float().sum()) for b in batches if b.on_policy_B is not None) / max(rows, 1),
-    }
+def rollout_stats(batches, acc=None) -> dict[str, float]:
+    """Per-row rollout averages over the global batch (summed over processes when ``acc`` is
+    given, so one process and many report the same numbers)."""
     rewards = [b.rewards_B for b in batches if b.rewards_B is not None]
-    if rewards:
-        out["rollout/reward"] = float(torch.cat(rewards).float().mean())
+    sums = torch.tensor([
+        float(sum(b.batch_size for b in batches)),
+        float(sum(b.num_loss_tokens for b in batches)),
+        sum(float(b.truncated_B.float().sum()) for b in batches if b.truncated_B is not None),
+        float(sum(int(b.attention_mask_B_L.sum()) for b in batches)),
+        sum(float(b.on_policy_B.float().sum()) for b in batches if b.on_policy_B is not None),
+        float(sum(r.numel() for r in rewards)),
+        sum(float(r.float().sum()) for r in rewards),
+    ], dtype=torch.float64)
+    if acc is not None and acc.num_processes > 1:
+        sums = acc.reduce(sums.to(acc.device), "sum").cpu()
+    rows, tokens, truncated, seq_tokens, on_policy, reward_rows, reward_sum = sums.tolist()
+    out = {
+        "rollout/completion_tokens": tokens / max(rows, 1),
+        "rollout/truncated": truncated / max(rows, 1),
+        "rollout/sequence_tokens_total": seq_tokens,
+        "rollout/on_policy": on_policy / max(rows, 1),
+    }
+    if reward_rows:
+        out["rollout/reward"] = reward_sum / reward_rows
+    return out
+
+
+def step_prompts(ctx: RunContext, step: int) -> list[list]:
+    """This process's prompts for each micro-batch of ``step``.
+
+    The step's whole global batch (``batch_size * processes`` rows per micro-batch) is drawn at
+    once from a seed that does not involve the process; micro-batch ``m`` holds global rows
+    ``[m * B * P, (m + 1) * B * P)`` and process ``p`` takes the ``B`` contiguous rows at
+    ``p * B`` within it. Each prompt carries its global row index (``Prompt.row``), from which
+    the samplers derive per-row seeds: the run is a function of the global batch, not of how it
+    is split over processes and micro-batches.
+    """
+    run = ctx.config.run
+    B, P = run.batch_size, ctx.num_processes
+    everything = ctx.task.prompts(B * P * run.grad_accum, seed=derive_seed(run.seed, "prompts", step), split="train")
+    out = []
+    for m in range(run.grad_accum):
+        start = m * B * P + ctx.process_index * B
+        out.append([dataclasses.replace(everything[r], row=r) for r in range(start, start + B)])
     return out
 
 
@@ -166,10 +201,7 @@ def train_step(ctx: RunContext, optimizer, scheduler, step: int) -> dict[str, fl
     run, hook, acc = ctx.config.run, ctx.manager.hook, ctx.accelerator
     t0 = time.perf_counter()
     micro = []
-    for m in range(run.grad_accum):
-        prompts = ctx.task.prompts(
-            run.batch_size, seed=derive_seed(run.seed, "prompts", step, m, ctx.process_index), split="train"
-        )
+    for prompts in step_prompts(ctx, step):
         batch = hook.opd_rollout(ctx=ctx, prompts=prompts, step=step)
         if batch is None:
             raise TrainingError("no plugin produced a rollout (opd_rollout returned None)")
@@ -186,6 +218,9 @@ def train_step(ctx: RunContext, optimizer, scheduler, step: int) -> dict[str, fl
     for i, (batch, scores, credit) in enumerate(micro):
         last = i == len(micro) - 1
         sync = contextlib.nullcontext() if last else acc.no_sync(ctx.student)
+        # DDP skips the all-reduce under no_sync; DeepSpeed instead steps inside backward unless
+        # told this is not the step's last micro-batch.
+        acc.sync_gradients = last
         with sync:
             out = hook.opd_loss(ctx=ctx, batch=batch, scores=scores, credit=credit, student=student_forward(ctx, batch))
             if out is None:
@@ -199,9 +234,13 @@ def train_step(ctx: RunContext, optimizer, scheduler, step: int) -> dict[str, fl
         for k, v in {**{f"credit/{k}": v for k, v in credit.metrics.items()}, **out.metrics}.items():
             sums[k] = sums.get(k, 0.0) + float(v)
 
+    acc.sync_gradients = True
     grad_norm = 0.0
     if run.max_grad_norm > 0:
-        grad_norm = float(acc.clip_grad_norm_([p for p in ctx.student.parameters() if p.requires_grad], run.max_grad_norm))
+        norm = acc.clip_grad_norm_([p for p in ctx.student.parameters() if p.requires_grad], run.max_grad_norm)
+        if norm is None:  # DeepSpeed clips in its own step (its gradient_clipping) and reports no norm here
+            norm = getattr(ctx.student, "get_global_grad_norm", lambda: None)()
+        grad_norm = float(norm) if norm is not None else 0.0
         if not math.isfinite(grad_norm):
             raise TrainingError(f"the gradient norm is not finite at step {step}; lower run.lr (no checkpoint was written for this step)")
     optimizer.step()
@@ -214,13 +253,37 @@ def train_step(ctx: RunContext, optimizer, scheduler, step: int) -> dict[str, fl
     metrics = {"step": step, "loss": float(totals[0]) / max(global_tokens, 1)}
     for k, v in zip(keys, totals[1:].tolist()):
         metrics[k] = v if k.endswith("_mean") else v / max(global_tokens, 1)
-    metrics.update(rollout_stats([b for b, _, _ in micro]))
+    metrics.update(rollout_stats([b for b, _, _ in micro], acc))
     now = time.perf_counter()
     metrics.update({
-        "tokens": global_tokens, "lr": scheduler.get_last_lr()[0], "grad_norm": grad_norm,
+        "tokens": global_tokens, "processes": acc.num_processes, "lr": scheduler.get_last_lr()[0], "grad_norm": grad_norm,
         "time/rollout_s": t_rollout - t0, "time/step_s": now - t0,
     })
     return metrics
+
+
+def remote_safe_step(ctx: RunContext, optimizer, scheduler, step: int) -> dict[str, float]:
+    """``train_step``, redone whole when a server fails it, and checkpointed when it keeps failing.
+
+    Every rollout and score of a step is gathered before the first backward pass, so a
+    ``RemoteError`` leaves weights, optimizer and scheduler exactly as they were after ``step``
+    steps: the step can be redone from scratch (never trained on part of its scores), and a
+    checkpoint written now resumes exactly where the uninterrupted run would be.
+    """
+    for attempt in range(ctx.config.run.step_retries + 1):
+        try:
+            return train_step(ctx, optimizer, scheduler, step)
+        except RemoteError as exc:
+            optimizer.zero_grad(set_to_none=True)
+            if attempt < ctx.config.run.step_retries:
+                print(f"opdplug: step {step} failed ({exc}); redoing it whole "
+                      f"(retry {attempt + 1} of {ctx.config.run.step_retries})", file=sys.stderr)
+                continue
+            save(ctx, optimizer, scheduler, step)
+            raise RemoteError(
+                f"{exc} (checkpoint written at step {step}; rerun the same command to resume)", url=exc.url
+            ) from None
+    raise AssertionError("unreachable")
 
 
 # ----------------------------------------------------------------------------- the run
@@ -395,7 +458,7 @@ def _train(ctx: RunContext, progress_desc: str) -> TrainResult:
         ctx.student.train()
         for step in range(start, run.steps):
             ctx.step = step
-            metrics = train_step(ctx, optimizer, scheduler, step)
+            metrics = remote_safe_step(ctx, optimizer, scheduler, step)
             ctx.manager.hook.opd_step_end(ctx=ctx, step=step, metrics=metrics)
             history.append(metrics)
             if step % run.log_every == 0 or step == run.steps - 1:

@@ -11,7 +11,7 @@ are then reported at ``T = 1``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 
@@ -74,10 +74,25 @@ def _nucleus_filter(probs_B_V: torch.Tensor, top_p: float) -> torch.Tensor:
     return torch.zeros_like(probs_B_V).scatter(-1, order_B_V, sorted_B_V)
 
 
+def _inverse_cdf(probs_B_V: torch.Tensor, uniforms_B: torch.Tensor) -> torch.Tensor:
+    """Per row, the token whose cumulative-probability interval holds ``u * total mass``.
+
+    Each row depends only on its own probabilities and uniform (no batch-wide random stream),
+    and a token of zero probability is never chosen. The cumulative sum is taken in float64 so
+    that tiny probabilities keep their own intervals."""
+    cdf_B_V = probs_B_V.double().cumsum(-1)
+    target_B_1 = uniforms_B.to(cdf_B_V.device, torch.float64)[:, None] * cdf_B_V[:, -1:]
+    token_B = torch.searchsorted(cdf_B_V, target_B_1, right=True).squeeze(-1)
+    return token_B.clamp(max=probs_B_V.shape[-1] - 1)
+
+
 def _pick(
-    logits_B_V: torch.Tensor, temperature: float, top_p: float, generator: Optional[torch.Generator]
+    logits_B_V: torch.Tensor, temperature: float, top_p: float, generator: Optional[torch.Generator],
+    uniforms_B: Optional[torch.Tensor] = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Choose the next token per row; return ``(token_B, logprob_B)`` (see ``SampleResult``)."""
+    """Choose the next token per row; return ``(token_B, logprob_B)`` (see ``SampleResult``).
+
+    ``uniforms_B`` (one number in [0, 1) per row) draws by inverse CDF instead of ``generator``."""
     logits_B_V = logits_B_V.float()
     logp_B_V = torch.log_softmax(logits_B_V / (temperature if temperature > 0 else 1.0), dim=-1)
     if temperature == 0:
@@ -86,6 +101,9 @@ def _pick(
         probs_B_V = logp_B_V.exp()
         if top_p < 1.0:
             probs_B_V = _nucleus_filter(probs_B_V, top_p)
+        if uniforms_B is not None:
+            token_B = _inverse_cdf(probs_B_V, uniforms_B)
+            return token_B, logp_B_V.gather(-1, token_B[:, None]).squeeze(-1)
         # Draw on the generator's device, so one seeded CPU generator serves a model anywhere.
         draw_device = generator.device if generator is not None else probs_B_V.device
         token_B = torch.multinomial(probs_B_V.to(draw_device), 1, generator=generator)
@@ -98,24 +116,32 @@ def sample(
     model,
     prompt_ids: list[list[int]],
     *,
-    max_new_tokens: int,
+    max_new_tokens: int | Sequence[int],
     temperature: float,
     top_p: float = 1.0,
     eos_id: int,
     pad_id: int,
     generator: Optional[torch.Generator] = None,
+    row_seeds: Optional[Sequence[int]] = None,
 ) -> SampleResult:
     """Sample one completion per prompt with the model's KV cache; stop each row at EOS.
 
     :param model: a causal LM returning ``.logits`` and ``.past_key_values`` (possibly wrapped).
     :param prompt_ids: token ids per prompt (any lengths >= 1; BOS included if wanted).
-    :param max_new_tokens: generation budget per row; rows without EOS by then are truncated.
+    :param max_new_tokens: generation budget, one for every row or one per row (each >= 1);
+        rows without EOS within their budget are truncated.
     :param temperature: sampling temperature; 0 means greedy (log-probs then at temperature 1).
     :param top_p: nucleus sampling mass (1.0 = off). Only changes which tokens can be drawn;
         ``logprobs_B_L`` stays the full-vocabulary log-prob at ``temperature``.
     :param eos_id: id that ends a completion (kept in the output, with its log-prob).
     :param pad_id: id written after a row ends and into the right padding.
     :param generator: seeded ``torch.Generator`` for reproducible draws (any device), or None.
+        One random stream serves the whole batch, so a row's tokens depend on its batch-mates.
+    :param row_seeds: instead of ``generator``, one seed per prompt: row b's n-th token is drawn
+        by inverse CDF from the n-th number of ``torch.rand`` seeded with ``row_seeds[b]``. A row
+        then samples the same tokens whatever batch, process or padding it is in (up to float
+        noise in its logits landing exactly on an interval boundary). The training loop's
+        samplers use this (``RunContext.row_seeds``).
     :return: a ``SampleResult``, right-padded.
 
     Prompts are left-padded internally with attention mask and position ids counting only real
@@ -130,6 +156,22 @@ def sample(
         raise ValueError("sample() needs at least one prompt, each with at least one token")
     device = _device_of(model)
     B = len(prompt_ids)
+    budgets = [int(max_new_tokens)] * B if isinstance(max_new_tokens, int) else [int(n) for n in max_new_tokens]
+    if len(budgets) != B or min(budgets) < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, one for all rows or one per prompt; got {max_new_tokens!r}")
+    max_new_tokens = max(budgets)
+    budget_B = torch.tensor(budgets, device=device)
+    uniforms_B_N = None
+    if row_seeds is not None:
+        if generator is not None:
+            raise ValueError("sample() takes generator or row_seeds, not both")
+        if len(row_seeds) != B:
+            raise ValueError(f"row_seeds has {len(row_seeds)} seeds for {B} prompts")
+        # torch.rand's stream is a prefix of a longer one: the uniforms do not depend on the budget.
+        uniforms_B_N = torch.stack([
+            torch.rand(max_new_tokens, dtype=torch.float64, generator=torch.Generator().manual_seed(int(s)))
+            for s in row_seeds
+        ]).to(device)
     prompt_lens = [len(p) for p in prompt_ids]
     P = max(prompt_lens)
 
@@ -164,11 +206,12 @@ def sample(
     tokens, logprobs = [], []
     finished_B = torch.zeros(B, dtype=torch.bool, device=device)
     for step in range(max_new_tokens):
-        token_B, logprob_B = _pick(logits_B_V, temperature, top_p, generator)
+        uniforms_B = uniforms_B_N[:, step] if uniforms_B_N is not None else None
+        token_B, logprob_B = _pick(logits_B_V, temperature, top_p, generator, uniforms_B)
         tokens.append(token_B)
         logprobs.append(logprob_B)
-        finished_B |= token_B == eos_id
-        if step == max_new_tokens - 1 or bool(finished_B.all()):
+        finished_B |= (token_B == eos_id) & (budget_B > step)  # an EOS past the row's budget does not count
+        if bool((finished_B | (budget_B <= step + 1)).all()):  # every row has its EOS or used its budget
             break
         mask_B_S = full_mask_B_S[..., :P + step + 1]
         if fast is not None:
@@ -188,6 +231,7 @@ def sample(
     is_eos_B_N = gen_B_N == eos_id
     # A token is kept up to and including the row's first EOS.
     gen_alive_B_N = (is_eos_B_N.long().cumsum(-1) - is_eos_B_N.long()) == 0
+    gen_alive_B_N &= torch.arange(gen_B_N.shape[1])[None, :] < budget_B.cpu()[:, None]  # and within budget
     gen_logp_B_N = torch.stack(logprobs, dim=1).float().cpu() * gen_alive_B_N
     gen_lens = gen_alive_B_N.sum(-1).tolist()
     L = max(p + n for p, n in zip(prompt_lens, gen_lens))

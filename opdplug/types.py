@@ -42,6 +42,11 @@ class Prompt:
     """Extra context only a privileged teacher sees (e.g. the answer), placed before the prompt."""
     meta: dict = field(default_factory=dict, hash=False, compare=False)
     """Task-specific data a verifier needs (e.g. the correct answer). Never fed to a model."""
+    row: int = field(default=-1, compare=False)
+    """Index of this prompt in its optimizer step's global batch (all processes, all
+    micro-batches), set by the training loop; -1 elsewhere. Per-row sampling seeds derive from
+    it (``RunContext.row_seeds``), so a row draws the same tokens whichever process or
+    micro-batch it lands in."""
 
 
 @dataclass(frozen=True)

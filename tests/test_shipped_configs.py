@@ -26,3 +26,23 @@ def test_shipped_config_is_valid(path, tiny_models):
 
         tokenizer = tiny.build_tokenizer(manager.registry.get("tasks", config.task.name, "task.name").words())
     build_task(manager.registry, config.task.name, config.task.options, tokenizer)
+
+
+ACCELERATE = {"ddp": "MULTI_GPU", "deepspeed_zero2": "DEEPSPEED", "fsdp": "FSDP"}
+
+
+@pytest.mark.parametrize("name", sorted(ACCELERATE))
+def test_accelerate_config_parses_with_accelerate_itself(name):
+    """configs/accelerate/*.yaml load with accelerate's own loader (which rejects unknown keys),
+    and every nested fsdp/deepspeed key is an option ``accelerate launch`` knows."""
+    from accelerate.commands.config.config_args import load_config_from_file
+    from accelerate.commands.launch import launch_command_parser
+
+    config = load_config_from_file(str(Path(__file__).parent.parent / "configs" / "accelerate" / f"{name}.yaml"))
+    assert config.distributed_type == ACCELERATE[name]
+    assert config.num_processes >= 2 and config.num_machines == 1
+    options = {action.dest for action in launch_command_parser()._actions}
+    for key in config.fsdp_config:  # launch maps fsdp_config.x to --fsdp_x
+        assert (key if key.startswith("fsdp") else f"fsdp_{key}") in options, key
+    for key in config.deepspeed_config:
+        assert key in options, key

@@ -59,6 +59,7 @@ def opd_register_credit_schemes(register):
 # The rollout side (samplers, teachers, verifiers, config table, filter) lives in its own module.
 from .rollout_hooks import (  # noqa: E402,F401
     opd_add_options,
+    opd_configure,
     opd_register_samplers,
     opd_register_scorers,
     opd_register_verifiers,

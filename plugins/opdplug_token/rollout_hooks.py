@@ -25,6 +25,17 @@ def opd_register_samplers(register):
 @hookimpl
 def opd_register_scorers(register):
     register("privileged_context", teachers.PrivilegedContext)
+    register("base_model", teachers.BaseModel)
+
+
+@hookimpl
+def opd_configure(ctx):
+    """Reject ``teacher.scorer = "base_model"`` without a LoRA student before anything runs."""
+    opts = ctx.config.teacher
+    if opts.scorer in ctx.registry.components["scorers"]:
+        scorer = ctx.component("scorers", opts.scorer, opts.options, "teacher.scorer")
+        if isinstance(scorer, teachers.BaseModel):
+            scorer.check(ctx)
 
 
 @hookimpl

@@ -18,33 +18,36 @@ from opdplug.local import merge_rollouts, model_rollout, reference_rollout
 from opdplug.types import PRODUCER_STUDENT, PRODUCER_TEACHER, Prompt, RolloutBatch
 
 
-def _budget(ctx, prompts: Sequence[Prompt]) -> int:
+def _budget(ctx, prompts: Sequence[Prompt]) -> list[int]:
+    """One completion budget per prompt: ``rollout.max_new_tokens``, or the task's budget for
+    that prompt's own length. Per row, not per batch, so a row's completion does not depend on
+    which prompts share its micro-batch or process."""
     opts = ctx.config.rollout
     if opts.max_new_tokens > 0:
-        return opts.max_new_tokens
-    return ctx.task.max_new_tokens(max(p.meta.get("length", 1) for p in prompts))
+        return [opts.max_new_tokens] * len(prompts)
+    return [ctx.task.max_new_tokens(p.meta.get("length", 1)) for p in prompts]
 
 
 def student_rollout(ctx, prompts: Sequence[Prompt], step: int, stream: str = "student") -> RolloutBatch:
-    """The student samples with its current weights at the rollout temperature."""
+    """The student samples with its current weights at the rollout temperature, each row from
+    its own seed (``ctx.row_seeds``): the same tokens however the global batch is split."""
     opts = ctx.config.rollout
     return model_rollout(
         ctx.student_module(), prompts, producer=PRODUCER_STUDENT, max_new_tokens=_budget(ctx, prompts),
         temperature=opts.temperature, top_p=opts.top_p, tokenizer=ctx.tokenizer,
-        generator=ctx.generator(stream, step, prompts[0].prompt_ids if prompts else ()),
-        on_policy=True,
+        generator=None, row_seeds=ctx.row_seeds(prompts, stream, step), on_policy=True,
     )
 
 
 def teacher_rollout(ctx, prompts: Sequence[Prompt], step: int) -> RolloutBatch:
-    """The local teacher samples (off-policy for the student)."""
+    """The local teacher samples (off-policy for the student), per-row seeds as above."""
     if ctx.teacher is None:
         raise ConfigError("rollout.sampler needs teacher samples but there is no local teacher; set teacher.path")
     opts = ctx.config.rollout
     return model_rollout(
         ctx.teacher, prompts, producer=PRODUCER_TEACHER, max_new_tokens=_budget(ctx, prompts),
         temperature=opts.temperature, top_p=opts.top_p, tokenizer=ctx.tokenizer,
-        generator=ctx.generator("teacher", step, prompts[0].prompt_ids if prompts else ()), on_policy=False,
+        generator=None, row_seeds=ctx.row_seeds(prompts, "teacher", step), on_policy=False,
     )
 
 

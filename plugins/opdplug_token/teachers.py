@@ -1,4 +1,5 @@
-"""Teachers beyond a bigger model: a privileged-context teacher and an outcome verifier."""
+"""Teachers beyond a bigger model: a privileged-context teacher, the student's own base weights
+(LoRA off), and an outcome verifier."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -54,6 +55,37 @@ class PrivilegedContext:
             chunk_size=ctx.config.loss.chunk_size, input_ids_B_L=ids_B_L, attention_mask_B_L=attn_B_L,
             offset_B=torch.tensor(offsets),
         )
+
+
+@dataclass(frozen=True)
+class BaseModel:
+    """``base_model``: the student's own base weights, its LoRA adapter switched off, score the
+    student's tokens (peft's ``disable_adapter()``, no gradient).
+
+    One copy of the weights serves both sides: distilling toward the weights the adapter sits
+    on costs no teacher memory and no ``teacher.path``. With a fresh adapter (B = 0) the
+    student IS its base, so the loss starts at 0 and only grows as the adapter drifts (a KL
+    anchor, e.g. beside a verifier's reward); with ``student.adapter`` = an earlier LoRA run
+    (SFT on new knowledge), it pulls that adapter's behaviour back toward the original weights
+    (the continual-learning recipe, ``configs/self_distill_lora.toml``). Needs
+    ``student.lora_r > 0``.
+    """
+
+    def check(self, ctx) -> None:
+        if not hasattr(ctx.student_module(), "disable_adapter"):
+            raise ConfigError(
+                "teacher.scorer = 'base_model' needs a LoRA student (student.lora_r > 0): "
+                "its teacher is the student's base weights with the adapter switched off"
+            )
+
+    def __call__(self, ctx, batch) -> TeacherScores:
+        self.check(ctx)
+        model = ctx.student_module()
+        with torch.no_grad(), model.disable_adapter():
+            return score_with_model(
+                model, batch, temperature=ctx.config.rollout.temperature,
+                top_k=ctx.config.teacher.top_k, chunk_size=ctx.config.loss.chunk_size,
+            )
 
 
 @dataclass(frozen=True)

@@ -86,16 +86,17 @@ def test_sampling_is_the_same_with_and_without_the_fast_path(task, monkeypatch):
     real_init = fastpath.FastLlama.__init__
     monkeypatch.setattr(fastpath.FastLlama, "__init__", lambda self, m: (calls.append(1), real_init(self, m))[1])
 
-    def draw(temperature):
+    def draw(temperature, per_row=False):
+        seeding = {"row_seeds": list(range(len(prompts)))} if per_row else {"generator": torch.Generator().manual_seed(7)}
         return sample(model, prompts, max_new_tokens=12, temperature=temperature, eos_id=tok.eos_token_id,
-                      pad_id=tok.pad_token_id, generator=torch.Generator().manual_seed(7))
+                      pad_id=tok.pad_token_id, **seeding)
 
-    for temperature in (0.0, 1.0):
-        fast = draw(temperature)
+    for temperature, per_row in ((0.0, False), (1.0, False), (1.0, True)):
+        fast = draw(temperature, per_row)
         assert calls, "the fast path was not taken"
         calls.clear()
         monkeypatch.setenv("OPDPLUG_DISABLE_FASTPATH", "1")
-        slow = draw(temperature)
+        slow = draw(temperature, per_row)
         monkeypatch.delenv("OPDPLUG_DISABLE_FASTPATH")
         assert not calls
         assert torch.equal(fast.input_ids_B_L, slow.input_ids_B_L)

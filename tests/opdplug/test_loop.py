@@ -54,8 +54,28 @@ def test_loss_invariant_to_micro_batching(run_config, tmp_path):
     for w, h in rest:
         assert [m["tokens"] for m in h] == [m["tokens"] for m in h0]
         for name in w0:
-            torch.testing.assert_close(w[name], w0[name], rtol=0, atol=1e-5)  # Adam amplifies float32 summation-order noise
+            # Adam amplifies float32 summation-order noise where a gradient is ~0 (e.g. the
+            # embedding row of a rare token): a few 1e-5 on single elements after 2 steps.
+            torch.testing.assert_close(w[name], w0[name], rtol=0, atol=5e-5)
         assert h[0]["loss"] == pytest.approx(h0[0]["loss"], rel=1e-5)
+
+
+def test_on_policy_run_is_a_function_of_the_global_batch(run_config, tmp_path):
+    """The built-in task and sampler: how a global batch of 8 is cut into micro-batches changes
+    neither the prompts nor the student's samples (per-row seeds) nor the update."""
+    runs = []
+    for batch_size, accum in ((8, 1), (4, 2), (2, 4)):
+        config, manager = run_config(run={"output_dir": str(tmp_path / f"op{batch_size}"), "batch_size": batch_size,
+                                          "grad_accum": accum, "steps": 2, "lr": 1e-3})
+        result = train(config, manager)
+        runs.append((weights(result.final_model_dir), result.history))
+    (w0, h0), rest = runs[0], runs[1:]
+    for w, h in rest:
+        for key in ("tokens", "rollout/sequence_tokens_total", "rollout/truncated"):
+            assert [m[key] for m in h] == [m[key] for m in h0], key  # the same samples
+        assert [m["loss"] for m in h] == pytest.approx([m["loss"] for m in h0], rel=1e-5)
+        for name in w0:
+            torch.testing.assert_close(w[name], w0[name], rtol=0, atol=1e-5)
 
 
 def test_killed_run_resumes_to_the_same_weights(run_config, tmp_path):

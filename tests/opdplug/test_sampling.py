@@ -211,3 +211,56 @@ def test_peft_wrapped_model():
     res = sample(lora, prompts, max_new_tokens=5, temperature=1.0, generator=torch.Generator().manual_seed(0), **_kw(tok))
     assert res.completion_mask_B_L.sum() > 0
     assert lm_head_weight(lora) is head
+
+
+def test_row_seeds_make_each_row_independent_of_its_batch(setup):
+    """Per-row seeds: a row samples the same tokens alone, in any order and beside any other
+    rows (other padding), which is what lets two processes reproduce one."""
+    task, tok, model, prompts = setup
+    seeds = [11, 12, 13, 14, 15]
+    kw = dict(max_new_tokens=12, temperature=1.0, **_kw(tok))
+    together = sample(model, prompts, row_seeds=seeds, **kw).completions()
+    assert len(set(map(tuple, together))) > 1
+    for b in range(len(prompts)):
+        alone = sample(model, [prompts[b]], row_seeds=[seeds[b]], **kw).completions()[0]
+        assert alone == together[b]
+    order = [4, 2, 0, 3, 1]
+    shuffled = sample(model, [prompts[i] for i in order], row_seeds=[seeds[i] for i in order], **kw).completions()
+    assert shuffled == [together[i] for i in order]
+    again = sample(model, prompts, row_seeds=seeds, **kw)
+    assert again.completions() == together
+    assert sample(model, prompts, row_seeds=[s + 100 for s in seeds], **kw).completions() != together
+    with pytest.raises(ValueError, match="not both"):
+        sample(model, prompts, row_seeds=seeds, generator=torch.Generator(), **kw)
+
+
+def test_row_seeds_draw_from_the_policy(setup):
+    """Inverse-CDF draws follow softmax(logits / T): first-token frequencies over many rows."""
+    task, tok, model, prompts = setup
+    n = 4000
+    res = sample(model, [prompts[1]] * n, max_new_tokens=1, temperature=1.3, row_seeds=list(range(n)), **_kw(tok))
+    with torch.no_grad():
+        probs_V = torch.softmax(model(torch.tensor([prompts[1]])).logits[0, -1].float() / 1.3, -1)
+    counts_V = torch.bincount(res.input_ids_B_L[:, len(prompts[1])], minlength=probs_V.shape[0]).float()
+    # Each frequency within 4.5 standard errors of its probability.
+    assert ((counts_V / n - probs_V).abs() <= 4.5 * (probs_V * (1 - probs_V) / n).sqrt() + 1e-3).all()
+    m = res.completion_mask_B_L.bool()
+    ref_B_L = forward_logprobs(model, res.input_ids_B_L[:50], res.attention_mask_B_L[:50], 1.3)
+    torch.testing.assert_close(res.logprobs_B_L[:50][m[:50]], ref_B_L[m[:50]], atol=1e-5, rtol=0)
+
+
+def test_per_row_budgets(setup):
+    task, tok, model, prompts = setup
+    bias_V = torch.zeros(len(tok))
+    bias_V[tok.eos_token_id] = -1e4  # never EOS: every row uses its whole budget
+    forced = _LogitBias(model, bias_V)
+    budgets = [2, 5, 1, 3, 4]
+    res = sample(forced, prompts, max_new_tokens=budgets, temperature=1.0, row_seeds=[1, 2, 3, 4, 5], **_kw(tok))
+    assert res.completion_lens_B.tolist() == budgets and res.truncated_B.all()
+    full = sample(forced, prompts, max_new_tokens=5, temperature=1.0, row_seeds=[1, 2, 3, 4, 5], **_kw(tok))
+    assert [c[:n] for c, n in zip(full.completions(), budgets)] == res.completions()  # same draws, cut short
+    bias_V[tok.eos_token_id] = 1e4  # EOS at once: nobody is truncated, whatever the budget
+    res = sample(forced, prompts[:2], max_new_tokens=[1, 3], temperature=1.0, generator=None, **_kw(tok))
+    assert res.completions() == [[tok.eos_token_id]] * 2 and not res.truncated_B.any()
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        sample(model, prompts[:2], max_new_tokens=[3], temperature=1.0, **_kw(tok))

@@ -1,0 +1,112 @@
+"""Two processes under ``accelerate launch`` give what one process with the same global batch gives.
+
+The ``multiprocess`` lane (``make test-multiprocess``; deselected from ``make test``): each run is
+``accelerate launch --multi_gpu --num_processes 2 ... -m opdplug.cli train`` on the CPU (gloo DDP),
+on the built-in task with the on-policy sampler, a tiny (untrained: only equality matters here)
+teacher and the full-vocabulary reverse KL. About a minute and a half on 2 idle cores.
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from opdplug.config import dump_toml
+
+pytestmark = pytest.mark.multiprocess
+
+STEPS = 4
+
+
+def accelerate_launch(num_processes: int) -> list[str]:
+    """The launch line the README gives (``--cpu`` would silently run one process)."""
+    with socket.socket() as s:  # a free port: a finished run's port may still be in TIME_WAIT
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return [str(Path(sys.executable).parent / "accelerate"), "launch", "--multi_gpu", "--num_processes", str(num_processes),
+            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port)]
+
+
+def train_cli(launch: list[str], config: dict, path: Path) -> dict:
+    """Run ``opdplug train`` on ``config`` under ``launch``; return the summary line it prints."""
+    path.write_text(dump_toml(config))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    proc = subprocess.run([*launch, "-m", "opdplug.cli", "train", str(path)], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    lines = [l for l in proc.stdout.splitlines() if l.startswith("{")]
+    assert len(lines) == 1, proc.stdout  # only the main process prints
+    return json.loads(lines[0])
+
+
+def metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def final_weights(run_dir: Path, final: str = "final") -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(run_dir / final / "model.safetensors"))
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, tiny_models):
+    """One process (batch 8 x 2 micro-batches) and two (batch 4 x 2 each): the same global batch.
+    Plus a two-process run killed after 3 steps and resumed."""
+    root = tmp_path_factory.mktemp("multiprocess")
+
+    def config(name: str, batch_size: int, **run) -> dict:
+        return {
+            "run": {"output_dir": str(root / name), "steps": STEPS, "batch_size": batch_size, "grad_accum": 2,
+                    "lr": 1e-2, "device": "cpu", "threads": 1, "progress": False, "checkpoint_every": 2, **run},
+            "student": {"path": str(tiny_models.student_dir)},
+            "teacher": {"path": str(tiny_models.teacher_dir)},
+            "task": {"options": {"max_len": 4}},
+        }
+
+    out = {
+        "one": train_cli([sys.executable], config("one", 8), root / "one.toml"),
+        "two": train_cli(accelerate_launch(2), config("two", 4), root / "two.toml"),
+        "killed": train_cli(accelerate_launch(2), config("resumed", 4, stop_after=3), root / "killed.toml"),
+        "resumed": train_cli(accelerate_launch(2), config("resumed", 4), root / "resumed.toml"),
+        "student_dir": Path(tiny_models.student_dir),
+    }
+    return root, out
+
+
+def test_two_processes_equal_one_with_the_same_global_batch(runs):
+    root, out = runs
+    one, two = metrics(root / "one"), metrics(root / "two")
+    assert out["one"]["processes"] == 1 and out["two"]["processes"] == 2
+    assert [m["processes"] for m in one] == [1] * STEPS and [m["processes"] for m in two] == [2] * STEPS
+    # The same prompts and the same samples: every row-level count agrees exactly...
+    for key in ("tokens", "rollout/sequence_tokens_total", "rollout/truncated", "rollout/completion_tokens"):
+        assert [m[key] for m in two] == [m[key] for m in one], key
+    # ...and the losses up to float summation order (the gradient is all-reduced over processes).
+    assert [m["loss"] for m in two] == pytest.approx([m["loss"] for m in one], rel=1e-4)
+    assert [m["grad_norm"] for m in two] == pytest.approx([m["grad_norm"] for m in one], rel=1e-4)
+    a, b = final_weights(root / "one"), final_weights(root / "two")
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], rtol=0, atol=1e-5)
+    # The updates themselves are far above that tolerance.
+    start = final_weights(out["student_dir"], final="")
+    assert max(float((a[n] - w).abs().max()) for n, w in start.items()) > 1e-2
+
+
+def test_two_processes_resume_to_the_same_weights(runs):
+    root, out = runs
+    assert out["killed"]["final_model"] is None and out["killed"]["steps"] == 3
+    assert out["resumed"]["steps"] == STEPS and out["resumed"]["processes"] == 2
+    logged = metrics(root / "resumed")
+    assert [m["step"] for m in logged] == [0, 1, 2, 2, 3]  # step 2 was lost with the kill and redone
+    straight = metrics(root / "two")
+    assert [m["loss"] for m in logged[-2:]] == [m["loss"] for m in straight[2:]]
+    a, b = final_weights(root / "two"), final_weights(root / "resumed")
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
