@@ -1,6 +1,6 @@
 # Two commands do all the set-up on a fresh machine with Python 3.11 and pip:
 #   make demo   the main job on the embedded default (local tiny models, CPU, nothing downloaded)
-#   make test   the whole test suite (what .ci/run calls)
+#   make test   the whole test suite (what .ci/run calls; separate lanes: make test-multiprocess, make test-sglang)
 # Every pip call passes -c constraints.txt: torch stays the local CPU wheel.
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
@@ -8,16 +8,16 @@ PIP    := $(VENV)/bin/python -m pip install -q -c constraints.txt
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test env test-env bench-env bench clean
+.PHONY: demo test test-multiprocess test-sglang sglang-env env test-env bench-env bench clean
 
 env: $(VENV)/.core-installed
 test-env: $(VENV)/.test-installed
 
-$(VENV)/.core-installed: pyproject.toml plugins/pyproject.toml agents/pyproject.toml constraints.txt
+$(VENV)/.core-installed: pyproject.toml plugins/pyproject.toml agents/pyproject.toml integrations/sglang/pyproject.toml constraints.txt
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(PIP) --upgrade pip setuptools wheel
 	$(PIP) torch==2.13.0
-	$(PIP) -e . -e plugins -e agents
+	$(PIP) -e . -e plugins -e agents -e integrations/sglang
 	touch $@
 
 $(VENV)/.test-installed: $(VENV)/.core-installed tests/thirdparty_plugin/pyproject.toml
@@ -41,7 +41,23 @@ demo: env
 	$(VENV)/bin/opdplug demo --output-dir runs/demo
 
 test: test-env
-	$(VENV)/bin/python -m pytest -q tests plugins/tests agents/tests
+	$(VENV)/bin/python -m pytest -q tests plugins/tests agents/tests integrations/sglang/tests -m "not multiprocess and not sglang"
+
+# Two processes under accelerate launch (gloo DDP on CPU) against one: 1-2 minutes.
+test-multiprocess: test-env
+	$(VENV)/bin/python -m pytest -q tests/opdplug/test_multiprocess.py -m multiprocess
+
+# A real SGLang server on 127.0.0.1. SGLang pins another torch, so it gets its own environment
+# (.venv-sglang, about 3.4 GB, made once by the setup script); the lane is skipped, with the
+# reason printed, only when SGLang cannot be installed at all (the script exits 3).
+sglang-env:
+	bash integrations/sglang/scripts/setup_sglang_env.sh .venv-sglang
+
+test-sglang: test-env
+	@rc=0; bash integrations/sglang/scripts/setup_sglang_env.sh .venv-sglang || rc=$$?; \
+	if [ $$rc -eq 3 ]; then echo "test-sglang: skipped (SGLang cannot be installed here, reason above)"; exit 0; fi; \
+	if [ $$rc -ne 0 ]; then exit $$rc; fi; \
+	$(VENV)/bin/python -m pytest -q integrations/sglang/tests -m sglang
 
 clean:
 	rm -rf $(VENV) runs

@@ -1,0 +1,69 @@
+"""``opdplug sglang ...``: start a local server, check a server against a tokenizer.
+
+::
+
+    opdplug sglang serve MODEL_DIR [--port 30000] [--python PATH] [--device cpu] [-- EXTRA SGLANG FLAGS]
+    opdplug sglang check URL [URL ...] --tokenizer MODEL_DIR [--json]
+
+``serve`` runs ``sglang.launch_server`` from the SGLang environment (made by
+``integrations/sglang/scripts/setup_sglang_env.sh``) with the flags that work on a CPU, waits
+until it answers, prints its URL and keeps it in the foreground. ``check`` asks each server for
+its model and compares its vocabulary with the tokenizer's, as a training run does at start-up.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+
+
+class SGLangCommand:
+    help = "SGLang servers: start one locally (serve), check one against a tokenizer (check)"
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        sub = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+        serve = sub.add_parser("serve", help="start sglang.launch_server for a local model directory")
+        serve.add_argument("model", help="a local Hugging Face model directory")
+        serve.add_argument("--port", type=int, default=30000)
+        serve.add_argument("--python", default="", help="Python of the SGLang environment (default: .venv-sglang)")
+        serve.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+        serve.add_argument("--threads", type=int, default=1, help="CPU threads of the server (device cpu)")
+        serve.add_argument("extra", nargs=argparse.REMAINDER, help="after --: more sglang.launch_server flags")
+
+        check = sub.add_parser("check", help="reachability and vocabulary of servers against a tokenizer")
+        check.add_argument("urls", nargs="+")
+        check.add_argument("--tokenizer", required=True, help="a local model or tokenizer directory")
+        check.add_argument("--json", action="store_true", help="print one JSON object only")
+
+    def run(self, args) -> int:
+        return self._serve(args) if args.action == "serve" else self._check(args)
+
+    def _serve(self, args) -> int:
+        from .server import launch
+
+        extra = [a for a in args.extra if a != "--"]
+        server = launch(args.model, port=args.port, python=args.python, device=args.device,
+                        extra_args=extra, threads=args.threads)
+        print(f"SGLang serving {args.model} at {server.url} (log: {server.log_path}); Ctrl-C stops it", flush=True)
+        try:
+            server.process.wait()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            server.stop()
+        return 0
+
+    def _check(self, args) -> int:
+        from opdplug.local import load_tokenizer
+
+        from .client import SGLangClient
+        from .target import SGLangTarget
+
+        tokenizer = load_tokenizer(args.tokenizer)
+        report = {}
+        for url in args.urls:
+            target = SGLangTarget(SGLangClient([url]))
+            info = target.model_info()
+            target.check_vocabulary(tokenizer)
+            report[target.client.urls[0]] = {"model_path": info.get("model_path"), "vocabulary": "matches"}
+        print(json.dumps(report, indent=None if args.json else 1))
+        return 0
