@@ -1,0 +1,1 @@
+"""opdplug-drafters: train drafters for speculative decoding against a target, export them for SGLang."""
