@@ -81,7 +81,7 @@ def main() -> None:
     extra = ["--disable-radix-cache"]  # every rep pays for its full prompt, as new data would
     with launch(work / "teacher", extra_args=extra, threads=args.threads, timeout_s=600) as t_srv, \
          launch(work / "student", extra_args=extra, threads=args.threads, timeout_s=600) as s_srv:
-        target = SGLangTarget(SGLangClient([t_srv.url], max_concurrency=1), batch_size=args.batch)
+        target = SGLangTarget(SGLangClient([t_srv.url], max_concurrency=1), batch_size=args.batch, vocab_size=len(tok))
         target.score(rows[:2], starts[:2], top_k=args.top_k)  # warm-up
         score_with_model(teacher, batch, temperature=1.0, top_k=args.top_k)
         local_s, served_s = [], []
