@@ -140,3 +140,27 @@ def test_a_dead_server_stops_the_run_after_a_checkpoint_and_the_rerun_resumes(op
     reference = opd_run(run={"output_dir": str(tmp_path / "straight"), "steps": 4}, teacher=_sglang(teacher_server.url))
     straight = train(*reference)
     assert [h["loss"] for h in resumed.history] == pytest.approx([h["loss"] for h in straight.history[2:]], rel=1e-6)
+
+
+def test_requests_are_spread_over_several_servers(opd_run, teacher_server, tiny_models):
+    with FaultProxy(teacher_server.url) as a, FaultProxy(teacher_server.url) as b:
+        config, manager = opd_run(teacher=_sglang(a.url) | {"options": {"urls": [a.url, b.url], "batch_size": 1,
+                                                                           "timeout_s": 2.0}})
+        ctx = setup(config, manager)
+        scorer = ctx.component("scorers", "sglang", config.teacher.options, "teacher.scorer")
+        batch = _batch(ctx, n=6)
+        before = (a.seen["/generate"], b.seen["/generate"])
+        got = scorer(ctx, batch)
+        sent = (a.seen["/generate"] - before[0], b.seen["/generate"] - before[1])
+        b.set_down(True)  # one server gone: the other answers everything
+        again = scorer(ctx, batch)
+    assert sent == (3, 3)  # six one-sequence requests, alternately to each server
+    assert torch.equal(got.token_logprobs_B_L, again.token_logprobs_B_L)
+
+
+def test_the_check_command_reports_each_server(teacher_server, tiny_models, capsys):
+    from opdplug.cli import main
+
+    assert main(["sglang", "check", teacher_server.url, "--tokenizer", str(tiny_models.teacher_dir), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report[teacher_server.url]["vocabulary"] == "matches"
