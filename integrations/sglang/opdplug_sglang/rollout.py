@@ -18,14 +18,13 @@ policy that actually sampled.
 """
 from __future__ import annotations
 
-import os
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from opdplug.errors import ConfigError, TrainingError
 from opdplug.local import collate
+from opdplug.loop import export_model
 from opdplug.types import PRODUCER_STUDENT
 
 from .client import MalformedResponse
@@ -87,24 +86,12 @@ class SGLangRollout(ServerOptions):
         final = root / f"step-{step:06d}"
         if acc is None or acc.is_main_process:
             root.mkdir(parents=True, exist_ok=True)
-            model = ctx.student_module()
-            if hasattr(model, "merge_and_unload"):  # a LoRA student is served merged
-                import copy
-
-                model = copy.deepcopy(model).merge_and_unload()
-            tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=root))
-            try:
-                model.save_pretrained(tmp, safe_serialization=True)
-                ctx.tokenizer.save_pretrained(tmp)
-                if final.exists():
-                    shutil.rmtree(final)
-                os.replace(tmp, final)
-            except BaseException:
-                shutil.rmtree(tmp, ignore_errors=True)
-                raise
+            export_model(ctx, final)  # the loop's own export: safetensors, LoRA merged, atomic
             client = self._client()
             for url in client.urls:
-                answer = client.post("/update_weights_from_disk", {"model_path": str(final)}, url=url, failover=False)
+                answer = client.post("/update_weights_from_disk",
+                                     {"model_path": str(final), "weight_version": f"opdplug-{final.name}"},
+                                     url=url, failover=False)
                 if not (isinstance(answer, dict) and answer.get("success", False)):
                     raise TrainingError(
                         f"SGLang server {url} refused the student's weights from {final}: "
