@@ -47,23 +47,24 @@ GOAL_SPEEDUP = 1.8
 class Budget:
     """Sizes of one bench run (``QUICK`` for a smoke test)."""
 
-    cold_start_steps: int = 60
+    cold_start_steps: int = 100
     """Off-policy forward-KL steps both DistillSpec branches start from."""
-    distill_steps: int = 140
+    distill_steps: int = 100
     """Steps of each DistillSpec branch after the cold start (equal for both)."""
     batch_size: int = 32
     """Sequences per DistillSpec step."""
     lr: float = 3e-3
     """DistillSpec learning rate (AdamW, 20 warm-up steps, then constant)."""
-    divergence: str = "tvd"
-    """Divergence of both branches."""
+    divergence: str = "forward_kl"
+    """Divergence of both branches (TVD, which acceptance depends on directly, learnt far slower
+    here: 2.6 on-policy / 3.0 off-policy after 60 + 140 steps, against 4+ with forward KL)."""
     eval_every: int = 20
     """Acceptance measured every this many steps while training (greedy and T = 1)."""
     eagle3_steps: int = 150
     """EAGLE-3 training steps."""
     eagle3_batch: int = 16
     """EAGLE-3 prompts per step."""
-    eval_prompts: int = 24
+    eval_prompts: int = 20
     """Held-out prompts of the final evaluation."""
     repetitions: int = 3
     """Timed repetitions of each method per setting (alternated)."""

@@ -49,6 +49,10 @@ def evaluate(
     return reports
 
 
+NAME = 24
+"""Width of the drafter-name column."""
+
+
 def _fmt(x: Optional[float], spec: str = ".2f") -> str:
     return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
 
@@ -57,7 +61,7 @@ def format_table(reports: Sequence[SpecReport], name: str = "") -> str:
     """A fixed-width table of reports: acceptance length (bonus included), per-position rates
     (measured / predicted by 1 - TVD), closed form, tokens/s and speed-up."""
     k = reports[0].k if reports else 0
-    head = (f"{'drafter':<14}" if name else "") + (
+    head = (f"{'drafter':<{NAME}}" if name else "") + (
         f"{'B':>3} {'T':>4} {'acc.len':>8} {'(uncut)':>8} {'closed':>7}  "
         + " ".join(f"{'p' + str(j + 1):>9}" for j in range(k))
         + f"  {'tok/s':>7} {'target':>7} {'speedup':>7} {'same':>5}"
@@ -66,7 +70,7 @@ def format_table(reports: Sequence[SpecReport], name: str = "") -> str:
     for r in reports:
         rates = " ".join(f"{_fmt(a):>4}/{_fmt(p):<4}" for a, p in zip(r.position_acceptance, r.predicted_position_acceptance))
         same = "-" if r.identical_to_target is None else ("yes" if r.identical_to_target else "NO")
-        lines.append((f"{name[:13]:<14}" if name else "") + (
+        lines.append((f"{name[:NAME - 1]:<{NAME}}" if name else "") + (
             f"{r.batch_size:>3} {r.temperature:>4g} {r.acceptance_length:>8.2f} {r.acceptance_length_uncut:>8.2f} "
             f"{r.closed_form_acceptance_length:>7.2f}  {rates}  {_fmt(r.tokens_per_s, '.0f'):>7} "
             f"{_fmt(r.target_tokens_per_s, '.0f'):>7} {_fmt(r.speedup):>6}x {same:>5}"
