@@ -5,10 +5,10 @@ One run (under 10 minutes on the 2-core CPU once the target is cached):
 1. the built-in target (``opdplug_drafters.target``: a SumChain Llama opdplug trains itself,
    cached under ``$OPDPLUG_CACHE_DIR``);
 2. DistillSpec drafters (``tiny`` size "student": 2 layers, hidden 64), trained by the ordinary OPD
-   loop for the same number of steps and batch from the same start: a short off-policy cold
-   start (forward KL on target samples) shared by both, then either ON-POLICY (the drafter
-   samples, the target scores every token) or OFF-POLICY (the target samples), with the same
-   divergence (TVD: a draft is accepted with probability 1 - TVD);
+   loop for the same number of steps and batch from the same start: a shared start (forward KL
+   against the target on the task's reference completions, a fixed dataset), then either
+   ON-POLICY (the drafter samples, the target scores every token) or OFF-POLICY (the target
+   samples), with the same divergence (forward KL);
 3. an EAGLE-3 head (``opdplug_drafters.eagle3.train_eagle3``), when that module is installed;
 4. every drafter evaluated by exact speculative sampling with k = 4 drafts on held-out prompts,
    at batch 1 and 8, greedy and T = 1: acceptance length per verify forward (bonus token
@@ -47,8 +47,9 @@ GOAL_SPEEDUP = 1.8
 class Budget:
     """Sizes of one bench run (``QUICK`` for a smoke test)."""
 
-    cold_start_steps: int = 100
-    """Off-policy forward-KL steps both DistillSpec branches start from."""
+    cold_start_steps: int = 200
+    """Steps of the start both DistillSpec branches share: forward KL against the target's
+    distributions on the task's reference completions (a fixed dataset: no sampling, so cheap)."""
     distill_steps: int = 100
     """Steps of each DistillSpec branch after the cold start (equal for both)."""
     batch_size: int = 32
@@ -133,9 +134,9 @@ def main(argv=None) -> int:
     # -------------------------------------------------------------------- DistillSpec
     results: dict = {"budget": dataclasses.asdict(budget), "target": {"dir": str(target_dir), **load_measured(target_dir)},
                      "drafters": {}, "curves": {}}
-    config, mgr = distill_config(target_dir, out / "cold_start", budget, steps=budget.cold_start_steps, sampler="teacher",
+    config, mgr = distill_config(target_dir, out / "cold_start", budget, steps=budget.cold_start_steps, sampler="reference",
                                  divergence="forward_kl", student={"tiny": "student", "init_seed": 2}, quick=args.quick)
-    cold = train_distillspec(config, mgr, progress_desc="DistillSpec cold start (off-policy, forward KL)")
+    cold = train_distillspec(config, mgr, progress_desc="DistillSpec shared start (reference data, forward KL)")
     cold_rows = read_eval(cold.output_dir)
     drafter_dirs = {}
     for name, sampler in (("DistillSpec on-policy", "on_policy"), ("DistillSpec off-policy", "teacher")):
@@ -189,7 +190,7 @@ def main(argv=None) -> int:
     print(f"target: {target_dir.name} ({results['target'].get('params', 0):,} params, {recipe.layers} layers x {recipe.hidden_size}); "
           f"held-out greedy accuracy " + ", ".join(f"T={t}: {a:.2f}" for t, a in acc.items()))
     print(f"k = {budget.k} drafts per round (acceptance-length limit {budget.k + 1}); {budget.eval_prompts} held-out prompts; "
-          f"DistillSpec: {budget.cold_start_steps} shared off-policy steps, then {budget.distill_steps} steps each, "
+          f"DistillSpec: {budget.cold_start_steps} shared steps on reference data, then {budget.distill_steps} steps each, "
           f"batch {budget.batch_size}, {budget.divergence}; EAGLE-3: {budget.eagle3_steps} steps")
     print(tables[0][0])
     for table in tables:
@@ -197,37 +198,38 @@ def main(argv=None) -> int:
             print(line)
     print(LEGEND)
 
-    def best_at(T: float, B: int, key: str):
-        rows = [(name, r) for name, rs in reports_by.items() for r in rs if r.temperature == T and r.batch_size == B]
-        return max(rows, key=lambda nr: getattr(nr[1], key)) if rows else (None, None)
+    def report(name: str, T: float, B: int):
+        return next((r for r in reports_by.get(name, []) if r.temperature == T and r.batch_size == B), None)
 
-    name_g, best_g = best_at(0.0, 1, "acceptance_length")
-    name_s, best_s = best_at(0.0, 1, "speedup")
-    name_t1, best_t1 = best_at(1.0, 1, "acceptance_length")
-    on = reports_by.get("DistillSpec on-policy", [])
-    off = reports_by.get("DistillSpec off-policy", [])
+    # The headline drafter: the best greedy acceptance at batch 1; its speed-ups are quoted as
+    # measured (not the luckiest speed-up of all drafters).
+    best = max(reports_by, key=lambda n: report(n, 0.0, 1).acceptance_length)
+    big = max(budget.batch_sizes)
+    g1, t1, g8, t8 = report(best, 0.0, 1), report(best, 1.0, 1), report(best, 0.0, big), report(best, 1.0, big)
     on_off = " | ".join(
-        f"T={r.temperature:g} on {r.acceptance_length:.2f} vs off {o.acceptance_length:.2f}"
-        for r, o in zip(on, off) if r.batch_size == 1
+        f"B={b} T={T:g}: on {report('DistillSpec on-policy', T, b).acceptance_length:.2f} vs off "
+        f"{report('DistillSpec off-policy', T, b).acceptance_length:.2f}"
+        for b in (1,) for T in budget.temperatures
     )
-    met_a = best_g is not None and best_g.acceptance_length >= GOAL_ACCEPT
-    met_s = best_s is not None and best_s.speedup >= GOAL_SPEEDUP
+    met_a = g1.acceptance_length >= GOAL_ACCEPT
+    met_s = g1.speedup >= GOAL_SPEEDUP
     results["headline"] = {
-        "best_acceptance_greedy": {"drafter": name_g, "value": best_g.acceptance_length if best_g else None},
-        "best_acceptance_T1": {"drafter": name_t1, "value": best_t1.acceptance_length if best_t1 else None},
-        "best_speedup_batch1_greedy": {"drafter": name_s, "value": best_s.speedup if best_s else None},
+        "drafter": best, "acceptance_greedy": g1.acceptance_length, "acceptance_T1": t1.acceptance_length if t1 else None,
+        "speedup_batch1_greedy": g1.speedup, "speedup_batch1_T1": t1.speedup if t1 else None,
+        f"speedup_batch{big}_greedy": g8.speedup if g8 else None, f"speedup_batch{big}_T1": t8.speedup if t8 else None,
         "goal_acceptance": GOAL_ACCEPT, "goal_speedup": GOAL_SPEEDUP, "met_acceptance": met_a, "met_speedup": met_s,
     }
     results["seconds"] = {"target": t_target, "distillspec": t_distill, "eagle3": t_eagle, "eval": t_eval,
                           "total": time.perf_counter() - t0}
     (out / "results.json").write_text(json.dumps(results, indent=1, default=float))
     plot(results, reports_by, budget, out / "drafters.png")
-    print(f"DistillSpec at batch 1 (same steps): {on_off}")
+    print(f"DistillSpec, same start and steps: {on_off}")
     print(f"wrote {out / 'results.json'} and {out / 'drafters.png'} ({results['seconds']['total']:.0f} s: target "
           f"{t_target:.0f}, DistillSpec {t_distill:.0f}, EAGLE-3 {t_eagle:.0f}, evaluation {t_eval:.0f})")
-    print(f"headline (k={budget.k}, limit {budget.k + 1}): best acceptance length {best_g.acceptance_length:.2f} greedy "
-          f"({name_g}), {best_t1.acceptance_length:.2f} at T=1 ({name_t1}) [goal >= {GOAL_ACCEPT}: {'MET' if met_a else 'NOT MET'}]; "
-          f"speed-up at batch 1 greedy {best_s.speedup:.2f}x ({name_s}) [goal >= {GOAL_SPEEDUP}x: {'MET' if met_s else 'NOT MET'}]")
+    print(f"headline (k={budget.k}, limit {budget.k + 1}) {best}: acceptance length {g1.acceptance_length:.2f} greedy, "
+          f"{t1.acceptance_length:.2f} at T=1 [goal >= {GOAL_ACCEPT}: {'MET' if met_a else 'NOT MET'}]; speed-up at batch 1 "
+          f"{g1.speedup:.2f}x greedy, {t1.speedup:.2f}x T=1, at batch {big} {g8.speedup:.2f}x / {t8.speedup:.2f}x "
+          f"[goal >= {GOAL_SPEEDUP}x at batch 1: {'MET' if met_s else 'NOT MET'}]")
     return 0
 
 
@@ -246,7 +248,7 @@ def plot(results: dict, reports_by: dict, budget: Budget, path: Path) -> None:
                 ax1.plot([s for s, _ in points], [a for _, a in points], style, marker="o", ms=3, label=f"{name} {label}")
     ax1.axhline(budget.k + 1, color="grey", lw=1, ls="--")
     ax1.axvline(budget.cold_start_steps, color="grey", lw=0.8, ls=":")
-    ax1.set(xlabel="training step (DistillSpec: shared off-policy start, then the branch)",
+    ax1.set(xlabel="training step (DistillSpec: shared start on reference data, then the branch)",
             ylabel=f"acceptance length (k={budget.k}, bonus incl.)", ylim=(0.9, budget.k + 1.2),
             title="held-out acceptance while training")
     ax1.legend(fontsize=7)

@@ -392,7 +392,8 @@ class SpecReport:
     target_tokens_per_s: float
     """Target-only decoding on the same forward machinery, median over repetitions."""
     speedup: float
-    """``tokens_per_s / target_tokens_per_s``."""
+    """Median over repetitions of (speculative tokens/s) / (target-only tokens/s), each
+    repetition timing both on every batch back to back."""
     repetitions: int
     """Timed repetitions of each (alternated)."""
     identical_to_target: Optional[bool]
@@ -428,10 +429,10 @@ def measure(
     desc: str = "specdec",
 ) -> SpecReport:
     """Decode ``prompts`` speculatively (in batches of ``batch_size``) and report acceptance; with
-    ``time_it``, also time speculative and target-only decoding of the same prompts,
-    alternating one full pass of each ``repetitions`` times, and report medians. At temperature
-    0 the speculative output is compared with target-only greedy decoding (``check_identity``;
-    a timed run compares anyway, for free).
+    ``time_it``, also time speculative and target-only decoding of the same prompts
+    ``repetitions`` times, both methods on each batch back to back in alternating order, and
+    report medians. At temperature 0 (and ``check_identity``) the speculative output is compared
+    with target-only greedy decoding's.
 
     :param max_new_tokens: one budget for all prompts or one per prompt.
     """
@@ -446,7 +447,8 @@ def measure(
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(chunks) * (1 + (2 * repetitions if time_it else 0)), desc=desc, dynamic_ncols=True, leave=False)
+        passes = 1 + (temperature == 0 and check_identity) + (2 * repetitions if time_it else 0)
+        bar = tqdm(total=len(chunks) * passes, desc=desc, dynamic_ncols=True, leave=False)
 
     def run(method: str, rep: int):
         out, seconds = [None] * len(prompts), 0.0
@@ -466,20 +468,27 @@ def measure(
 
     spec_out, _, stats = run("spec", 0)
     identical = None
-    if temperature == 0:
-        target_out, _, _ = run("target", 0) if check_identity and not time_it else (None, 0, None)
-        if target_out is not None:
-            identical = target_out == spec_out
-    spec_rates, target_rates = [], []
+    if temperature == 0 and check_identity:
+        target_out, _, _ = run("target", 0)
+        identical = target_out == spec_out
+    spec_rates, target_rates, ratios = [], [], []
     if time_it:
+        fns = {"spec": decoder.generate, "target": decoder.generate_target_only}
         for rep in range(repetitions):
-            # Alternate, so that a machine busy with something else slows both alike.
-            for method in (("target", "spec") if rep % 2 == 0 else ("spec", "target")):
-                out, seconds, _ = run(method, rep + 1)
-                tokens = sum(len(c) for c in out)
-                (spec_rates if method == "spec" else target_rates).append(tokens / max(seconds, 1e-9))
-                if method == "target" and temperature == 0 and identical is None:
-                    identical = out == spec_out
+            seconds, tokens = {"spec": 0.0, "target": 0.0}, {"spec": 0, "target": 0}
+            for c, rows in enumerate(chunks):
+                # Both methods on the same chunk back to back, in alternating order: a machine
+                # busy with something else slows both alike.
+                for method in (("target", "spec") if (rep + c) % 2 == 0 else ("spec", "target")):
+                    gen = _torch.Generator().manual_seed(seed * 1_000_003 + (rep + 1) * 7919 + c)
+                    g = fns[method]([prompts[r] for r in rows], [budgets[r] for r in rows], generator=gen)
+                    seconds[method] += g.seconds
+                    tokens[method] += g.tokens
+                    if bar is not None:
+                        bar.update(1)
+            spec_rates.append(tokens["spec"] / max(seconds["spec"], 1e-9))
+            target_rates.append(tokens["target"] / max(seconds["target"], 1e-9))
+            ratios.append(spec_rates[-1] / target_rates[-1])
     if bar is not None:
         bar.close()
     spec_tps = statistics.median(spec_rates) if spec_rates else math.nan
@@ -490,6 +499,6 @@ def measure(
         position_acceptance=stats.position_acceptance, predicted_position_acceptance=stats.predicted_position_acceptance,
         mean_token_acceptance=stats.mean_token_acceptance, closed_form_acceptance_length=stats.closed_form_acceptance_length,
         tokens_per_s=spec_tps, target_tokens_per_s=target_tps,
-        speedup=spec_tps / target_tps if spec_rates and target_rates else math.nan,
+        speedup=statistics.median(ratios) if ratios else math.nan,
         repetitions=repetitions if time_it else 0, identical_to_target=identical, tokens=stats.emitted,
     )
