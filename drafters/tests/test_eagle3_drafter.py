@@ -5,6 +5,8 @@ import torch
 from opdplug_drafters.eagle3 import Eagle3Drafter, save_head
 from opdplug_drafters.eagle3.toy import toy_head, toy_target
 
+from eagle3_reference import reference_propose
+
 
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread():
@@ -50,6 +52,29 @@ def test_shapes_and_probabilities(setup, temperature):
     assert bool((probs.gather(-1, ids[..., None]) > 0).all())  # each draft drawn from its distribution
     if temperature == 0:
         assert bool(((probs == 0) | (probs == 1)).all())
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.8])
+def test_lean_path_equals_module_by_module_drafting(setup, temperature):
+    """The fused, cached drafting equals the head's modules applied one row at a time."""
+    model, head, seqs, feats = setup
+    drafter = Eagle3Drafter(head)
+    d2t = head.draft_to_target_Vd
+    for rows in ([s[:n] for s, n in zip(seqs, (5, 8, 9))], seqs):  # the second call extends the cache
+        row_feats = [_target_features(model, head, r) for r in rows]
+        if temperature == 0:
+            ids, probs = drafter.propose(rows, row_feats, 5, temperature=0.0, generator=None)
+            for b, row in enumerate(rows):
+                ref_ids, _ = reference_propose(head, row, row_feats[b], 5, 0.0)
+                assert torch.equal(ids[b], ref_ids)
+            continue
+        for b, row in enumerate(rows):  # one row per call: the generator's draws line up
+            ids, probs = drafter.propose([row], [row_feats[b]], 5, temperature=temperature,
+                                         generator=torch.Generator().manual_seed(b))
+            ref_ids, ref_probs = reference_propose(head, row, row_feats[b], 5, temperature,
+                                                   torch.Generator().manual_seed(b))
+            assert torch.equal(ids[0], ref_ids)
+            torch.testing.assert_close(probs[0][:, d2t], ref_probs, atol=1e-6, rtol=1e-5)
 
 
 def test_cache_equals_no_cache(setup):

@@ -5,10 +5,12 @@ import pytest
 import torch
 
 from opdplug.errors import ConfigError
-from opdplug_drafters.eagle3 import Eagle3Drafter, tensor_specs
+from opdplug_drafters.eagle3 import tensor_specs
 from opdplug_drafters.eagle3.model import check_aux_layers, default_aux_layers, draft_config, sglang_layer_ids
 from opdplug_drafters.eagle3.toy import toy_head, toy_target
 from opdplug_drafters.eagle3.train import Eagle3Options, generate, target_batch
+
+from eagle3_reference import chain_step, feature_entries
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -81,21 +83,14 @@ def test_ttt_unroll_equals_drafting_with_forced_tokens(target):
     n = int(batch.attention_mask_B_L[row].sum())
     ids = batch.input_ids_B_L[row, :n].tolist()
     feats = batch.features_B_L_A[row, :n]
-    drafter = Eagle3Drafter(head, use_cache=False)
     for t in (0, 3, n - 2 - steps):
-        with torch.no_grad():
-            entries = drafter._entries(0, ids[:t + 2], feats[:t + 1])
-            out = entries.out_M_H[-1][None, None]
-            torch.testing.assert_close(head.logits(out)[0, 0], ttt[0][row, t], atol=1e-5, rtol=1e-5)
-            ks, vs = [], []
-            M = entries.k_M_g_D.shape[0]
-            for j in range(1, steps):
-                q, k, v = head.project(torch.tensor([[ids[t + 1 + j]]]), out, torch.tensor([[t + j]]))
-                ks.append(k)
-                vs.append(v)
-                keys = torch.cat([entries.k_M_g_D[None], *ks], dim=1)
-                values = torch.cat([entries.v_M_g_D[None], *vs], dim=1)
-                out = head.finish(head.attend(q, keys, values, torch.ones(1, 1, M + j, dtype=torch.bool)), out)
+        k0, v0, out_1_N_H = feature_entries(head, ids[:t + 2], feats[:t + 1])
+        out = out_1_N_H[:, -1:]
+        torch.testing.assert_close(head.logits(out)[0, 0], ttt[0][row, t], atol=1e-5, rtol=1e-5)
+        keys, values = [k0], [v0]
+        for j in range(1, steps):
+            out = chain_step(head, ids[t + 1 + j], out, t + j, keys, values)
+            with torch.no_grad():
                 torch.testing.assert_close(head.logits(out)[0, 0], ttt[j][row, t], atol=1e-5, rtol=1e-5)
 
 
