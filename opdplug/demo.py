@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ from .config import Config, parse_config
 from .evaluate import accuracy_by_length
 from .loop import build_task, train
 from .manager import make_plugin_manager
+from .modelcache import cached_model
 
 
 @dataclass(frozen=True)
@@ -60,10 +60,6 @@ QUICK = DemoRecipe(
 )
 
 
-def cache_dir() -> Path:
-    return Path(os.environ.get("OPDPLUG_CACHE_DIR", Path.home() / ".cache" / "opdplug"))
-
-
 def _config(recipe: DemoRecipe, output_dir: Path, **sections) -> Config:
     manager = make_plugin_manager()
     base = {
@@ -76,29 +72,25 @@ def _config(recipe: DemoRecipe, output_dir: Path, **sections) -> Config:
 
 
 def train_teacher(recipe: DemoRecipe) -> Path:
-    """The demo teacher, trained once per recipe and cached (atomically) under ``cache_dir()``."""
+    """The demo teacher, trained once per recipe and cached (atomically) by ``modelcache.cached_model``."""
     key = hashlib.sha256(json.dumps([dataclasses.asdict(recipe)[k] for k in ("teacher_steps", "teacher_lr", "teacher_batch", "min_len", "max_len")]).encode()).hexdigest()[:12]
-    target = cache_dir() / f"sumchain-teacher-{key}"
-    if (target / "config.json").is_file():
+
+    def build(work: Path) -> Path:
+        config, manager = _config(
+            recipe, work,
+            run={"steps": recipe.teacher_steps, "batch_size": recipe.teacher_batch, "lr": recipe.teacher_lr,
+                 "warmup_steps": 50, "lr_schedule": "cosine", "min_lr_ratio": 0.1, "adam_betas": [0.9, 0.98],
+                 "weight_decay": 0.01},
+            student={"tiny": "teacher", "init_seed": 1},
+            teacher={"scorer": "none"},
+            rollout={"sampler": "reference"},
+            loss={"support": "sampled", "estimator": "nll"},
+        )
+        return train(config, manager, progress_desc="teacher (supervised)").final_model_dir
+
+    target, built = cached_model(f"sumchain-teacher-{key}", build)
+    if not built:
         print(f"teacher: cached at {target}")
-        return target
-    work = cache_dir() / f".build-{key}-{os.getpid()}"
-    config, manager = _config(
-        recipe, work,
-        run={"steps": recipe.teacher_steps, "batch_size": recipe.teacher_batch, "lr": recipe.teacher_lr,
-             "warmup_steps": 50, "lr_schedule": "cosine", "min_lr_ratio": 0.1, "adam_betas": [0.9, 0.98],
-             "weight_decay": 0.01},
-        student={"tiny": "teacher", "init_seed": 1},
-        teacher={"scorer": "none"},
-        rollout={"sampler": "reference"},
-        loss={"support": "sampled", "estimator": "nll"},
-    )
-    result = train(config, manager, progress_desc="teacher (supervised)")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    if target.exists():
-        shutil.rmtree(target)
-    os.replace(result.final_model_dir, target)
-    shutil.rmtree(work, ignore_errors=True)
     return target
 
 

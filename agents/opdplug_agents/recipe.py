@@ -61,14 +61,13 @@ at the longest training horizon, 20-30 episodes):
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
-import os
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
+
+from opdplug.modelcache import cache_dir, cached_model, recipe_key
 
 RECIPE_VERSION = 1
 """Part of the cache key: bump when the training code changes what a recipe produces."""
@@ -134,9 +133,7 @@ class TeacherRecipe:
 
     def key(self) -> str:
         """12 hex digits of SHA-256 over the training fields and ``RECIPE_VERSION``."""
-        fields = {k: v for k, v in dataclasses.asdict(self).items() if k not in TRAIN_FIELDS_EXCLUDED}
-        blob = json.dumps({"version": RECIPE_VERSION, **fields}, sort_keys=True, default=list)
-        return hashlib.sha256(blob.encode()).hexdigest()[:12]
+        return recipe_key(self, RECIPE_VERSION, TRAIN_FIELDS_EXCLUDED)
 
     def with_horizons(self, min_horizon: int, max_horizon: int, eval_horizons: Optional[tuple] = None) -> "TeacherRecipe":
         """The same recipe over another horizon range (a different cache entry)."""
@@ -158,11 +155,6 @@ QUICK: dict[str, TeacherRecipe] = {
     for name, r in RECIPES.items()
 }
 """Tiny versions for tests (seconds; the models learn nothing)."""
-
-
-def cache_dir() -> Path:
-    """``$OPDPLUG_CACHE_DIR``, else ``~/.cache/opdplug`` (shared with the demo's teacher)."""
-    return Path(os.environ.get("OPDPLUG_CACHE_DIR", Path.home() / ".cache" / "opdplug"))
 
 
 def teacher_path(recipe: TeacherRecipe) -> Path:
@@ -201,19 +193,12 @@ def train_teacher(recipe: TeacherRecipe, *, progress: bool = True, verbose: bool
     :param verbose: print where the teacher is and its measured success.
     :return: the model directory (``config.json``, weights, tokenizer, ``teacher_eval.json``).
     """
-    import torch
-
     from opdplug.loop import train
 
-    target = teacher_path(recipe)
-    if (target / "config.json").is_file():
-        if verbose:
-            print(f"teacher ({recipe.env}): cached at {target}")
-        return target
-    threads = torch.get_num_threads()
-    work = cache_dir() / f".build-{target.name}-{os.getpid()}"
-    t0 = time.perf_counter()
-    try:
+    measured: dict = {}
+
+    def build(work: Path) -> Path:
+        t0 = time.perf_counter()
         config, manager = _config(
             recipe, work / "bc", progress,
             run={"steps": recipe.bc_steps, "batch_size": recipe.bc_batch, "lr": recipe.bc_lr,
@@ -243,24 +228,22 @@ def train_teacher(recipe: TeacherRecipe, *, progress: bool = True, verbose: bool
             desc = f"teacher {recipe.env}: " + ("more BC (no agent_dagger)" if fallback else "DAgger, expert labels")
             final = train(config, manager, progress_desc=desc).final_model_dir
         train_seconds = time.perf_counter() - t0 - phase1_seconds
-        measured = _measure(recipe, final, progress)
+        measured.update(_measure(recipe, final, progress))
         measured.update({"recipe": dataclasses.asdict(recipe), "key": recipe.key(), "bc_seconds": bc_seconds,
                          "phase1_success": phase1,
                          "train_seconds": train_seconds, "dagger_fallback": fallback if recipe.dagger_steps else None,
                          "phase2_sampler": None if not recipe.dagger_steps else ("agent_expert" if fallback else "agent_dagger")})
         (final / "teacher_eval.json").write_text(json.dumps(measured, indent=1, default=list))
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if (target / "config.json").is_file():  # another process finished first: keep theirs
-            return target
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(final, target)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-        torch.set_num_threads(threads)
+        return final
+
+    target, built = cached_model(teacher_path(recipe).name, build)
+    if not built:
+        if verbose:
+            print(f"teacher ({recipe.env}): cached at {target}")
+        return target
     if verbose:
         succ = ", ".join(f"h={h}: {s:.2f}" for h, s in measured["success"].items())
-        print(f"teacher ({recipe.env}): trained in {train_seconds:.0f} s, held-out success {succ}; cached at {target}")
+        print(f"teacher ({recipe.env}): trained in {measured['train_seconds']:.0f} s, held-out success {succ}; cached at {target}")
     return target
 
 

@@ -7,6 +7,8 @@
     opdplug drafter eval DRAFTER [--target DIR] [--kind auto] [--k 4] [--batch-sizes 1,8]
                          [--temperatures 0,1] [--prompts 32] [--reps 3] [--no-timing] [--json]
     opdplug drafter export DRAFTER OUTPUT_DIR [--target DIR] [--kind auto] [--overwrite] [--json]
+    opdplug drafter sglang-accept DRAFTER --url URL [--target DIR] [--k 4] [--prompts 32]
+                         [--temperature 0] [--retry-budget 30] [--json]
 
 ``target`` builds (or loads from the cache) the built-in SumChain target of ``target.py`` and
 copies it to ``OUTPUT_DIR/target``, where ``configs/drafter_*.toml`` look for it. ``train`` runs
@@ -16,7 +18,9 @@ a ``[drafter]`` config: ``kind = "standalone"`` is DistillSpec through the ordin
 ``eval`` prints the speculative-decoding report (acceptance length with the bonus token,
 per-position acceptance measured and predicted by 1 - TVD, tokens/s and speed-up over
 target-only decoding) at every batch size and temperature asked. ``export`` writes what SGLang
-loads (``opdplug_drafters.export.export_drafter``, audited).
+loads (``opdplug_drafters.export.export_drafter``, audited). ``sglang-accept`` puts the
+``spec_accept_length`` an SGLang server serving the export reports beside opdplug's measured and
+predicted acceptance on the same prompts (``sglang_accept.py``; a GPU check).
 
 Bad input is one line on stderr and a non-zero exit, through ``opdplug``'s error handling.
 """
@@ -145,8 +149,21 @@ class DrafterCommand:
         ex.add_argument("--overwrite", action="store_true", help="replace a non-empty OUTPUT_DIR")
         ex.add_argument("--json", action="store_true", help="print one JSON object only")
 
+        sa = sub.add_parser("sglang-accept", help="SGLang's spec_accept_length for a served drafter beside opdplug's prediction")
+        sa.add_argument("path", help="the drafter as opdplug loads it (the same weights the server serves, exported)")
+        sa.add_argument("--url", required=True, help="an SGLang server serving the target with this drafter (speculative decoding)")
+        sa.add_argument("--target", help="the target model directory (default: the one the drafter's run records)")
+        sa.add_argument("--kind", default="auto", help="drafter kind (default: recognised from the directory)")
+        sa.add_argument("--k", type=int, default=4, help="draft tokens per round; the server's --speculative-num-steps (default 4)")
+        sa.add_argument("--prompts", type=int, default=32, help="held-out prompts (default 32)")
+        sa.add_argument("--temperature", type=float, default=0.0, help="serving temperature (default 0, greedy)")
+        sa.add_argument("--seed", type=int, default=1234, help="picks the prompts")
+        sa.add_argument("--retry-budget", type=float, default=30.0, help="seconds to keep retrying a failing request (default 30)")
+        sa.add_argument("--json", action="store_true", help="print one JSON object only")
+
     def run(self, args) -> int:
-        return {"target": self._target, "train": self._train, "eval": self._eval, "export": self._export}[args.action](args)
+        return {"target": self._target, "train": self._train, "eval": self._eval, "export": self._export,
+                "sglang-accept": self._sglang_accept}[args.action](args)
 
     # -- target -----------------------------------------------------------------------------
     def _target(self, args) -> int:
@@ -302,4 +319,48 @@ class DrafterCommand:
             source = resolve_model_dir(path)
         out = export_drafter(kind, source, args.output_dir, target_dir=target_dir, overwrite=args.overwrite)
         print(json.dumps({"kind": kind, "source": str(source), "target": str(target_dir), "output_dir": str(out)}))
+        return 0
+
+    # -- sglang-accept ------------------------------------------------------------------------
+    def _sglang_accept(self, args) -> int:
+        from opdplug import local
+        from opdplug.manager import make_plugin_manager
+
+        from .evaluation import held_out
+        from .sglang_accept import served_acceptance
+        from .specdec import measure
+
+        if args.k < 1 or args.prompts < 1 or args.temperature < 0:
+            raise ConfigError("--k and --prompts must be at least 1 and --temperature >= 0")
+        path = Path(args.path)
+        if not path.exists():
+            raise ConfigError(f"{args.path!r} does not exist")
+        manager = make_plugin_manager()
+        target_dir = find_target(path, args.target)
+        target = local.load_model(str(target_dir), "--target").eval()
+        tokenizer = local.load_tokenizer(str(target_dir))
+        drafter, kind = load_drafter(path, args.kind, target, manager)
+        prompts, budgets = held_out(task_for(path, target_dir, tokenizer, manager), args.prompts, args.seed)
+        served = served_acceptance(args.url, prompts, budgets, temperature=args.temperature, eos_id=tokenizer.eos_token_id,
+                                   retry_budget_s=args.retry_budget)
+        ours = measure(target, drafter, prompts, max_new_tokens=budgets, eos_id=tokenizer.eos_token_id, k=args.k,
+                       temperature=args.temperature, time_it=False, check_identity=False, seed=args.seed,
+                       progress=not args.json)
+        result = {
+            "drafter": str(path), "kind": kind, "target": str(target_dir), "url": args.url, "k": args.k,
+            "temperature": args.temperature, "prompts": args.prompts,
+            "sglang": {k: v for k, v in served.to_dict().items() if k != "completions"},
+            "opdplug": {"acceptance_length": ours.acceptance_length, "closed_form": ours.closed_form_acceptance_length,
+                        "position_acceptance": ours.position_acceptance,
+                        "predicted_position_acceptance": ours.predicted_position_acceptance},
+        }
+        if args.json:
+            print(json.dumps(result))
+            return 0
+        print(f"{kind} drafter {path} served at {args.url}; target {target_dir}; k = {args.k}, T = {args.temperature:g}, "
+              f"{args.prompts} held-out prompts")
+        print(f"  SGLang spec_accept_length (completion tokens / verify forwards): {served.spec_accept_length:.3f}")
+        print(f"  SGLang tokens per verify round (prefill token excluded):          {served.accept_length_per_round:.3f}")
+        print(f"  opdplug measured acceptance length (exact speculative sampling):  {ours.acceptance_length:.3f}")
+        print(f"  opdplug predicted from 1 - TVD, (1 - b^(k+1)) / (1 - b):          {ours.closed_form_acceptance_length:.3f}")
         return 0

@@ -18,13 +18,12 @@ held-out greedy accuracy by chain length is written beside the weights (``target
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
-import os
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from opdplug.modelcache import cache_dir, cached_model, recipe_key
 
 RECIPE_VERSION = 1
 """Part of the cache key: bump when the training code changes what a recipe produces."""
@@ -81,19 +80,12 @@ class TargetRecipe:
 
     def key(self) -> str:
         """12 hex digits of SHA-256 over the training fields and ``RECIPE_VERSION``."""
-        fields = {k: v for k, v in dataclasses.asdict(self).items() if k not in NOT_TRAINING_FIELDS}
-        blob = json.dumps({"version": RECIPE_VERSION, **fields}, sort_keys=True, default=list)
-        return hashlib.sha256(blob.encode()).hexdigest()[:12]
+        return recipe_key(self, RECIPE_VERSION, NOT_TRAINING_FIELDS)
 
 
 QUICK = TargetRecipe(hidden_size=32, layers=2, intermediate_size=64, steps=3, batch_size=4, warmup_steps=1,
                      max_len=4, eval_lengths=(2, 4), eval_n=4)
 """A tiny recipe for tests (seconds; the model learns nothing)."""
-
-
-def cache_dir() -> Path:
-    """``$OPDPLUG_CACHE_DIR``, else ``~/.cache/opdplug`` (shared with the demo's teacher)."""
-    return Path(os.environ.get("OPDPLUG_CACHE_DIR", Path.home() / ".cache" / "opdplug"))
 
 
 def target_path(recipe: TargetRecipe) -> Path:
@@ -106,23 +98,16 @@ def build_target(recipe: TargetRecipe = TargetRecipe(), *, progress: bool = True
 
     :return: the model directory (``config.json``, weights, tokenizer, ``target_eval.json``).
     """
-    import torch
-
     from opdplug import tiny
     from opdplug.config import parse_config
     from opdplug.loop import train
     from opdplug.manager import make_plugin_manager
     from opdplug.tasks import SumChain
 
-    target = target_path(recipe)
-    if (target / "config.json").is_file():
-        if verbose:
-            print(f"target: cached at {target}")
-        return target
-    threads = torch.get_num_threads()
-    work = cache_dir() / f".build-{target.name}-{os.getpid()}"
-    t0 = time.perf_counter()
-    try:
+    measured: dict = {}
+
+    def build(work: Path) -> Path:
+        t0 = time.perf_counter()
         tokenizer = tiny.build_tokenizer(SumChain.words())
         tiny.save_pretrained_pair(tiny.build_model(recipe.size(), tokenizer, seed=recipe.init_seed), tokenizer, work / "init")
         manager = make_plugin_manager()
@@ -139,21 +124,17 @@ def build_target(recipe: TargetRecipe = TargetRecipe(), *, progress: bool = True
         }, manager.plugin_tables())
         final = train(config, manager, progress_desc="target (supervised on SumChain)").final_model_dir
         train_seconds = time.perf_counter() - t0
-        measured = measure_target(final, recipe, progress)
+        measured.update(measure_target(final, recipe, progress))
         measured.update({"recipe": dataclasses.asdict(recipe), "key": recipe.key(), "train_seconds": train_seconds})
         (final / "target_eval.json").write_text(json.dumps(measured, indent=1, default=list))
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if (target / "config.json").is_file():  # another process finished first: keep theirs
-            return target
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(final, target)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-        torch.set_num_threads(threads)
-    if verbose:
+        return final
+
+    target, built = cached_model(target_path(recipe).name, build)
+    if verbose and built:
         acc = ", ".join(f"T={t}: {a:.2f}" for t, a in measured["accuracy"].items())
-        print(f"target: trained in {train_seconds:.0f} s, held-out greedy accuracy {acc}; cached at {target}")
+        print(f"target: trained in {measured['train_seconds']:.0f} s, held-out greedy accuracy {acc}; cached at {target}")
+    elif verbose:
+        print(f"target: cached at {target}")
     return target
 
 

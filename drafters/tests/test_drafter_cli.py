@@ -33,23 +33,6 @@ def run_cli(capsys, *argv) -> tuple[int, dict, str]:
     return code, out, captured.err
 
 
-@pytest.fixture(scope="module")
-def quick_target(tmp_path_factory):
-    """The built-in target's QUICK recipe, built into a private cache and copied to ROOT/target."""
-    root = tmp_path_factory.mktemp("drafter_cli")
-    old = os.environ.get("OPDPLUG_CACHE_DIR")
-    os.environ["OPDPLUG_CACHE_DIR"] = str(root / "cache")
-    try:
-        assert main(["drafter", "target", "--quick", "--output-dir", str(root), "--json"]) == 0
-    finally:
-        if old is None:
-            os.environ.pop("OPDPLUG_CACHE_DIR")
-        else:
-            os.environ["OPDPLUG_CACHE_DIR"] = old
-    assert (root / "target" / "config.json").is_file() and (root / "target" / "target_eval.json").is_file()
-    return root
-
-
 def write_config(path: Path, target: Path, output_dir: Path, **tables) -> Path:
     data = {
         "run": {"output_dir": str(output_dir), "steps": 3, "batch_size": 4, "lr": 1e-3, "progress": False, "seed": 0},

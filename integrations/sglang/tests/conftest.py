@@ -3,7 +3,7 @@ import os
 
 import pytest
 
-from sglang_servers import SERVER_KINDS, serve
+from opdplug_sglang.testing.servers import SERVER_KINDS, serve
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 

@@ -10,7 +10,7 @@ from opdplug.hookspecs import hookimpl
 from opdplug.local import load_model, score_with_model
 from opdplug.loop import setup, train
 
-from sglang_servers import SERVER_KINDS, serve
+from opdplug_sglang.testing.servers import SERVER_KINDS, serve
 
 
 @pytest.fixture(scope="module", params=SERVER_KINDS)

@@ -91,8 +91,12 @@ class ReferenceServer:
         out, lps = [], []
         for _ in range(n_max):
             logits = self.model(torch.tensor([ids + out])).logits[0, -1].float()
-            logp = torch.log_softmax(logits / T, dim=-1)
-            tok = int(torch.multinomial(logp.exp(), 1, generator=g))
+            if T == 0:  # greedy, as SGLang; its log-probs then are those at temperature 1
+                logp = torch.log_softmax(logits, dim=-1)
+                tok = int(logits.argmax())
+            else:
+                logp = torch.log_softmax(logits / T, dim=-1)
+                tok = int(torch.multinomial(logp.exp(), 1, generator=g))
             out.append(tok)
             lps.append(float(logp[tok]))
             if tok in stop:
