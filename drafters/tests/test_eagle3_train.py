@@ -48,6 +48,9 @@ def test_ttt_loss_decreases(sharp_target):
     assert history[-1]["top1"][0] > history[0]["top1"][0] + 0.3
     assert history[-1]["accept_len"] > history[0]["accept_len"]
     assert 1.0 <= history[-1]["accept_len"] <= 5.0  # at most 4 drafts + the bonus token
+    by_k = history[-1]["accept_len_by_k"]
+    assert by_k[-1] == history[-1]["accept_len"] and all(a <= b for a, b in zip(by_k, by_k[1:]))
+    assert all(1.0 <= a <= k + 1 for k, a in enumerate(by_k, start=1))
     assert not head.embed_tokens.weight.grad  # the target's table stays frozen
 
 

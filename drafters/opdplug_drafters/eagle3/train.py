@@ -208,7 +208,8 @@ def ttt_loss(head: Eagle3Head, batch: Batch, ttt_steps: int, step_decay: float) 
     """The weighted TTT soft cross-entropy and its acceptance metrics (see the module docstring).
 
     :return: ``(loss, metrics)``; ``metrics`` holds plain floats: ``loss``, ``ce`` and ``top1``
-        (one per step; NaN where a step has no valid position), ``accept_len``, ``draft_mass``
+        (one per step; NaN where a step has no valid position), ``accept_len`` (``ttt_steps``
+        drafts per round), ``accept_len_by_k`` (entry ``k - 1``: with ``k`` drafts), ``draft_mass``
         (target probability mass inside the draft vocabulary) and ``tokens`` (step-0 positions).
     """
     logits_per_step = head.ttt_forward(batch.input_ids_B_L, batch.features_B_L_A, batch.attention_mask_B_L, ttt_steps)
@@ -237,11 +238,14 @@ def ttt_loss(head: Eagle3Head, batch: Batch, ttt_steps: int, step_decay: float) 
         run_B_N = torch.stack(matches, dim=-1).long().cumprod(dim=-1).sum(-1)  # leading agreeing steps
         n_roots = int(roots_B_N.sum())
         accept_len = 1.0 + float((run_B_N * roots_B_N).sum()) / n_roots if n_roots else float("nan")
+        # The same with k < ttt_steps drafts per round (a serving k of 4 cannot exceed 5).
+        by_k = [1.0 + float((run_B_N.clamp(max=k) * roots_B_N).sum()) / n_roots if n_roots else float("nan")
+                for k in range(1, len(matches) + 1)]
         mass_B_N = _shift(batch.target_draft_mass_B_L, 1, N)
         draft_mass = float((mass_B_N * roots_B_N).sum()) / n_roots if n_roots else float("nan")
     metrics = {
         "loss": float(loss.detach()), "ce": ce, "top1": top1, "accept_len": accept_len,
-        "draft_mass": draft_mass, "tokens": n_roots,
+        "accept_len_by_k": by_k, "draft_mass": draft_mass, "tokens": n_roots,
     }
     return loss, metrics
 
