@@ -15,6 +15,7 @@ Set ``OPDPLUG_DISABLE_FASTPATH=1`` to force the model's own forward everywhere.
 """
 from __future__ import annotations
 
+import copy
 import os
 from dataclasses import dataclass
 from typing import Optional
@@ -23,6 +24,8 @@ import torch
 import torch.nn.functional as F
 
 STATIC_ROPE_TYPES = ("default", "linear", "llama3")  # tables that do not depend on the sequence length
+SNAPSHOT_CACHE_BYTES = 256 << 20
+"""Models with at most this many bytes of parameters keep their fast-path snapshot between calls."""
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -270,7 +273,22 @@ class FastLlama:
 
 
 def fast_forward(model: torch.nn.Module) -> Optional[FastLlama]:
-    """A ``FastLlama`` over ``model``'s current weights, or None if it must use its own forward."""
+    """A ``FastLlama`` over ``model``'s current weights, or None if it must use its own forward.
+
+    The snapshot (fused copies of the weights) is kept on the model and reused while no
+    parameter has changed: every in-place update (an optimizer step, ``load_state_dict``) bumps
+    a tensor's version counter, and a replaced parameter has a new identity. A frozen teacher is
+    thus snapshotted once, a student once per optimizer step."""
     if torch.is_grad_enabled() or unsupported_reason(model) is not None:
         return None
-    return FastLlama(model)
+    inner = unwrap(model)
+    params = list(inner.parameters())
+    if sum(p.numel() * p.element_size() for p in params) > SNAPSHOT_CACHE_BYTES:
+        return FastLlama(model)  # large models: no second copy kept between calls
+    fingerprint = tuple((id(p), p._version) for p in params)
+    cached = inner.__dict__.get("_opdplug_fast")
+    if cached is None or cached[0] != fingerprint:
+        cached = (fingerprint, FastLlama(model))
+        inner.__dict__["_opdplug_fast"] = cached
+    # A shallow copy: the weights are shared, the KV cache and tables each call makes are its own.
+    return copy.copy(cached[1])

@@ -94,7 +94,8 @@ def _pick(
 
     ``uniforms_B`` (one number in [0, 1) per row) draws by inverse CDF instead of ``generator``."""
     logits_B_V = logits_B_V.float()
-    logp_B_V = torch.log_softmax(logits_B_V / (temperature if temperature > 0 else 1.0), dim=-1)
+    scaled_B_V = logits_B_V / temperature if temperature not in (0.0, 1.0) else logits_B_V
+    logp_B_V = torch.log_softmax(scaled_B_V, dim=-1)
     if temperature == 0:
         token_B = logits_B_V.argmax(-1)
     else:
@@ -182,51 +183,12 @@ def sample(
         mask_B_P[b, P - len(ids):] = 1
     ids_B_P, mask_B_P = ids_B_P.to(device), mask_B_P.to(device)
 
-    fast = fastpath.fast_forward(model)  # None: the model's own forward (any architecture)
-    if fast is not None:
-        logits_B_V = fast.prefill(ids_B_P, mask_B_P, _positions(mask_B_P), max_new_tokens)
-    else:
-        out = model(
-            input_ids=ids_B_P,
-            attention_mask=mask_B_P,
-            position_ids=_positions(mask_B_P),
-            use_cache=True,
-            logits_to_keep=1,  # only the last position's logits are needed: no [B, P, V] tensor
-        )
-        cache = out.past_key_values
-        logits_B_V = out.logits[:, -1]
-    next_pos_B = mask_B_P.sum(-1)  # position id of the first generated token
-    # Rows that finished keep decoding (cheaper than re-batching): whatever they write after
-    # their EOS is dropped below, and rows never see each other, so every generated slot is
-    # simply attended. One mask for the whole call; each step reads a prefix of it.
-    full_mask_B_S = torch.cat([mask_B_P, torch.ones(B, max_new_tokens, dtype=torch.long, device=device)], dim=-1)
-    if fast is not None:
-        full_mask_B_S = fast.additive_mask(full_mask_B_S)  # [B, 1, 1, S]: no conversion per step
-
-    tokens, logprobs = [], []
-    finished_B = torch.zeros(B, dtype=torch.bool, device=device)
-    for step in range(max_new_tokens):
-        uniforms_B = uniforms_B_N[:, step] if uniforms_B_N is not None else None
-        token_B, logprob_B = _pick(logits_B_V, temperature, top_p, generator, uniforms_B)
-        tokens.append(token_B)
-        logprobs.append(logprob_B)
-        finished_B |= (token_B == eos_id) & (budget_B > step)  # an EOS past the row's budget does not count
-        if bool((finished_B | (budget_B <= step + 1)).all()):  # every row has its EOS or used its budget
-            break
-        mask_B_S = full_mask_B_S[..., :P + step + 1]
-        if fast is not None:
-            logits_B_V = fast.decode(token_B, mask_B_S, next_pos_B + step)
-            continue
-        out = model(
-            input_ids=token_B[:, None],
-            attention_mask=mask_B_S,
-            position_ids=(next_pos_B + step)[:, None],
-            past_key_values=cache,
-            use_cache=True,
-        )
-        cache = out.past_key_values
-        logits_B_V = out.logits[:, -1]
-
+    # Decoding runs in inference mode (cheaper per operation than no_grad: no version counters
+    # or view tracking), and only there: what it returns is rebuilt below as ordinary tensors,
+    # which the training step may feed to autograd (inference tensors cannot be saved for it).
+    with torch.inference_mode():
+        tokens, logprobs, finished_B = _decode(model, ids_B_P, mask_B_P, budget_B, uniforms_B_N, max_new_tokens,
+                                               temperature=temperature, top_p=top_p, eos_id=eos_id, generator=generator)
     gen_B_N = torch.stack(tokens, dim=1).cpu()
     is_eos_B_N = gen_B_N == eos_id
     # A token is kept up to and including the row's first EOS.
@@ -255,6 +217,65 @@ def sample(
         prompt_lens_B=torch.tensor(prompt_lens, dtype=torch.long, device=device),
         truncated_B=~finished_B,
     )
+
+
+def _decode(model, ids_B_P, mask_B_P, budget_B, uniforms_B_N, max_new_tokens: int, *, temperature: float,
+            top_p: float, eos_id: int, generator: Optional[torch.Generator]):
+    """The prefill and decode loop of ``sample``: ``(tokens, logprobs, finished_B)``, one ``[B]``
+    tensor per generated position."""
+    B, P = ids_B_P.shape
+    device = ids_B_P.device
+    fast = fastpath.fast_forward(model)  # None: the model's own forward (any architecture)
+    if fast is not None:
+        logits_B_V = fast.prefill(ids_B_P, mask_B_P, _positions(mask_B_P), max_new_tokens)
+    else:
+        out = model(
+            input_ids=ids_B_P,
+            attention_mask=mask_B_P,
+            position_ids=_positions(mask_B_P),
+            use_cache=True,
+            logits_to_keep=1,  # only the last position's logits are needed: no [B, P, V] tensor
+        )
+        cache = out.past_key_values
+        logits_B_V = out.logits[:, -1]
+    next_pos_B = mask_B_P.sum(-1)  # position id of the first generated token
+    # Rows that finished keep decoding (cheaper than re-batching): whatever they write after
+    # their EOS is dropped below, and rows never see each other, so every generated slot is
+    # simply attended. One mask for the whole call; each step reads a prefix of it.
+    full_mask_B_S = torch.cat([mask_B_P, torch.ones(B, max_new_tokens, dtype=torch.long, device=device)], dim=-1)
+    if fast is not None:
+        full_mask_B_S = fast.additive_mask(full_mask_B_S)  # [B, 1, 1, S]: no conversion per step
+
+    tokens, logprobs = [], []
+    finished_B = torch.zeros(B, dtype=torch.bool, device=device)
+    # Per step, as few operations as possible (on small models each costs more than the maths):
+    # which rows are still within budget at each step, and which are past it after each step.
+    steps_N = torch.arange(max_new_tokens, device=device)
+    within_N_B = (steps_N[:, None] < budget_B[None, :]).unbind(0)
+    spent_N_B = (steps_N[:, None] + 1 >= budget_B[None, :]).unbind(0)
+    for step in range(max_new_tokens):
+        uniforms_B = uniforms_B_N[:, step] if uniforms_B_N is not None else None
+        token_B, logprob_B = _pick(logits_B_V, temperature, top_p, generator, uniforms_B)
+        tokens.append(token_B)
+        logprobs.append(logprob_B)
+        finished_B |= (token_B == eos_id) & within_N_B[step]  # an EOS past the row's budget does not count
+        if bool((finished_B | spent_N_B[step]).all()):  # every row has its EOS or used its budget
+            break
+        mask_B_S = full_mask_B_S[..., :P + step + 1]
+        if fast is not None:
+            logits_B_V = fast.decode(token_B, mask_B_S, next_pos_B + step)
+            continue
+        out = model(
+            input_ids=token_B[:, None],
+            attention_mask=mask_B_S,
+            position_ids=(next_pos_B + step)[:, None],
+            past_key_values=cache,
+            use_cache=True,
+        )
+        cache = out.past_key_values
+        logits_B_V = out.logits[:, -1]
+
+    return tokens, logprobs, finished_B
 
 
 def forward_logprobs(
@@ -323,7 +344,8 @@ def final_hidden(model, input_ids_B_L: torch.Tensor, attention_mask_B_L: torch.T
     """
     fast = fastpath.fast_forward(model)  # only without gradients
     if fast is not None:
-        hidden_B_L_H = fast.hidden(input_ids_B_L, attention_mask_B_L, _positions(attention_mask_B_L))
+        with torch.inference_mode():  # see sample(); the cat below makes an ordinary tensor of it
+            hidden_B_L_H = fast.hidden(input_ids_B_L, attention_mask_B_L, _positions(attention_mask_B_L))
     else:
         out = model(
             input_ids=input_ids_B_L,

@@ -83,8 +83,8 @@ def test_sampling_is_the_same_with_and_without_the_fast_path(task, monkeypatch):
     model = _model(tok)
     prompts = [list(p.prompt_ids) for p in task.prompts(6, seed=4, split="train")]
     calls = []
-    real_init = fastpath.FastLlama.__init__
-    monkeypatch.setattr(fastpath.FastLlama, "__init__", lambda self, m: (calls.append(1), real_init(self, m))[1])
+    real_prefill = fastpath.FastLlama.prefill
+    monkeypatch.setattr(fastpath.FastLlama, "prefill", lambda self, *a, **k: (calls.append(1), real_prefill(self, *a, **k))[1])
 
     def draw(temperature, per_row=False):
         seeding = {"row_seeds": list(range(len(prompts)))} if per_row else {"generator": torch.Generator().manual_seed(7)}
@@ -161,3 +161,29 @@ def test_data_parallel_is_unwrapped_but_other_wrappers_are_not(task):
             self.module = module
 
     assert "not LlamaForCausalLM" in fastpath.unsupported_reason(Wrapper(model))
+
+
+def test_snapshot_is_reused_until_a_weight_changes():
+    """``fast_forward`` keeps a model's snapshot while its parameters are unchanged, and takes a
+    new one after an in-place update (an optimizer step), so stale weights are never used."""
+    import torch
+
+    from opdplug import fastpath, tiny
+    from opdplug.tasks import SumChain
+
+    tok = tiny.build_tokenizer(SumChain.words())
+    model = tiny.build_model(tiny.SIZES["tiny"], tok, seed=0).eval()
+    ids = torch.randint(3, 20, (2, 6))
+    mask = torch.ones_like(ids)
+    pos = torch.arange(6)[None].expand(2, -1)
+    with torch.no_grad():
+        a, b = fastpath.fast_forward(model), fastpath.fast_forward(model)
+        assert a is not b and a.layers is b.layers  # shared weights, separate caches
+        before = a.hidden(ids, mask, pos)
+        model.model.layers[0].self_attn.q_proj.weight.mul_(1.5)  # as an optimizer step would
+        c = fastpath.fast_forward(model)
+        assert c.layers is not a.layers
+        after = c.hidden(ids, mask, pos)
+        want = model(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states[-1]
+    assert not torch.allclose(before, after)
+    torch.testing.assert_close(after, want, atol=1e-5, rtol=1e-4)
