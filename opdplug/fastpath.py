@@ -275,17 +275,18 @@ class FastLlama:
 def fast_forward(model: torch.nn.Module) -> Optional[FastLlama]:
     """A ``FastLlama`` over ``model``'s current weights, or None if it must use its own forward.
 
-    The snapshot (fused copies of the weights) is kept on the model and reused while no
-    parameter has changed: every in-place update (an optimizer step, ``load_state_dict``) bumps
-    a tensor's version counter, and a replaced parameter has a new identity. A frozen teacher is
-    thus snapshotted once, a student once per optimizer step."""
+    A FROZEN model's snapshot (fused copies of its weights) is kept on the model and reused while
+    its parameters keep their identity, storage and version counter: a frozen teacher is
+    snapshotted once per run instead of once per step. Models with trainable parameters are
+    snapshotted on every call, since not every update bumps the version counter (the fused AdamW
+    kernel does not). Models over ``SNAPSHOT_CACHE_BYTES`` are never cached (no lasting copy)."""
     if torch.is_grad_enabled() or unsupported_reason(model) is not None:
         return None
     inner = unwrap(model)
     params = list(inner.parameters())
-    if sum(p.numel() * p.element_size() for p in params) > SNAPSHOT_CACHE_BYTES:
-        return FastLlama(model)  # large models: no second copy kept between calls
-    fingerprint = tuple((id(p), p._version) for p in params)
+    if any(p.requires_grad for p in params) or sum(p.numel() * p.element_size() for p in params) > SNAPSHOT_CACHE_BYTES:
+        return FastLlama(model)
+    fingerprint = tuple((id(p), p.data_ptr(), p._version) for p in params)
     cached = inner.__dict__.get("_opdplug_fast")
     if cached is None or cached[0] != fingerprint:
         cached = (fingerprint, FastLlama(model))

@@ -107,6 +107,23 @@ def load_drafter(path: Path, kind: str, target, manager):
     return kinds[kind].load(path, target), kind
 
 
+def load_setup(args) -> tuple:
+    """``(path, target_dir, target, tokenizer, drafter, kind, task)`` for ``args.path``,
+    ``args.target`` and ``args.kind``; one-line errors for what is missing."""
+    from opdplug import local
+    from opdplug.manager import make_plugin_manager
+
+    path = Path(args.path)
+    if not path.exists():
+        raise ConfigError(f"{args.path!r} does not exist")
+    manager = make_plugin_manager()
+    target_dir = find_target(path, args.target)
+    target = local.load_model(str(target_dir), "--target").eval()
+    tokenizer = local.load_tokenizer(str(target_dir))
+    drafter, kind = load_drafter(path, args.kind, target, manager)
+    return path, target_dir, target, tokenizer, drafter, kind, task_for(path, target_dir, tokenizer, manager)
+
+
 def report_dicts(reports) -> list[dict]:
     return [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.to_dict().items()} for r in reports]
 
@@ -264,24 +281,13 @@ class DrafterCommand:
     def _eval(self, args) -> int:
         import torch
 
-        from opdplug import local
-        from opdplug.manager import make_plugin_manager
-
         if args.k < 1 or args.prompts < 1 or args.reps < 1:
             raise ConfigError("--k, --prompts and --reps must be at least 1")
         batch_sizes = parse_list(args.batch_sizes, int, "--batch-sizes")
         temperatures = parse_list(args.temperatures, float, "--temperatures")
         if min(batch_sizes) < 1 or min(temperatures) < 0:
             raise ConfigError("--batch-sizes must be >= 1 and --temperatures >= 0")
-        path = Path(args.path)
-        if not path.exists():
-            raise ConfigError(f"{args.path!r} does not exist")
-        manager = make_plugin_manager()
-        target_dir = find_target(path, args.target)
-        target = local.load_model(str(target_dir), "--target").eval()
-        tokenizer = local.load_tokenizer(str(target_dir))
-        drafter, kind = load_drafter(path, args.kind, target, manager)
-        task = task_for(path, target_dir, tokenizer, manager)
+        path, target_dir, target, tokenizer, drafter, kind, task = load_setup(args)
         threads = torch.get_num_threads()
         torch.set_num_threads(args.threads)
         try:
@@ -323,24 +329,14 @@ class DrafterCommand:
 
     # -- sglang-accept ------------------------------------------------------------------------
     def _sglang_accept(self, args) -> int:
-        from opdplug import local
-        from opdplug.manager import make_plugin_manager
-
         from .evaluation import held_out
         from .sglang_accept import served_acceptance
         from .specdec import measure
 
         if args.k < 1 or args.prompts < 1 or args.temperature < 0:
             raise ConfigError("--k and --prompts must be at least 1 and --temperature >= 0")
-        path = Path(args.path)
-        if not path.exists():
-            raise ConfigError(f"{args.path!r} does not exist")
-        manager = make_plugin_manager()
-        target_dir = find_target(path, args.target)
-        target = local.load_model(str(target_dir), "--target").eval()
-        tokenizer = local.load_tokenizer(str(target_dir))
-        drafter, kind = load_drafter(path, args.kind, target, manager)
-        prompts, budgets = held_out(task_for(path, target_dir, tokenizer, manager), args.prompts, args.seed)
+        path, target_dir, target, tokenizer, drafter, kind, task = load_setup(args)
+        prompts, budgets = held_out(task, args.prompts, args.seed)
         served = served_acceptance(args.url, prompts, budgets, temperature=args.temperature, eos_id=tokenizer.eos_token_id,
                                    retry_budget_s=args.retry_budget)
         ours = measure(target, drafter, prompts, max_new_tokens=budgets, eos_id=tokenizer.eos_token_id, k=args.k,

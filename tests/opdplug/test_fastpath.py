@@ -163,9 +163,10 @@ def test_data_parallel_is_unwrapped_but_other_wrappers_are_not(task):
     assert "not LlamaForCausalLM" in fastpath.unsupported_reason(Wrapper(model))
 
 
-def test_snapshot_is_reused_until_a_weight_changes():
-    """``fast_forward`` keeps a model's snapshot while its parameters are unchanged, and takes a
-    new one after an in-place update (an optimizer step), so stale weights are never used."""
+def test_snapshot_of_a_frozen_model_is_reused_until_a_weight_changes():
+    """``fast_forward`` keeps a frozen model's snapshot while its parameters are unchanged and
+    takes a new one after an in-place update; a trainable model is snapshotted on every call
+    (the fused AdamW kernel updates weights without bumping their version counters)."""
     import torch
 
     from opdplug import fastpath, tiny
@@ -177,13 +178,40 @@ def test_snapshot_is_reused_until_a_weight_changes():
     mask = torch.ones_like(ids)
     pos = torch.arange(6)[None].expand(2, -1)
     with torch.no_grad():
+        trainable = fastpath.fast_forward(model), fastpath.fast_forward(model)
+        assert trainable[0].layers is not trainable[1].layers
+        model.requires_grad_(False)
         a, b = fastpath.fast_forward(model), fastpath.fast_forward(model)
         assert a is not b and a.layers is b.layers  # shared weights, separate caches
         before = a.hidden(ids, mask, pos)
-        model.model.layers[0].self_attn.q_proj.weight.mul_(1.5)  # as an optimizer step would
+        model.model.layers[0].self_attn.q_proj.weight.mul_(1.5)
         c = fastpath.fast_forward(model)
         assert c.layers is not a.layers
         after = c.hidden(ids, mask, pos)
         want = model(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states[-1]
+    assert not torch.allclose(before, after)
+    torch.testing.assert_close(after, want, atol=1e-5, rtol=1e-4)
+
+
+def test_fused_adamw_steps_reach_the_sampler():
+    """Regression: after a fused AdamW step (which leaves version counters alone) sampling must
+    use the new weights."""
+    import torch
+
+    from opdplug import fastpath, tiny
+    from opdplug.tasks import SumChain
+
+    tok = tiny.build_tokenizer(SumChain.words())
+    model = tiny.build_model(tiny.SIZES["tiny"], tok, seed=0)
+    opt = torch.optim.AdamW(model.parameters(), lr=0.1, fused=True)
+    ids = torch.randint(3, 20, (1, 5))
+    mask, pos = torch.ones_like(ids), torch.arange(5)[None]
+    with torch.no_grad():
+        before = fastpath.fast_forward(model).hidden(ids, mask, pos)
+    model(input_ids=ids).logits.sum().backward()
+    opt.step()
+    with torch.no_grad():
+        after = fastpath.fast_forward(model).hidden(ids, mask, pos)
+        want = model(input_ids=ids, output_hidden_states=True).hidden_states[-1]
     assert not torch.allclose(before, after)
     torch.testing.assert_close(after, want, atol=1e-5, rtol=1e-4)
