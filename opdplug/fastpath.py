@@ -56,8 +56,13 @@ def unsupported_reason(model: torch.nn.Module) -> Optional[str]:
     if inner.training and getattr(cfg, "attention_dropout", 0.0) > 0:
         return "attention dropout in train mode"
     for module in inner.modules():
-        hooks = [*module._forward_hooks.values(), *module._forward_pre_hooks.values()]
-        if hasattr(module, "_hf_hook") or any(not _is_passive(h) for h in hooks):
+        # Plain dict lookups: this runs before every sampling call, and hasattr on a module
+        # goes through nn.Module.__getattr__ and an exception when the attribute is absent.
+        attrs = module.__dict__
+        if "_hf_hook" in attrs or (
+            (attrs["_forward_hooks"] or attrs["_forward_pre_hooks"])
+            and any(not _is_passive(h) for h in [*attrs["_forward_hooks"].values(), *attrs["_forward_pre_hooks"].values()])
+        ):
             return f"{type(module).__name__} has forward hooks"
         if isinstance(module, torch.nn.Linear) and type(module) is not torch.nn.Linear:
             return f"{type(module).__name__} is not a plain nn.Linear (adapter or quantised layer)"
