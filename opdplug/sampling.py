@@ -10,6 +10,8 @@ are then reported at ``T = 1``.
 """
 from __future__ import annotations
 
+import contextlib
+
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
@@ -183,11 +185,14 @@ def sample(
         mask_B_P[b, P - len(ids):] = 1
     ids_B_P, mask_B_P = ids_B_P.to(device), mask_B_P.to(device)
 
-    # Decoding runs in inference mode (cheaper per operation than no_grad: no version counters
-    # or view tracking), and only there: what it returns is rebuilt below as ordinary tensors,
-    # which the training step may feed to autograd (inference tensors cannot be saved for it).
-    with torch.inference_mode():
-        tokens, logprobs, finished_B = _decode(model, ids_B_P, mask_B_P, budget_B, uniforms_B_N, max_new_tokens,
+    fast = fastpath.fast_forward(model)  # None: the model's own forward (any architecture)
+    # The fast path decodes in inference mode (cheaper per operation than no_grad: no version
+    # counters or view tracking), and only there: what it returns is rebuilt below as ordinary
+    # tensors, which the training step may feed to autograd (inference tensors cannot be saved
+    # for it). A model's own forward stays under no_grad: wrappers such as FSDP keep tensors
+    # made during the forward, which must not become inference tensors.
+    with torch.inference_mode() if fast is not None else contextlib.nullcontext():
+        tokens, logprobs, finished_B = _decode(model, fast, ids_B_P, mask_B_P, budget_B, uniforms_B_N, max_new_tokens,
                                                temperature=temperature, top_p=top_p, eos_id=eos_id, generator=generator)
     gen_B_N = torch.stack(tokens, dim=1).cpu()
     is_eos_B_N = gen_B_N == eos_id
@@ -219,13 +224,12 @@ def sample(
     )
 
 
-def _decode(model, ids_B_P, mask_B_P, budget_B, uniforms_B_N, max_new_tokens: int, *, temperature: float,
-            top_p: float, eos_id: int, generator: Optional[torch.Generator]):
-    """The prefill and decode loop of ``sample``: ``(tokens, logprobs, finished_B)``, one ``[B]``
-    tensor per generated position."""
+def _decode(model, fast: Optional[fastpath.FastLlama], ids_B_P, mask_B_P, budget_B, uniforms_B_N, max_new_tokens: int,
+            *, temperature: float, top_p: float, eos_id: int, generator: Optional[torch.Generator]):
+    """The prefill and decode loop of ``sample`` (through ``fast`` when given, else the model's
+    own forward): ``(tokens, logprobs, finished_B)``, one ``[B]`` tensor per generated position."""
     B, P = ids_B_P.shape
     device = ids_B_P.device
-    fast = fastpath.fast_forward(model)  # None: the model's own forward (any architecture)
     if fast is not None:
         logits_B_V = fast.prefill(ids_B_P, mask_B_P, _positions(mask_B_P), max_new_tokens)
     else:
