@@ -166,6 +166,17 @@ def histogram(first_errors) -> dict:
     return out
 
 
+def short_label(name: str, options: dict) -> str:
+    """A locator's name with its options, short enough for the table."""
+    if name == "teacher_logprob" and options:
+        return f"teacher_logprob {options.get('reduce', 'mean')}<{options.get('threshold', -1.0)}"
+    if name == "teacher_rollouts" and options:
+        return f"teacher_rollouts n={options.get('n', 2)} m={options.get('margin', 0.5)}"
+    if name == "llm_judge" and options:
+        return f"llm_judge {options.get('model', 'default')}"
+    return name
+
+
 def _fmt(x: Optional[float]) -> str:
     return "  -  " if x is None else f"{x:5.2f}"
 
@@ -261,7 +272,7 @@ def _run(cfg: LocatorBenchConfig, args) -> dict:
     from opdplug import local
     from opdplug.context import derive_seed
     from opdplug_agents import recipe as recipes
-    from opdplug_agents.locators import LocatorDeps, build_locator, teacher_action_logprobs
+    from opdplug_agents.locators import JudgeUnreachable, LocatorDeps, build_locator, teacher_action_logprobs
     from opdplug_agents.rollout import ModelActor, run_episodes
     from opdplug_agents.task import AgentTask
 
@@ -282,7 +293,9 @@ def _run(cfg: LocatorBenchConfig, args) -> dict:
     preds: dict = {name: {} for name in locators}  # name -> (env, h) -> located turns
     labels: dict = {}
     stats: dict = {name: Counter() for name in locators}
+    env_stats: dict = {name: {} for name in locators}
     seconds: dict = {name: 0.0 for name in locators}
+    failed: dict = {}  # locator name -> why it has no row (an unreachable judge)
     sweep_lps: dict = {}  # (env, h) -> per episode, per turn, teacher token log-probs
     all_groups: dict = {}  # (env, h) -> the student's episodes
     build_seconds = 0.0
@@ -328,9 +341,18 @@ def _run(cfg: LocatorBenchConfig, args) -> dict:
         with tqdm(total=total, desc=f"locators on {env}", dynamic_ncols=True, leave=False) as bar:
             for name, locator in locators.items():
                 bar.set_postfix_str(name)
-                found, used, secs = locate_all(locator, groups, deps_for, bar, cfg.chunk)
+                if name in failed:
+                    bar.update(sum(len(e) for e in groups.values()))
+                    continue
+                try:
+                    found, used, secs = locate_all(locator, groups, deps_for, bar, cfg.chunk)
+                except JudgeUnreachable as exc:  # report the row as not measured, keep the others
+                    failed[name] = f"not measured: {exc}"
+                    print(f"note: {failed[name]}")
+                    continue
                 preds[name].update(found)
                 stats[name].update(used)
+                env_stats[name][env] = {**used, "seconds": secs}
                 seconds[name] += secs
         all_groups.update(groups)
         for key, episodes in groups.items():
@@ -342,12 +364,13 @@ def _run(cfg: LocatorBenchConfig, args) -> dict:
                      "with_error": sum(k is not None for k in labels[(env, h)]),
                      "mean_turns": sum(e.num_turns for e in groups[(env, h)]) / len(groups[(env, h)]),
                      "first_error_histogram": histogram(labels[(env, h)]),
-                     "located_histograms": {name: histogram(preds[name][(env, h)]) for name in locators}}
+                     "located_histograms": {name: histogram(preds[name][(env, h)]) for name in locators
+                                            if name not in failed}}
             for h in cfg.horizons
         }
         results["episodes"][env]["_episodes"] = {str(h): [
             {"seed": e.seed, "success": e.success, "turns": e.num_turns, "actions": [t.action_text for t in e.turns],
-             **{name: preds[name][(env, h)][i] for name in locators}}
+             **{name: preds[name][(env, h)][i] for name in locators if name not in failed}}
             for i, e in enumerate(groups[(env, h)])] for h in cfg.horizons}
 
     # (d) metrics
@@ -357,6 +380,9 @@ def _run(cfg: LocatorBenchConfig, args) -> dict:
         return [k for key in keys if which(key) for k in table[key]]
 
     for name, options in runs:
+        if name in failed:
+            results["locators"][name] = {"options": options, "measured": False, "note": failed[name]}
+            continue
         cost = dict(stats[name])
         calls = cost.get("teacher_actions", 0) + cost.get("teacher_scorings", 0) + cost.get("judge_calls", 0)
         n_all = len(gather(labels, lambda k: True))
@@ -367,6 +393,7 @@ def _run(cfg: LocatorBenchConfig, args) -> dict:
             "by_env_horizon": {f"{env} h={h}": score(preds[name][(env, h)], labels[(env, h)]) for env, h in keys},
             "all": score(gather(preds[name], lambda k: True), gather(labels, lambda k: True)),
             "cost": {**cost, "teacher_calls": calls, "teacher_calls_per_episode": calls / n_all, "seconds": seconds[name]},
+            "cost_by_env": env_stats[name],
         }
     if "llm_judge" not in results["locators"]:
         results["locators"]["llm_judge"] = {"options": {}, "measured": False, "note": JUDGE_NOT_MEASURED}
@@ -399,20 +426,24 @@ def _run(cfg: LocatorBenchConfig, args) -> dict:
             lines.append(f"  {env:<12} h={h}  n={ep['n']:<4} success {ep['success']:.2f}  failing {ep['failing']:<3} "
                          f"with an error {ep['with_error']:<3} mean turns {ep['mean_turns']:.1f}   first error at turn: {hist}")
     lines.append("")
-    head = (f"{'env':<12} {'locator':<34} {'exact':>5} {'+-1':>5} | on error episodes: {'exact':>5} {'+-1':>5} "
+    head = (f"{'env':<12} {'locator':<27} {'exact':>5} {'+-1':>5} | on error episodes: {'exact':>5} {'+-1':>5} "
             f"{'early':>5} {'late':>5} {'miss':>5} | {'prec':>5} {'recall':>6} {'f.a.':>5} | {'calls/ep':>8} {'sec':>6}")
     lines.append(head)
     lines.append("-" * len(head))
     for scope in [*cfg.envs, "all"]:
         for name, info in results["locators"].items():
-            label = name + (" " + ",".join(f"{k}={v}" for k, v in info["options"].items() if k != "url") if info["options"] else "")
+            label = short_label(name, info["options"])
             if not info["measured"]:
-                lines.append(f"{scope:<12} {label:<34} {info['note']}")
+                lines.append(f"{scope:<12} {label:<27} {info['note']}")
                 continue
             m = info["all"] if scope == "all" else info["by_env"][scope]
             cost = info["cost"]
-            cost_text = f"{cost['teacher_calls_per_episode']:>8.1f} {cost['seconds']:>6.1f}" if scope == "all" else ""
-            lines.append(f"{scope:<12} {label:<34} {_fmt(m['exact'])} {_fmt(m['within_one'])} |                    "
+            if scope != "all":
+                used = info["cost_by_env"][scope]
+                calls = used.get("teacher_actions", 0) + used.get("teacher_scorings", 0) + used.get("judge_calls", 0)
+                cost = {"teacher_calls_per_episode": calls / m["n"], "seconds": used["seconds"]}
+            cost_text = f"{cost['teacher_calls_per_episode']:>8.1f} {cost['seconds']:>6.1f}"
+            lines.append(f"{scope:<12} {label:<27} {_fmt(m['exact'])} {_fmt(m['within_one'])} |                    "
                          f"{_fmt(m['exact_on_errors'])} {_fmt(m['within_one_on_errors'])} {_fmt(m['early'])} "
                          f"{_fmt(m['late'])} {_fmt(m['missed'])} | {_fmt(m['precision'])} {_fmt(m['recall']):>6} "
                          f"{_fmt(m['false_alarm'])} | {cost_text}")
@@ -452,3 +483,7 @@ def _run(cfg: LocatorBenchConfig, args) -> dict:
     (out / "agents_locators.json").write_text(json.dumps(results, indent=1, default=list))
     plot(results, out / "agents_locators.png")
     return results
+
+
+if __name__ == "__main__":
+    main()

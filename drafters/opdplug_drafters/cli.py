@@ -338,7 +338,7 @@ class DrafterCommand:
         path, target_dir, target, tokenizer, drafter, kind, task = load_setup(args)
         prompts, budgets = held_out(task, args.prompts, args.seed)
         served = served_acceptance(args.url, prompts, budgets, temperature=args.temperature, eos_id=tokenizer.eos_token_id,
-                                   retry_budget_s=args.retry_budget)
+                                   k=args.k, retry_budget_s=args.retry_budget)
         ours = measure(target, drafter, prompts, max_new_tokens=budgets, eos_id=tokenizer.eos_token_id, k=args.k,
                        temperature=args.temperature, time_it=False, check_identity=False, seed=args.seed,
                        progress=not args.json)

@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any, Sequence
 
-from opdplug.errors import ConfigError
+from opdplug.errors import ConfigError, RemoteError, TrainingError
 
 
 @dataclass(frozen=True)
@@ -68,14 +68,41 @@ def summarize(answers: Sequence[Any], *, budgets: Sequence[int], eos_id: int, ur
     )
 
 
+def check_settings(info: Any, k: int, url: str = "the server") -> dict:
+    """The speculative settings in an SGLang ``/server_info`` answer (flat server-args keys), or
+    a one-line ``ConfigError`` when they cannot be compared with opdplug's chain of ``k`` drafts.
+    Answers without those keys (other servers) give ``{}``: nothing to check."""
+    if not isinstance(info, dict) or "speculative_algorithm" not in info:
+        return {}
+    settings = {key: info.get(f"speculative_{key}") for key in ("algorithm", "num_steps", "eagle_topk", "num_draft_tokens")}
+    if not settings["algorithm"]:
+        raise ConfigError(f"{url} runs without speculative decoding; start it with --speculative-algorithm EAGLE3 "
+                          f"(or STANDALONE) --speculative-draft-model-path EXPORT_DIR")
+    if settings["eagle_topk"] not in (None, 1):
+        raise ConfigError(f"{url} drafts a tree (--speculative-eagle-topk {settings['eagle_topk']}); opdplug predicts "
+                          f"chain drafting: restart it with --speculative-eagle-topk 1")
+    if settings["num_steps"] not in (None, k):
+        raise ConfigError(f"{url} drafts {settings['num_steps']} tokens per round (--speculative-num-steps); pass "
+                          f"--k {settings['num_steps']} or restart it with --speculative-num-steps {k}")
+    return settings
+
+
 def served_acceptance(url: str, prompts: Sequence[Sequence[int]], budgets: Sequence[int], *, temperature: float,
-                      eos_id: int, timeout_s: float = 600.0, retry_budget_s: float = 30.0) -> ServedAcceptance:
-    """Send every prompt to ``url`` (``/generate``, exact ids) and summarize the answers; a
-    request still failing ``retry_budget_s`` after its first failure stops it (``RemoteError``)."""
+                      eos_id: int, k: int, timeout_s: float = 600.0, retry_budget_s: float = 30.0) -> ServedAcceptance:
+    """Check the server's speculative settings against ``k`` (``check_settings``), send every
+    prompt to ``url`` (``/generate``, exact ids) and summarize the answers; a request still
+    failing ``retry_budget_s`` after its first failure stops it (``RemoteError``)."""
     from opdplug_sglang.client import RetryPolicy, SGLangClient
     from opdplug_sglang.protocol import sampling_payload
 
     client = SGLangClient([url], RetryPolicy(timeout_s=timeout_s, budget_s=retry_budget_s), max_concurrency=8)
+    try:
+        info = client.get("/server_info")
+    except RemoteError:  # unreachable: stop here, in one line
+        raise
+    except TrainingError:  # a 4xx: a server without that endpoint; its answers are checked below
+        info = None
+    check_settings(info, k, url)
     payloads = [sampling_payload(p, max_new_tokens=b, temperature=temperature, top_p=1.0, eos_id=eos_id)
                 for p, b in zip(prompts, budgets)]
     return summarize(client.post_many("/generate", payloads), budgets=budgets, eos_id=eos_id, url=url)

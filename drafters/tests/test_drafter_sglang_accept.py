@@ -10,7 +10,7 @@ import pytest
 pytest.importorskip("opdplug_sglang")
 
 from opdplug.errors import ConfigError  # noqa: E402
-from opdplug_drafters.sglang_accept import summarize  # noqa: E402
+from opdplug_drafters.sglang_accept import check_settings, summarize  # noqa: E402
 from opdplug_sglang.testing.servers import serve  # noqa: E402
 
 from test_drafter_cli import run_cli  # noqa: E402
@@ -38,6 +38,20 @@ def test_a_server_without_speculative_decoding_is_a_one_line_error():
     with pytest.raises(ConfigError) as err:
         summarize([_answer([5, 2], None)], budgets=[4], eos_id=2, url="http://h:1")
     assert "spec_verify_ct" in str(err.value) and "--speculative-algorithm" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_server_settings_must_match_a_chain_of_k_drafts():
+    # Flat keys, as SGLang 0.5.23's /server_info reports its resolved server arguments.
+    info = {"speculative_algorithm": "EAGLE3", "speculative_num_steps": 4, "speculative_eagle_topk": 1,
+            "speculative_num_draft_tokens": 5}
+    assert check_settings(info, 4)["algorithm"] == "EAGLE3"
+    assert check_settings({"model_path": "x"}, 4) == {}  # not an SGLang answer: nothing to compare
+    for bad, needle in [({"speculative_num_steps": 3}, "--speculative-num-steps"),
+                        ({"speculative_eagle_topk": 4}, "--speculative-eagle-topk 1"),
+                        ({"speculative_algorithm": None}, "--speculative-algorithm")]:
+        with pytest.raises(ConfigError) as err:
+            check_settings({**info, **bad}, 4, url="http://h:1")
+        assert needle in str(err.value) and "\n" not in str(err.value)
 
 
 def test_command_fails_in_one_line_against_a_plain_or_absent_server(quick_target, capsys):
