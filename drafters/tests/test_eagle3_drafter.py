@@ -77,6 +77,22 @@ def test_lean_path_equals_module_by_module_drafting(setup, temperature):
             torch.testing.assert_close(probs[0][:, d2t], ref_probs, atol=1e-6, rtol=1e-5)
 
 
+def test_a_long_cached_row_beside_a_fresh_one(setup):
+    """Rows advancing by very different amounts: the padded slots of the catch-up forward must
+    fit in the cache (a long cached row plus a long fresh row)."""
+    model, head, _, _ = setup
+    g = torch.Generator().manual_seed(5)
+    long_a = torch.randint(3, 32, (150,), generator=g).tolist()
+    long_b = torch.randint(3, 32, (150,), generator=g).tolist()
+    cached, fresh = Eagle3Drafter(head), Eagle3Drafter(head, use_cache=False)
+    rounds = [[long_a, long_b[:3]], [long_a + [5], long_b]]  # row 0 keeps 149 entries, row 1 adds 147
+    for rows in rounds:
+        feats = [_target_features(model, head, r) for r in rows]
+        a = cached.propose(rows, feats, 3, temperature=0.0, generator=None)
+        b = fresh.propose(rows, feats, 3, temperature=0.0, generator=None)
+        assert torch.equal(a[0], b[0])
+
+
 def test_cache_equals_no_cache(setup):
     model, head, seqs, feats = setup
     cached, fresh = Eagle3Drafter(head), Eagle3Drafter(head, use_cache=False)

@@ -253,6 +253,8 @@ class Eagle3Drafter:
         keep = [self._kept(b, seqs[b], feats[b]) for b in range(B)]
         n_new = [len(seqs[b]) - 1 - keep[b] for b in range(B)]
         width = max(n_new)
+        if max(keep) + width > self._capacity:  # padding slots of a long cached row may reach past it
+            self._grow(max(keep) + width)
         if width:
             tokens_B_N = torch.zeros(B, width, dtype=torch.long)
             feats_B_N_A = torch.zeros(B, width, A, dtype=lean.dtype, device=lean.device)
