@@ -10,10 +10,13 @@ One command:
    RECIPES``: ``gridnav`` 4x4 with walls, ``calc_lookup``; both cached by ``train_teacher``).
 2. A weak student per environment: the BC warm start of ``bench/agents_horizon.py`` (a
    ``student``-size Llama, behaviour cloning on expert episodes at lr 2e-3, 20 warm-up steps,
-   cosine), built once and cached by the same recipe machinery (``train_teacher`` of a
-   student-size, BC-only ``TeacherRecipe``, so it lives in the cache as
-   ``agent-teacher-ENV-KEY``). gridnav uses the horizon bench's 400 steps; calc_lookup needs
-   more before it copies any name (``STUDENT_STEPS``).
+   cosine; the recipe adds weight decay 0.01), built once and cached by the same recipe
+   machinery (``train_teacher`` of a student-size, BC-only ``TeacherRecipe``, so it lives in
+   the cache as ``agent-teacher-ENV-KEY``; ~1 min for gridnav, ~3 min for calc_lookup on the
+   first run). gridnav uses the horizon bench's 400 steps (greedy held-out success 0.50 / 0.55
+   at h=3 / 4). calc_lookup needs more before it copies names (``student_steps``; greedy
+   success at h=3 / 4): 400 steps 0.03 / 0.00 (every error at turn 0), 900 0.13 / 0.10, 1200
+   0.25 / 0.10 (used: errors at turns 0..3), 1500 1.00 / 1.00 (too few errors when sampled).
 3. The student plays held-out episodes (the ``eval`` split) at each horizon, sampled at the
    rollout temperature (1.0: the regime in which the ``agent_score`` sampler calls a locator).
 4. Labels: the ``expert`` locator's first wrong student turn per episode (exact, from
@@ -47,8 +50,35 @@ locator's, None = no error):
   one per teacher scoring pass of one episode, one per judge request; the locators' own
   ``deps.stats`` counters), per episode, and seconds.
 
-Outputs: a table whose last line is the headline; ``runs/bench/agents_locators.json`` and
+Outputs: a table whose last line is the headline; ``runs/bench/agents_locators.json`` (with
+every episode's actions and located turns under ``episode_details``) and
 ``runs/bench/agents_locators.png`` (accuracy per locator per environment; first-error histograms).
+
+Measured (this machine, 2 shared cores, 1 thread, students and teachers cached; 244-246 s, of which
+``teacher_rollouts`` 228 s), 48 episodes per environment and horizon (h = 3, 4)::
+
+    env          locator                     exact   +-1 | on errors: exact +-1  early late miss | prec recall f.a.
+    gridnav      teacher_logprob min<-2.0     0.64  0.78 |            0.61  0.79  0.23  0.15 0.01 | 0.95  0.99  0.25
+    gridnav      teacher_rollouts n=2 m=0.5   0.45  0.60 |            0.39  0.57  0.11  0.44 0.06 | 0.95  0.94  0.25
+    calc_lookup  teacher_logprob min<-2.0     0.92  0.97 |            0.91  0.97  0.09  0.00 0.00 | 1.00  1.00  0.00
+    calc_lookup  teacher_rollouts n=2 m=0.5   0.85  0.95 |            0.86  0.96  0.12  0.02 0.00 | 0.99  1.00  0.33
+    all          teacher_logprob min<-2.0     0.78  0.88 |            0.77  0.88  0.15  0.07 0.01 | 0.98  0.99  0.21
+    all          teacher_rollouts n=2 m=0.5   0.65  0.78 |            0.64  0.78  0.12  0.21 0.03 | 0.97  0.97  0.26
+    (192 episodes, 173 with an error: gridnav 80 of 96, calc_lookup 93 of 96; cost per episode:
+    teacher_logprob 1 scoring pass, teacher_rollouts 65 generated teacher actions)
+
+What the disagreements are: in gridnav, teacher_logprob's early flags are optimal moves the
+teacher would not take (another shortest path: 20 of its 22 flags before the expert's error
+are moves other than the expert's own), and teacher_rollouts is late on 44% of the error
+episodes: a detour or a bump leaves the teacher enough turns (2h + 4) to recover, so its
+success does not drop until later; its n = 2 sampled continuations also flag 25% of clean
+episodes. In calc_lookup every early flag of teacher_logprob (8 of 8) is a lucky guess: a
+lookup of a chain member whose name the agent has not been shown yet, which ``is_optimal``
+(effect-based: the optimal remaining cost drops by one) counts as right and both teacher
+locators call wrong. The clean episodes are few (gridnav 16, calc_lookup 3), so the
+false-alarm rates are rough. The threshold sweep moves teacher_logprob's exact accuracy
+between 0.61 and 0.79 (reduce = min) and 0.10 and 0.78 (reduce = mean, best only at -0.25:
+a mean over a tool call's ~12 mostly-format tokens hides the one wrong token).
 """
 from __future__ import annotations
 
@@ -61,19 +91,19 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import torch  # noqa: E402
+import torch
 
+# bench/ on the path for agents_horizon, which puts the repository root there in turn.
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from agents_horizon import METHODS as HORIZON_METHODS  # noqa: E402  (also puts the repo on sys.path)
-from agents_horizon import REDUCED as HORIZON_WARM  # noqa: E402
+from agents_horizon import METHODS as HORIZON_METHODS
+from agents_horizon import REDUCED as HORIZON_WARM
 
-from opdplug.cli import quiet_transformers  # noqa: E402
+from opdplug.cli import quiet_transformers
 
 SCORE_LOCATOR_OPTIONS: dict = dict(HORIZON_METHODS["SCoRe"]["rollout"]["options"]["locator_options"])
 """The ``teacher_logprob`` options SCoRe trains with in ``bench/agents_horizon.py``."""
@@ -92,7 +122,7 @@ class LocatorBenchConfig:
     """Held-out student episodes per environment and horizon."""
     temperature: float = 1.0
     """The student's rollout temperature (and that of ``teacher_rollouts``' continuations)."""
-    student_steps: dict = field(default_factory=lambda: {"gridnav": HORIZON_WARM.warm_steps, "calc_lookup": 900})
+    student_steps: dict = field(default_factory=lambda: {"gridnav": HORIZON_WARM.warm_steps, "calc_lookup": 1200})
     """BC warm-start steps of each weak student (gridnav: ``agents_horizon``'s reduced warm start)."""
     student_lr: float = HORIZON_WARM.warm_lr
     """Warm-start learning rate (``agents_horizon``'s)."""
@@ -104,8 +134,10 @@ class LocatorBenchConfig:
     """``teacher_rollouts`` options of the reported row (the locator's defaults)."""
     sweep_thresholds: tuple = (-0.25, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0, -8.0)
     """``teacher_logprob`` thresholds of the offline sweep (for both ``reduce`` values)."""
-    chunk: int = 16
-    """Episodes per locator call (progress granularity; one teacher scoring pass each)."""
+    chunk: int = 0
+    """Episodes per locator call (0: a whole environment-horizon group at once). Smaller chunks
+    give a finer progress bar but cost ``teacher_rollouts`` about 2x (its continuations are
+    batched per call: fewer rows per sampling round, as many rounds)."""
     seed: int = 0
     threads: int = 1
 
@@ -177,19 +209,21 @@ def short_label(name: str, options: dict) -> str:
     return name
 
 
-def _fmt(x: Optional[float]) -> str:
+def _fmt(x: float | None) -> str:
     return "  -  " if x is None else f"{x:5.2f}"
 
 
 # ----------------------------------------------------------------------------- the run
-def locate_all(locator, groups: dict, deps_for, bar, chunk: int) -> tuple[dict, Counter, float]:
+def locate_all(name: str, locator, groups: dict, deps_for, bar, chunk: int) -> tuple[dict, Counter, float]:
     """Run ``locator`` over every group's episodes in chunks: per group the located turns, the
     summed ``deps.stats`` and the seconds taken."""
     stats, out, seconds = Counter(), {}, 0.0
     for key, episodes in groups.items():
+        bar.set_postfix_str(f"{name} h={key[1]}")
         found = []
-        for start in range(0, len(episodes), chunk):
-            part = episodes[start:start + chunk]
+        size = chunk if chunk > 0 else max(len(episodes), 1)
+        for start in range(0, len(episodes), size):
+            part = episodes[start:start + size]
             deps = deps_for(key, start)
             t0 = time.perf_counter()
             found += locator.locate(part, deps)
@@ -223,10 +257,11 @@ def plot(results: dict, path: Path) -> None:
                alpha=0.35, hatch="//", label=f"{name} within one step")
     ax.set_xticks(range(len(cols)))
     ax.set_xticklabels(cols)
-    ax.set_ylim(0, 1.05)
+    ax.set_ylim(0, 1.35)
+    ax.set_yticks([0, 0.2, 0.4, 0.6, 0.8, 1.0])
     ax.set_ylabel("accuracy vs the expert's first error (all episodes)")
-    ax.set_title("earliest-error locators", fontsize=10)
-    ax.legend(fontsize=7, loc="lower right")
+    ax.set_title("earliest-error locators (solid: exact step; hatched: within one step)", fontsize=10)
+    ax.legend(fontsize=7, loc="upper center", ncol=2)
     hists = [(f"{e} h={h}", results["episodes"][e][str(h)]["first_error_histogram"])
              for e in envs for h in results["config"]["horizons"]]
     bins = sorted({k for _, hist in hists for k in hist if k != "none"}, key=int) + ["none"]
@@ -267,14 +302,19 @@ def main(argv=None) -> dict:
 
 
 def _run(cfg: LocatorBenchConfig, args) -> dict:
+    from opdplug_agents import recipe as recipes
+    from opdplug_agents.locators import (
+        JudgeUnreachable,
+        LocatorDeps,
+        build_locator,
+        teacher_action_logprobs,
+    )
+    from opdplug_agents.rollout import ModelActor, run_episodes
+    from opdplug_agents.task import AgentTask
     from tqdm.auto import tqdm
 
     from opdplug import local
     from opdplug.context import derive_seed
-    from opdplug_agents import recipe as recipes
-    from opdplug_agents.locators import JudgeUnreachable, LocatorDeps, build_locator, teacher_action_logprobs
-    from opdplug_agents.rollout import ModelActor, run_episodes
-    from opdplug_agents.task import AgentTask
 
     t0 = time.perf_counter()
     out = Path(args.output_dir)
@@ -287,7 +327,7 @@ def _run(cfg: LocatorBenchConfig, args) -> dict:
     locators = {name: build_locator(name, options) for name, options in runs}
 
     results: dict = {"config": dataclasses.asdict(cfg), "quick": bool(args.quick), "teachers": {}, "students": {},
-                     "episodes": {}, "locators": {}, "sweep": {},
+                     "episodes": {}, "episode_details": {}, "locators": {}, "sweep": {},
                      "teacher_calls_convention": "one teacher generation of one action, one teacher scoring pass "
                                                  "of one episode, or one judge request (the locators' deps.stats)"}
     preds: dict = {name: {} for name in locators}  # name -> (env, h) -> located turns
@@ -340,12 +380,11 @@ def _run(cfg: LocatorBenchConfig, args) -> dict:
         total = sum(len(e) for e in groups.values()) * len(locators)
         with tqdm(total=total, desc=f"locators on {env}", dynamic_ncols=True, leave=False) as bar:
             for name, locator in locators.items():
-                bar.set_postfix_str(name)
                 if name in failed:
                     bar.update(sum(len(e) for e in groups.values()))
                     continue
                 try:
-                    found, used, secs = locate_all(locator, groups, deps_for, bar, cfg.chunk)
+                    found, used, secs = locate_all(name, locator, groups, deps_for, bar, cfg.chunk)
                 except JudgeUnreachable as exc:  # report the row as not measured, keep the others
                     failed[name] = f"not measured: {exc}"
                     print(f"note: {failed[name]}")
@@ -368,7 +407,7 @@ def _run(cfg: LocatorBenchConfig, args) -> dict:
                                             if name not in failed}}
             for h in cfg.horizons
         }
-        results["episodes"][env]["_episodes"] = {str(h): [
+        results["episode_details"][env] = {str(h): [
             {"seed": e.seed, "success": e.success, "turns": e.num_turns, "actions": [t.action_text for t in e.turns],
              **{name: preds[name][(env, h)][i] for name in locators if name not in failed}}
             for i, e in enumerate(groups[(env, h)])] for h in cfg.horizons}
