@@ -8,17 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from opdplug.cli import main
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def run_cli(capsys, *argv) -> tuple[int, dict, str]:

@@ -8,27 +8,13 @@ from opdplug_drafters.eagle3.toy import toy_head, toy_target
 from eagle3_reference import reference_propose
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny matrices: one thread (two threads spin-wait on a shared 2-core machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def setup():
     model, tok = toy_target(num_layers=4)
     head = toy_head(model, draft_vocab_size=20)
     g = torch.Generator().manual_seed(0)
     seqs = [torch.randint(3, 32, (n,), generator=g).tolist() for n in (7, 12, 9)]
-    with torch.no_grad():
-        feats = []
-        for s in seqs:
-            hs = model(input_ids=torch.tensor([s]), output_hidden_states=True).hidden_states
-            feats.append(torch.cat([hs[i][0, :-1] for i in head.aux_layers], dim=-1))
-    return model, head, seqs, feats
+    return model, head, seqs, [_target_features(model, head, s) for s in seqs]
 
 
 def _target_features(model, head, seq):

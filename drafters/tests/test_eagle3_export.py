@@ -13,15 +13,6 @@ from opdplug_drafters.eagle3.toy import toy_head, toy_target
 from opdplug_drafters.export import export_drafter
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny matrices: one thread (two threads spin-wait on a shared 2-core machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A saved 4-layer toy target and a head for it (as train_eagle3 writes it)."""

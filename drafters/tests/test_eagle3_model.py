@@ -13,15 +13,6 @@ from opdplug_drafters.eagle3.train import Eagle3Options, generate, target_batch
 from eagle3_reference import chain_step, feature_entries
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny matrices: one thread (two threads spin-wait on a shared 2-core machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def target():
     return toy_target(num_layers=4)

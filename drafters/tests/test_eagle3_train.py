@@ -12,15 +12,6 @@ from opdplug_drafters.eagle3.toy import toy_head, toy_target
 from opdplug_drafters.eagle3.train import generate, target_batch, ttt_loss
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny matrices: one thread (two threads spin-wait on a shared 2-core machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def sharp_target():
     """A tiny untrained target made confident (scaled lm-head), so there is something to learn."""

@@ -15,15 +15,6 @@ from opdplug_drafters.specdec import SpecDecoder, closed_form_acceptance_length,
 from opdplug_drafters.standalone import StandaloneDrafter
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models on a shared 2-core machine: one thread is fastest (and avoids oversubscription)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def tok():
     return tiny.build_tokenizer(SumChain().words())
