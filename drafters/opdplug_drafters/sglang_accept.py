@@ -93,7 +93,7 @@ def served_acceptance(url: str, prompts: Sequence[Sequence[int]], budgets: Seque
     prompt to ``url`` (``/generate``, exact ids) and summarize the answers; a request still
     failing ``retry_budget_s`` after its first failure stops it (``RemoteError``)."""
     from opdplug_sglang.client import RetryPolicy, SGLangClient
-    from opdplug_sglang.protocol import sampling_payload
+    from opdplug_sglang.protocol import parse_sample, sampling_payload
 
     client = SGLangClient([url], RetryPolicy(timeout_s=timeout_s, budget_s=retry_budget_s), max_concurrency=8)
     try:
@@ -105,4 +105,7 @@ def served_acceptance(url: str, prompts: Sequence[Sequence[int]], budgets: Seque
     check_settings(info, k, url)
     payloads = [sampling_payload(p, max_new_tokens=b, temperature=temperature, top_p=1.0, eos_id=eos_id)
                 for p, b in zip(prompts, budgets)]
-    return summarize(client.post_many("/generate", payloads), budgets=budgets, eos_id=eos_id, url=url)
+    # A malformed answer is retried like a failed request (and ends as one line, not a traceback).
+    answers = client.post_many("/generate", payloads,
+                               validate=lambda a, i: parse_sample(a, max_new_tokens=budgets[i], eos_id=eos_id))
+    return summarize(answers, budgets=budgets, eos_id=eos_id, url=url)
