@@ -17,6 +17,19 @@ def load_config(path: str, manager) -> Any:
     return parse_config(load_toml(path), manager.plugin_tables(), source=str(path))
 
 
+def with_run_overrides(config, args) -> Any:
+    """``config`` with the ``--output-dir``, ``--steps`` and ``--json`` (no progress bars) flags
+    of a training command applied to its ``[run]`` table (flags a command lacks are skipped)."""
+    overrides: dict[str, Any] = {}
+    if getattr(args, "output_dir", None):
+        overrides["output_dir"] = args.output_dir
+    if getattr(args, "steps", None):
+        overrides["steps"] = args.steps
+    if getattr(args, "json", False):
+        overrides["progress"] = False
+    return config.replace(run=overrides) if overrides else config
+
+
 class TrainCommand:
     help = "train a student as CONFIG.toml describes (resumes from the run's latest checkpoint)"
 
@@ -30,14 +43,7 @@ class TrainCommand:
         from .manager import make_plugin_manager
 
         manager = make_plugin_manager()
-        config = load_config(args.config, manager)
-        overrides = {}
-        if args.output_dir:
-            overrides["output_dir"] = args.output_dir
-        if args.steps:
-            overrides["steps"] = args.steps
-        if overrides:
-            config = config.replace(run=overrides)
+        config = with_run_overrides(load_config(args.config, manager), args)
         result = train(config, manager)
         from accelerate import PartialState
 

@@ -164,7 +164,7 @@ class AgentCommand:
     # -- train ------------------------------------------------------------------------------
     def _train(self, args) -> int:
         from opdplug import local
-        from opdplug.cli import load_config
+        from opdplug.cli import load_config, with_run_overrides
         from opdplug.loop import train
         from opdplug.manager import make_plugin_manager
 
@@ -175,15 +175,7 @@ class AgentCommand:
         options = dict(config.task.options)
         env = check_env(options.get("env", "gridnav"))
         horizons = parse_horizons(args.horizons, env) if args.horizons else default_horizons(options, env)
-        overrides = {}
-        if args.output_dir:
-            overrides["output_dir"] = args.output_dir
-        if args.steps:
-            overrides["steps"] = args.steps
-        if args.json:
-            overrides["progress"] = False
-        if overrides:
-            config = config.replace(run=overrides)
+        config = with_run_overrides(config, args)
         result = train(config, manager, progress_desc=f"agent train ({env})")
         last = result.history[-1] if result.history else {}
         out = {"output_dir": str(result.output_dir), "steps": result.steps_done,

@@ -198,7 +198,7 @@ class DrafterCommand:
 
     # -- train ------------------------------------------------------------------------------
     def _train(self, args) -> int:
-        from opdplug.cli import load_config
+        from opdplug.cli import load_config, with_run_overrides
         from opdplug.manager import make_plugin_manager
 
         manager = make_plugin_manager()
@@ -206,15 +206,7 @@ class DrafterCommand:
         options = config.plugin("drafter")
         if options.kind == "eagle3":
             return self._train_eagle3(args, config, manager, options)
-        overrides: dict[str, Any] = {}
-        if args.output_dir:
-            overrides["output_dir"] = args.output_dir
-        if args.steps:
-            overrides["steps"] = args.steps
-        if args.json:
-            overrides["progress"] = False
-        if overrides:
-            config = config.replace(run=overrides)
+        config = with_run_overrides(config, args)
         if not config.teacher.path:
             raise ConfigError(f"{args.config}: a DistillSpec run needs [teacher] path (the target)")
         from .distillspec import read_eval, train_distillspec
