@@ -296,13 +296,8 @@ class Eagle3Head(nn.Module):
     def init_from_target(self, target: nn.Module) -> None:
         """Copy the target's embedding (frozen) and, as a warm start, its final norm and the
         lm-head rows of the draft vocabulary (set the vocabulary first)."""
+        self.set_embedding(target)
         inner = target.module if hasattr(target, "module") else target
-        embed = inner.get_input_embeddings().weight
-        if embed.shape != self.embed_tokens.weight.shape:
-            raise ConfigError(
-                f"the target's embedding is {tuple(embed.shape)}, the head expects {tuple(self.embed_tokens.weight.shape)}"
-            )
-        self.embed_tokens.weight.copy_(embed)
         self.lm_head.weight.copy_(inner.get_output_embeddings().weight[self.draft_to_target_Vd])
         self.norm.weight.copy_(inner.model.norm.weight)
 
