@@ -77,7 +77,8 @@ def _is_passive(hook) -> bool:
 
 @dataclass(frozen=True)
 class _Layer:
-    """One decoder layer's weights, detached, with q/k/v and gate/up concatenated."""
+    """One decoder layer's weights with q/k/v and gate/up concatenated (detached unless the
+    ``FastLlama`` is differentiable)."""
 
     input_norm_H: torch.Tensor
     qkv_weight: torch.Tensor
@@ -91,10 +92,10 @@ class _Layer:
     down_bias: Optional[torch.Tensor]
 
 
-def _cat_bias(*linears) -> Optional[torch.Tensor]:
+def _cat_bias(*linears, keep=torch.Tensor.detach) -> Optional[torch.Tensor]:
     if all(lin.bias is None for lin in linears):
         return None
-    return torch.cat([lin.bias.detach() if lin.bias is not None else torch.zeros(lin.out_features, dtype=lin.weight.dtype,
+    return torch.cat([keep(lin.bias) if lin.bias is not None else torch.zeros(lin.out_features, dtype=lin.weight.dtype,
                                                                                  device=lin.weight.device) for lin in linears])
 
 
@@ -105,14 +106,17 @@ class FastLlama:
     concatenations are copies, so a later optimizer step is not seen).
     """
 
-    def __init__(self, model: torch.nn.Module):
+    def __init__(self, model: torch.nn.Module, *, differentiable: bool = False):
+        """``differentiable``: keep the weights attached to the model's parameters (the
+        concatenations then carry gradients back to them); by default they are detached."""
         inner = unwrap(model)
         cfg = inner.config
-        self.embed_V_H = inner.model.embed_tokens.weight.detach()
+        keep = (lambda t: t) if differentiable else (lambda t: t.detach())
+        self.embed_V_H = keep(inner.model.embed_tokens.weight)
         self.device = self.embed_V_H.device
-        self.final_norm_H = inner.model.norm.weight.detach()
-        self.lm_head_V_H = inner.lm_head.weight.detach()
-        self.lm_head_bias = None if inner.lm_head.bias is None else inner.lm_head.bias.detach()
+        self.final_norm_H = keep(inner.model.norm.weight)
+        self.lm_head_V_H = keep(inner.lm_head.weight)
+        self.lm_head_bias = None if inner.lm_head.bias is None else keep(inner.lm_head.bias)
         self.rotary = inner.model.rotary_emb
         self.eps = cfg.rms_norm_eps
         self.n_heads = cfg.num_attention_heads
@@ -133,22 +137,22 @@ class FastLlama:
         for layer in inner.model.layers:
             att, mlp = layer.self_attn, layer.mlp
             q_w, k_w = att.q_proj.weight[q_rows.to(self.device)], att.k_proj.weight[k_rows.to(self.device)]
-            qkv_bias = _cat_bias(att.q_proj, att.k_proj, att.v_proj)
+            qkv_bias = _cat_bias(att.q_proj, att.k_proj, att.v_proj, keep=keep)
             if qkv_bias is not None:
                 nq, nk = self.n_heads * D, self.n_kv_heads * D
                 qkv_bias = torch.cat([qkv_bias[:nq][q_rows.to(self.device)], qkv_bias[nq:nq + nk][k_rows.to(self.device)],
                                       qkv_bias[nq + nk:]])
             self.layers.append(_Layer(
-                input_norm_H=layer.input_layernorm.weight.detach(),
-                qkv_weight=torch.cat([q_w, k_w, att.v_proj.weight]).detach(),
+                input_norm_H=keep(layer.input_layernorm.weight),
+                qkv_weight=keep(torch.cat([q_w, k_w, att.v_proj.weight])),
                 qkv_bias=qkv_bias,
-                o_weight=att.o_proj.weight.detach(),
-                o_bias=None if att.o_proj.bias is None else att.o_proj.bias.detach(),
-                post_norm_H=layer.post_attention_layernorm.weight.detach(),
-                gate_up_weight=torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]).detach(),
-                gate_up_bias=_cat_bias(mlp.gate_proj, mlp.up_proj),
-                down_weight=mlp.down_proj.weight.detach(),
-                down_bias=None if mlp.down_proj.bias is None else mlp.down_proj.bias.detach(),
+                o_weight=keep(att.o_proj.weight),
+                o_bias=None if att.o_proj.bias is None else keep(att.o_proj.bias),
+                post_norm_H=keep(layer.post_attention_layernorm.weight),
+                gate_up_weight=keep(torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight])),
+                gate_up_bias=_cat_bias(mlp.gate_proj, mlp.up_proj, keep=keep),
+                down_weight=keep(mlp.down_proj.weight),
+                down_bias=None if mlp.down_proj.bias is None else keep(mlp.down_proj.bias),
             ))
         self.k_cache: list[torch.Tensor] = []
         self.v_cache: list[torch.Tensor] = []
@@ -158,7 +162,8 @@ class FastLlama:
     def _norm(self, x_B_L_H: torch.Tensor, weight_H: torch.Tensor) -> torch.Tensor:
         # As LlamaRMSNorm: normalise in float32, scale in the model's dtype (one op in float32).
         if x_B_L_H.dtype == torch.float32:
-            return F.rms_norm(x_B_L_H, (x_B_L_H.shape[-1],), weight_H, self.eps)
+            # LlamaRMSNorm's own four operations: on CPU, F.rms_norm is a composite of more.
+            return x_B_L_H * torch.rsqrt(x_B_L_H.square().mean(-1, keepdim=True).add_(self.eps)) * weight_H
         y = F.rms_norm(x_B_L_H.float(), (x_B_L_H.shape[-1],), None, self.eps)
         return weight_H * y.to(x_B_L_H.dtype)
 
@@ -179,10 +184,18 @@ class FastLlama:
         rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
         return x * cos + rotated * sin
 
-    def _layers(self, x_B_L_H, positions_B_L, attn_mask_B_1_L_S, cache_start: Optional[int]) -> torch.Tensor:
+    def _layers(self, x_B_L_H, positions_B_L, attn_mask_B_1_L_S, cache_start: Optional[int],
+                rows_N: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Run every decoder layer. ``cache_start``: the cache slot of this input's first token
-        (attention then reads the cache up to this input's end); None: no cache."""
-        B, L, H = x_B_L_H.shape
+        (attention then reads the cache up to this input's end); None: no cache.
+
+        ``rows_N``: the flat indices (into ``B * L``) of the real tokens, for a padded input. The
+        input is then ``x_N_H`` (those tokens only) and every per-token product (projections,
+        MLP, norms) skips the padding; only attention runs on the padded ``[B, L]`` layout, with
+        one scatter and one gather per layer. The output is ``[B, L, H]`` with zeros at padding.
+        """
+        B, L = positions_B_L.shape
+        H = x_B_L_H.shape[-1]
         Hq, Hkv, D = self.n_heads, self.n_kv_heads, self.head_dim
         if self.complex_rope:
             cis = self.cis_P_D2[positions_B_L][:, :, None]  # [B, L, 1, D/2]: one table for all heads
@@ -192,10 +205,12 @@ class FastLlama:
         # Few, cheap operations per layer: on small models each one costs more in dispatch than
         # in arithmetic. The residual stream stays 2-D so the output projections can add into it
         # (addmm), and the cache is [B, S, heads, D] so writing a step is one narrow + copy.
-        x_N_H = x_B_L_H.reshape(B * L, H)
+        x_N_H = x_B_L_H.reshape(-1, H)
         for i, w in enumerate(self.layers):
-            qkv = F.linear(self._norm(x_N_H, w.input_norm_H), w.qkv_weight, w.qkv_bias).view(B, L, Hq + 2 * Hkv, D)
-            qk, v = qkv.split([Hq + Hkv, Hkv], dim=2)
+            qkv_N_C = F.linear(self._norm(x_N_H, w.input_norm_H), w.qkv_weight, w.qkv_bias)
+            if rows_N is not None:
+                qkv_N_C = qkv_N_C.new_zeros(B * L, qkv_N_C.shape[-1]).index_copy(0, rows_N, qkv_N_C)
+            qk, v = qkv_N_C.view(B, L, Hq + 2 * Hkv, D).split([Hq + Hkv, Hkv], dim=2)
             if self.complex_rope:  # queries and keys rotated together
                 qk = torch.view_as_real(torch.view_as_complex(qk.unflatten(-1, (D // 2, 2))) * cis).flatten(-2)
             else:
@@ -209,10 +224,16 @@ class FastLlama:
             a = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
                                                attn_mask=attn_mask_B_1_L_S, scale=self.scaling,
                                                enable_gqa=Hq != Hkv)
-            x_N_H = self._project_add(x_N_H, a.transpose(1, 2).reshape(B * L, Hq * D), w.o_weight, w.o_bias)
+            a_N_A = a.transpose(1, 2).reshape(B * L, Hq * D)
+            if rows_N is not None:
+                a_N_A = a_N_A.index_select(0, rows_N)
+            x_N_H = self._project_add(x_N_H, a_N_A, w.o_weight, w.o_bias)
             gate, up = F.linear(self._norm(x_N_H, w.post_norm_H), w.gate_up_weight, w.gate_up_bias).chunk(2, dim=-1)
             x_N_H = self._project_add(x_N_H, F.silu(gate) * up, w.down_weight, w.down_bias)
-        return self._norm(x_N_H, self.final_norm_H).view(B, L, H)
+        h_N_H = self._norm(x_N_H, self.final_norm_H)
+        if rows_N is not None:
+            h_N_H = h_N_H.new_zeros(B * L, H).index_copy(0, rows_N, h_N_H)
+        return h_N_H.view(B, L, H)
 
     @staticmethod
     def _project_add(x_N_H: torch.Tensor, a_N_I: torch.Tensor, weight_H_I: torch.Tensor,
@@ -239,9 +260,21 @@ class FastLlama:
     def hidden(self, input_ids_B_L: torch.Tensor, attention_mask_B_L: torch.Tensor,
                position_ids_B_L: torch.Tensor) -> torch.Tensor:
         """Final normed hidden states ``[B, L, H]`` of a whole sequence (no cache)."""
-        self._rope_tables(int(position_ids_B_L.max()) + 1)
-        x = F.embedding(input_ids_B_L, self.embed_V_H)
-        return self._layers(x, position_ids_B_L, self._prefix_mask(attention_mask_B_L), None)
+        return self.hidden_with_grad(input_ids_B_L, attention_mask_B_L, position_ids_B_L)
+
+    def hidden_with_grad(self, input_ids_B_L: torch.Tensor, attention_mask_B_L: torch.Tensor,
+                         position_ids_B_L: torch.Tensor) -> torch.Tensor:
+        """``hidden`` under the caller's grad mode: with a differentiable ``FastLlama`` and
+        gradients enabled, a training forward (see ``training_hidden``)."""
+        with torch.no_grad():  # the rotary tables are constants
+            self._rope_tables(int(position_ids_B_L.max()) + 1)
+        rows_N = None
+        if not bool(attention_mask_B_L.all()):  # padding: per-token products on real tokens only
+            rows_N = attention_mask_B_L.reshape(-1).nonzero().squeeze(1)
+            x = F.embedding(input_ids_B_L.reshape(-1).index_select(0, rows_N), self.embed_V_H)
+        else:
+            x = F.embedding(input_ids_B_L, self.embed_V_H)
+        return self._layers(x, position_ids_B_L, self._prefix_mask(attention_mask_B_L), None, rows_N)
 
     @torch.no_grad()
     def prefill(self, input_ids_B_P: torch.Tensor, attention_mask_B_P: torch.Tensor,
@@ -298,3 +331,37 @@ def fast_forward(model: torch.nn.Module) -> Optional[FastLlama]:
         inner.__dict__["_opdplug_fast"] = cached
     # A shallow copy: the weights are shared, the KV cache and tables each call makes are its own.
     return copy.copy(cached[1])
+
+
+def training_hidden(model: torch.nn.Module, input_ids_B_L: torch.Tensor, attention_mask_B_L: torch.Tensor,
+                    position_ids_B_L: torch.Tensor) -> Optional[torch.Tensor]:
+    """Final normed hidden states ``[B, L, H]`` WITH gradients to ``model``'s parameters, through
+    the lean forward, or None when ``model`` must use its own forward.
+
+    Why: a training step's student forward is, on small models, mostly transformers' module
+    dispatch; the same maths here costs less forward and backward. Eligible: what ``hidden`` takes,
+    plus no gradient checkpointing and no ``forward`` replaced on the instance (accelerate's
+    mixed-precision wrapper does that: its autocast must stay).
+
+    Under DistributedDataParallel the forward still goes through DDP's own ``forward`` (it readies
+    the gradient all-reduce for the parameters the forward uses): the inner model's ``forward`` is
+    replaced on the instance for that one call. A process count therefore never changes which
+    arithmetic runs, so one process and many give the same numbers.
+    """
+    if unsupported_reason(model) is not None:
+        return None
+    inner = unwrap(model)
+    checkpointed = any(layer.__dict__.get("gradient_checkpointing", False) for layer in inner.model.layers)
+    if "forward" in inner.__dict__ or checkpointed:
+        return None
+
+    def lean_forward(input_ids, attention_mask, position_ids):
+        return FastLlama(inner, differentiable=True).hidden_with_grad(input_ids, attention_mask, position_ids)
+
+    if model is inner:
+        return lean_forward(input_ids_B_L, attention_mask_B_L, position_ids_B_L)
+    inner.forward = lean_forward  # an instance attribute: nn.Module.__call__ runs it, DDP's hooks stay
+    try:
+        return model(input_ids=input_ids_B_L, attention_mask=attention_mask_B_L, position_ids=position_ids_B_L)
+    finally:
+        del inner.forward

@@ -5,8 +5,9 @@ completions, and the local scorers (``local``, ``self``, ``none``).
 """
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 
@@ -21,6 +22,21 @@ from .types import (
     RolloutBatch,
     TeacherScores,
 )
+
+
+@contextlib.contextmanager
+def eval_mode(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """``model`` in eval mode inside the block, its mode restored after. A model already in eval
+    mode (a frozen teacher) is left alone: ``train()``/``eval()`` walk every submodule, twice per
+    call otherwise."""
+    was_training = model.training
+    if was_training:
+        model.eval()
+    try:
+        yield model
+    finally:
+        if was_training:
+            model.train()
 
 
 # ----------------------------------------------------------------------------- loading
@@ -238,9 +254,7 @@ def model_rollout(
     ``max_new_tokens`` is one budget or one per prompt; ``row_seeds`` (one per prompt, instead
     of ``generator``) makes each row's draws independent of its batch (see ``sampling.sample``).
     """
-    was_training = model.training
-    model.eval()  # no dropout while sampling: the log-probs must be the policy's
-    try:
+    with eval_mode(model):  # no dropout while sampling: the log-probs must be the policy's
         out = sampling.sample(
             model,
             [list(p.prompt_ids) for p in prompts],
@@ -252,8 +266,6 @@ def model_rollout(
             generator=generator,
             row_seeds=row_seeds,
         )
-    finally:
-        model.train(was_training)
     completions, logprobs = [], []
     for i in range(len(prompts)):
         keep = out.completion_mask_B_L[i].bool()
@@ -282,12 +294,8 @@ def score_with_model(
     device = next(model.parameters()).device
     ids = (input_ids_B_L if input_ids_B_L is not None else batch.input_ids_B_L).to(device)
     attn = (attention_mask_B_L if attention_mask_B_L is not None else batch.attention_mask_B_L).to(device)
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         hidden = sampling.final_hidden(model, ids, attn)
-    finally:
-        model.train(was_training)
     if offset_B is not None:  # realign the longer input onto the batch's positions
         L = batch.input_ids_B_L.shape[1]
         index = (torch.arange(L, device=device)[None, :] + offset_B.to(device)[:, None]).clamp(max=hidden.shape[1] - 1)

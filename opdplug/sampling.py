@@ -346,15 +346,20 @@ def final_hidden(model, input_ids_B_L: torch.Tensor, attention_mask_B_L: torch.T
 
     :return: ``hidden_B_L_H`` in the model's dtype.
     """
+    positions_B_L = _positions(attention_mask_B_L)
     fast = fastpath.fast_forward(model)  # only without gradients
     if fast is not None:
         with torch.inference_mode():  # see sample(); the cat below makes an ordinary tensor of it
-            hidden_B_L_H = fast.hidden(input_ids_B_L, attention_mask_B_L, _positions(attention_mask_B_L))
+            hidden_B_L_H = fast.hidden(input_ids_B_L, attention_mask_B_L, positions_B_L)
     else:
+        hidden_B_L_H = None
+        if torch.is_grad_enabled():  # the training forward: lean where the model allows it
+            hidden_B_L_H = fastpath.training_hidden(model, input_ids_B_L, attention_mask_B_L, positions_B_L)
+    if hidden_B_L_H is None:
         out = model(
             input_ids=input_ids_B_L,
             attention_mask=attention_mask_B_L,
-            position_ids=_positions(attention_mask_B_L),
+            position_ids=positions_B_L,
             use_cache=False,
             output_hidden_states=True,
             logits_to_keep=1,

@@ -119,7 +119,7 @@ def test_bfloat16_matches_transformers_to_bf16_precision(task):
 def test_steps_aside_with_gradients_adapters_hooks_and_other_architectures(task, monkeypatch):
     tok = task.tokenizer
     model = _model(tok)
-    assert fastpath.fast_forward(model) is None  # gradients enabled: the training forward is the model's
+    assert fastpath.fast_forward(model) is None  # gradients enabled: that is training_hidden's case
     with torch.no_grad():
         assert fastpath.fast_forward(model) is not None
         monkeypatch.setenv("OPDPLUG_DISABLE_FASTPATH", "1")
@@ -215,3 +215,111 @@ def test_fused_adamw_steps_reach_the_sampler():
         want = model(input_ids=ids, output_hidden_states=True).hidden_states[-1]
     assert not torch.allclose(before, after)
     torch.testing.assert_close(after, want, atol=1e-5, rtol=1e-4)
+
+
+# ----------------------------------------------------------------------------- training forward
+def _right_padded(tok, rows):
+    L = max(len(r) for r in rows)
+    ids = torch.full((len(rows), L), tok.pad_token_id)
+    mask = torch.zeros((len(rows), L), dtype=torch.long)
+    for b, r in enumerate(rows):
+        ids[b, :len(r)] = torch.tensor(r)
+        mask[b, :len(r)] = 1
+    return ids, mask
+
+
+def _hidden_and_grads(model, forward, ids, mask):
+    """Hidden states at real positions and the gradients of a fixed loss on them."""
+    model.zero_grad()
+    hidden = forward(ids, mask)
+    real = mask.bool()
+    probe = torch.linspace(-1, 1, hidden.shape[-1])
+    ((hidden[real] * probe).sum(-1).sin().sum()).backward()
+    return hidden[real].detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("overrides", [
+    {},  # grouped-query attention
+    {"num_key_value_heads": 4, "attention_bias": True, "mlp_bias": True},
+    {"rope_scaling": {"rope_type": "linear", "factor": 2.0}},
+])
+@pytest.mark.parametrize("padding", ["left", "right"])
+def test_training_forward_matches_transformers_values_and_gradients(task, overrides, padding):
+    """The lean training forward (padding packed away) gives transformers' hidden states and the
+    same gradients on every parameter."""
+    tok = task.tokenizer
+    model = _model(tok, **overrides).train()
+    rows = [list(p.prompt_ids) + list(p.reference_ids) for p in task.prompts(4, seed=2, split="train")]
+    rows[1] = rows[1][:3]
+    ids, mask = (_left_padded if padding == "left" else _right_padded)(tok, rows)
+    assert not mask.bool().all()
+    pos = _positions(mask)
+    lean, lean_grads = _hidden_and_grads(model, lambda i, m: fastpath.training_hidden(model, i, m, pos), ids, mask)
+    ref, ref_grads = _hidden_and_grads(
+        model, lambda i, m: model(input_ids=i, attention_mask=m, position_ids=pos, output_hidden_states=True).hidden_states[-1],
+        ids, mask)
+    torch.testing.assert_close(lean, ref, atol=1e-5, rtol=1e-5)
+    assert lean_grads.keys() == ref_grads.keys() and "model.layers.0.self_attn.q_proj.weight" in lean_grads
+    for name in ref_grads:
+        torch.testing.assert_close(lean_grads[name], ref_grads[name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_final_hidden_trains_through_the_lean_forward_unless_disabled(task, monkeypatch):
+    tok = task.tokenizer
+    model = _model(tok).train()
+    ids, mask = _left_padded(tok, [list(p.prompt_ids) for p in task.prompts(3, seed=4, split="train")])
+    calls = []
+    real_forward = type(model).forward
+    monkeypatch.setattr(type(model), "forward", lambda self, *a, **k: (calls.append(1), real_forward(self, *a, **k))[1])
+    lean = final_hidden(model, ids, mask)
+    assert not calls and lean.requires_grad
+    monkeypatch.setenv("OPDPLUG_DISABLE_FASTPATH", "1")
+    slow = final_hidden(model, ids, mask)
+    assert calls
+    real = mask.bool()
+    real[:, -1] = False  # final_hidden is shifted by one: row t holds position t - 1
+    real = torch.cat([torch.zeros_like(real[:, :1]), real[:, :-1]], dim=1)
+    torch.testing.assert_close(lean[real], slow[real], atol=1e-5, rtol=1e-5)
+
+
+def test_training_forward_steps_aside_for_checkpointing_and_a_replaced_forward(task):
+    tok = task.tokenizer
+    ids, mask = _left_padded(tok, [list(p.prompt_ids) for p in task.prompts(2, seed=4, split="train")])
+    pos = _positions(mask)
+    model = _model(tok).train()
+    assert fastpath.training_hidden(model, ids, mask, pos) is not None
+    enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+    enable()
+    assert fastpath.training_hidden(model, ids, mask, pos) is None  # transformers does the recomputation
+    model = _model(tok).train()
+    model.forward = lambda *a, **k: None  # e.g. accelerate's autocast wrapper: it must stay in charge
+    assert fastpath.training_hidden(model, ids, mask, pos) is None
+
+
+def test_ddp_runs_the_lean_forward_through_its_own_forward(task, tmp_path):
+    """Under DistributedDataParallel the lean forward is entered through DDP's forward (which
+    readies the gradient all-reduce), gives the unwrapped model's gradients, and leaves the
+    inner model's forward as it was."""
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    tok = task.tokenizer
+    ids, mask = _left_padded(tok, [list(p.prompt_ids) + list(p.reference_ids) for p in task.prompts(3, seed=7, split="train")])
+    pos = _positions(mask)
+    plain = _model(tok).train()
+    want, want_grads = _hidden_and_grads(plain, lambda i, m: fastpath.training_hidden(plain, i, m, pos), ids, mask)
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        model = _model(tok).train()
+        model.load_state_dict(plain.state_dict())
+        ddp = DDP(model)
+        entered = []
+        ddp.register_forward_pre_hook(lambda *a: entered.append(1))
+        got, got_grads = _hidden_and_grads(model, lambda i, m: fastpath.training_hidden(ddp, i, m, pos), ids, mask)
+    finally:
+        dist.destroy_process_group()
+    assert entered and "forward" not in model.__dict__
+    torch.testing.assert_close(got, want)
+    for name in want_grads:
+        torch.testing.assert_close(got_grads[name], want_grads[name], msg=name)
