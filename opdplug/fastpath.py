@@ -80,12 +80,14 @@ class _Layer:
     """One decoder layer's weights with q/k/v and gate/up concatenated (detached unless the
     ``FastLlama`` is differentiable)."""
 
-    input_norm_H: torch.Tensor
+    input_norm_H: Optional[torch.Tensor]
+    """None when folded into ``qkv_weight``."""
     qkv_weight: torch.Tensor
     qkv_bias: Optional[torch.Tensor]
     o_weight: torch.Tensor
     o_bias: Optional[torch.Tensor]
-    post_norm_H: torch.Tensor
+    post_norm_H: Optional[torch.Tensor]
+    """None when folded into ``gate_up_weight``."""
     gate_up_weight: torch.Tensor
     gate_up_bias: Optional[torch.Tensor]
     down_weight: torch.Tensor
@@ -129,6 +131,11 @@ class FastLlama:
         # pair adjacent. Permuting the rows of q_proj and k_proj the same way inside every head
         # gives that layout and leaves every q.k product, hence attention, unchanged.
         self.complex_rope = self.dtype == torch.float32 and self.head_dim % 2 == 0
+        # Norm weights folded into the projections after them (float32 only: in bfloat16 the
+        # product would round differently from transformers' scale-then-project).
+        self.fold_norms = self.dtype == torch.float32
+        H = self.embed_V_H.shape[1]
+        self._mean_H_1 = torch.full((H, 1), 1.0 / H, dtype=self.dtype, device=self.device)
         D = self.head_dim
         inner_perm = torch.arange(D).view(2, D // 2).t().reshape(-1) if self.complex_rope else torch.arange(D)
         q_rows = (torch.arange(self.n_heads)[:, None] * D + inner_perm).reshape(-1)
@@ -142,14 +149,20 @@ class FastLlama:
                 nq, nk = self.n_heads * D, self.n_kv_heads * D
                 qkv_bias = torch.cat([qkv_bias[:nq][q_rows.to(self.device)], qkv_bias[nq:nq + nk][k_rows.to(self.device)],
                                       qkv_bias[nq + nk:]])
+            qkv_w = torch.cat([q_w, k_w, att.v_proj.weight])
+            gate_up_w = torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight])
+            input_norm, post_norm = layer.input_layernorm.weight, layer.post_attention_layernorm.weight
+            if self.fold_norms:  # (x_hat * w) @ W.T == x_hat @ (W * w).T: one multiply fewer per norm
+                qkv_w, gate_up_w = qkv_w * input_norm, gate_up_w * post_norm
+                input_norm = post_norm = None
             self.layers.append(_Layer(
-                input_norm_H=keep(layer.input_layernorm.weight),
-                qkv_weight=keep(torch.cat([q_w, k_w, att.v_proj.weight])),
+                input_norm_H=None if input_norm is None else keep(input_norm),
+                qkv_weight=keep(qkv_w),
                 qkv_bias=qkv_bias,
                 o_weight=keep(att.o_proj.weight),
                 o_bias=None if att.o_proj.bias is None else keep(att.o_proj.bias),
-                post_norm_H=keep(layer.post_attention_layernorm.weight),
-                gate_up_weight=keep(torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight])),
+                post_norm_H=None if post_norm is None else keep(post_norm),
+                gate_up_weight=keep(gate_up_w),
                 gate_up_bias=_cat_bias(mlp.gate_proj, mlp.up_proj, keep=keep),
                 down_weight=keep(mlp.down_proj.weight),
                 down_bias=None if mlp.down_proj.bias is None else keep(mlp.down_proj.bias),
@@ -159,13 +172,15 @@ class FastLlama:
         self.cos_P_D = self.sin_P_D = None
 
     # -------------------------------------------------------------------------------- pieces
-    def _norm(self, x_B_L_H: torch.Tensor, weight_H: torch.Tensor) -> torch.Tensor:
-        # As LlamaRMSNorm: normalise in float32, scale in the model's dtype (one op in float32).
-        if x_B_L_H.dtype == torch.float32:
-            # LlamaRMSNorm's own four operations: on CPU, F.rms_norm is a composite of more.
-            return x_B_L_H * torch.rsqrt(x_B_L_H.square().mean(-1, keepdim=True).add_(self.eps)) * weight_H
-        y = F.rms_norm(x_B_L_H.float(), (x_B_L_H.shape[-1],), None, self.eps)
-        return weight_H * y.to(x_B_L_H.dtype)
+    def _norm(self, x_N_H: torch.Tensor, weight_H: Optional[torch.Tensor]) -> torch.Tensor:
+        """LlamaRMSNorm. ``weight_H`` None: the weight was folded into the next projection."""
+        if x_N_H.dtype == torch.float32:
+            # The mean square as a matrix product: on CPU a small reduction costs more than that.
+            y = x_N_H * torch.matmul(x_N_H * x_N_H, self._mean_H_1).add_(self.eps).rsqrt_()
+            return y if weight_H is None else y * weight_H
+        # Other dtypes as LlamaRMSNorm does it: normalise in float32, scale in the model's dtype.
+        y = F.rms_norm(x_N_H.float(), (x_N_H.shape[-1],), None, self.eps).to(x_N_H.dtype)
+        return y if weight_H is None else weight_H * y
 
     def _rope_tables(self, n_positions: int) -> None:
         """cos/sin for positions 0..n-1 from the model's own rotary module (any static rope type)."""

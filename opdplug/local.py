@@ -266,14 +266,21 @@ def model_rollout(
             generator=generator,
             row_seeds=row_seeds,
         )
-    completions, logprobs = [], []
-    for i in range(len(prompts)):
-        keep = out.completion_mask_B_L[i].bool()
-        completions.append(out.input_ids_B_L[i][keep].tolist())
-        logprobs.append(out.logprobs_B_L[i][keep].tolist())
-    return collate(
-        prompts, completions, producer=producer, pad_id=tokenizer.pad_token_id,
-        logprobs=logprobs, truncated=out.truncated_B.tolist(), on_policy=on_policy,
+    # What ``collate`` would build from the completions, without leaving tensors: the sample is
+    # already right-padded as prompt + completion.
+    attention_B_L, completion_B_L = out.attention_mask_B_L.cpu(), out.completion_mask_B_L.cpu()
+    producer_B_L = (torch.full_like(attention_B_L, PRODUCER_PAD).masked_fill(attention_B_L.bool(), PRODUCER_PROMPT)
+                    .masked_fill(completion_B_L.bool(), producer))
+    return RolloutBatch(
+        input_ids_B_L=out.input_ids_B_L.cpu(),
+        attention_mask_B_L=attention_B_L,
+        loss_mask_B_L=completion_B_L,
+        producer_B_L=producer_B_L,
+        sampling_logprobs_B_L=out.logprobs_B_L.cpu(),
+        prompt_lens_B=out.prompt_lens_B.cpu(),
+        truncated_B=out.truncated_B.cpu(),
+        on_policy_B=torch.full((len(prompts),), bool(on_policy)),
+        prompts=tuple(prompts),
     )
 
 

@@ -200,26 +200,26 @@ def sample(
     gen_alive_B_N = (is_eos_B_N.long().cumsum(-1) - is_eos_B_N.long()) == 0
     gen_alive_B_N &= torch.arange(gen_B_N.shape[1])[None, :] < budget_B.cpu()[:, None]  # and within budget
     gen_logp_B_N = torch.stack(logprobs, dim=1).float().cpu() * gen_alive_B_N
-    gen_lens = gen_alive_B_N.sum(-1).tolist()
-    L = max(p + n for p, n in zip(prompt_lens, gen_lens))
+    gen_lens_B = gen_alive_B_N.sum(-1)
+    prompt_lens_B = torch.tensor(prompt_lens, dtype=torch.long)
+    L = int((prompt_lens_B + gen_lens_B).max())
 
-    input_ids_B_L = torch.full((B, L), pad_id, dtype=torch.long)
-    attention_mask_B_L = torch.zeros((B, L), dtype=torch.long)
-    completion_mask_B_L = torch.zeros((B, L), dtype=torch.long)
-    logprobs_B_L = torch.zeros((B, L), dtype=torch.float32)
-    for b in range(B):
-        p, n = prompt_lens[b], gen_lens[b]
-        input_ids_B_L[b, :p] = torch.tensor(prompt_ids[b], dtype=torch.long)
-        input_ids_B_L[b, p:p + n] = gen_B_N[b, :n]
-        attention_mask_B_L[b, :p + n] = 1
-        completion_mask_B_L[b, p:p + n] = 1
-        logprobs_B_L[b, p:p + n] = gen_logp_B_N[b, :n]
+    # Row b's real tokens are one contiguous span of [left-padded prompt | generated]: from
+    # P - prompt_len to P + gen_len. Shifting each row left by its prompt padding right-pads it.
+    span_ids_B_S = torch.cat([ids_B_P.cpu(), gen_B_N], dim=1)
+    span_logp_B_S = torch.cat([torch.zeros(B, P), gen_logp_B_N], dim=1)
+    t_B_L = torch.arange(L)[None, :].expand(B, L)
+    source_B_L = (t_B_L + (P - prompt_lens_B)[:, None]).clamp(max=span_ids_B_S.shape[1] - 1)
+    attention_B_L = t_B_L < (prompt_lens_B + gen_lens_B)[:, None]
+    completion_B_L = attention_B_L & (t_B_L >= prompt_lens_B[:, None])
+    input_ids_B_L = span_ids_B_S.gather(1, source_B_L).masked_fill(~attention_B_L, pad_id)
+    logprobs_B_L = span_logp_B_S.gather(1, source_B_L) * completion_B_L
     return SampleResult(
         input_ids_B_L=input_ids_B_L.to(device),
-        attention_mask_B_L=attention_mask_B_L.to(device),
-        completion_mask_B_L=completion_mask_B_L.to(device),
+        attention_mask_B_L=attention_B_L.long().to(device),
+        completion_mask_B_L=completion_B_L.long().to(device),
         logprobs_B_L=logprobs_B_L.to(device),
-        prompt_lens_B=torch.tensor(prompt_lens, dtype=torch.long, device=device),
+        prompt_lens_B=prompt_lens_B.to(device),
         truncated_B=~finished_B,
     )
 
