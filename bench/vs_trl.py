@@ -29,7 +29,7 @@ student is evaluated by the SAME function: full-vocabulary reverse KL to the tea
 token on a fixed set of student rollouts (256 held-out prompts, seeded sampler at T = 1), plus
 greedy accuracy. A short cProfile run of each adds the top functions by own time.
 
-    .venv/bin/python bench/vs_trl.py                 # ~7-9 min on 2 CPU cores (5 reps x 3 systems x 40 steps)
+    .venv/bin/python bench/vs_trl.py                 # ~4 min on 2 quiet CPU cores (7 reps x 3 systems x 40 steps)
     .venv/bin/python bench/vs_trl.py --divergence jsd
 Writes runs/bench/vs_trl.json and runs/bench/vs_trl.png; the last printed line is the headline.
 """
@@ -465,7 +465,7 @@ def main() -> None:
     p.add_argument("--max-new-tokens", type=int, default=27, help="3 T + 3 at T = 8: the longest reference")
     p.add_argument("--divergence", choices=sorted(BETA), default="reverse_kl")
     p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--reps", type=int, default=5, help="rounds of one run per system (order rotated each round)")
+    p.add_argument("--reps", type=int, default=7, help="rounds of one run per system (order rotated each round)")
     p.add_argument("--skip", type=int, default=3, help="first steps of each run left out of the timing")
     p.add_argument("--profile-steps", type=int, default=10)
     p.add_argument("--out-dir", default=str(ROOT / "runs" / "bench"))
