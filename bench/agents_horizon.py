@@ -2,8 +2,8 @@
 
 One command:
 
-    .venv/bin/python bench/agents_horizon.py              # the full run (< ~10 min with a cached teacher)
-    .venv/bin/python bench/agents_horizon.py --reduced    # smaller budgets, a few minutes
+    .venv/bin/python bench/agents_horizon.py              # the full run (about 30-40 min with a cached teacher)
+    .venv/bin/python bench/agents_horizon.py --reduced    # 2000 calls per method, 60 episodes per cell
     .venv/bin/python bench/agents_horizon.py --quick      # seconds; checks the plumbing only
 
 1. Build (or load from the cache) the built-in teacher of the environment
@@ -45,24 +45,21 @@ gives an observation that expert episodes never contain, and a BC model repeats 
 writes malformed calls. ``calc_lookup`` (``--env calc_lookup``) has a perfect teacher but a
 student that needs 600+ BC steps before it copies a single name: too slow for a warm start here.
 
-Measured (this machine, 2 shared cores, 1 thread), ``--reduced`` (warm start 400 expert-BC
-steps, 500 teacher calls per method, 30 held-out episodes per cell), 277 s with the teacher
-cached::
+Learning rate: each method decays its own (cosine, from ``lr`` to ``min_lr_ratio * lr``) over
+the steps its budget buys. A method's steps cost different numbers of teacher calls (an OPD
+step 16, a BC step about 65), so ``probe_steps`` steps of it are run first, and thrown away, to
+measure that (``probe_calls_per_step`` in the JSON). A constant rate left OPD's success at h = 4
+swinging by 0.1 between checkpoints 25 steps apart.
 
-    model       h=2     h=3     h=4
-    teacher     0.967   0.967   0.767
-    warm start  0.367   0.267   0.233
-    BC          0.367   0.500   0.233     579 calls in  7 steps
-    OPD         0.633   0.500   0.300     512 calls in 32 steps
-    DAgger      0.267   0.167   0.100     522 calls in 17 steps
-    SCoRe       0.333   0.233   0.200     540 calls in  9 steps
-    headline h=4: teacher 0.77 | best of SCoRe/OPD (OPD) 0.30 | BC 0.23 -> NOT MET
+Before the full run, learning curves from the same 400-step warm start (gridnav, eval on 40
+then 100 held-out episodes at h = 4, seed 4321; the teacher scores 0.75 / 0.79 on those):
+OPD at constant lr 1e-3 reached 0.55 after 1,600 calls and 0.63-0.70 after 4,400-4,800;
+with the cosine schedule over 500 steps, 0.71 / 0.77 / 0.73 / 0.72 after 3,200 / 4,800 / 6,400 /
+8,000 calls. BC reached 0.40 after 4,800 calls and 0.50-0.58 after 6,400-9,500.
 
-(a first reduced run with a 200-step warm start: every student at 0.00-0.40). At this size the
-students are still far from the teacher and 30 episodes per cell are noisy (+-0.09); the full
-size (500-step warm start, 1000 calls per method, 50 episodes) is estimated at 8-9 minutes from
-the per-step times above and has not been run yet. The teacher's 0.77 at h=4 here vs 0.88 in
-its own check (``teacher_eval.json``) is the difference between two sets of held-out episodes.
+An earlier ``--reduced`` run (500 calls per method, constant lr, 30 episodes per cell) had
+every student far from the teacher: OPD 0.30, BC 0.23, DAgger 0.10, SCoRe 0.20 at h = 4 against
+the teacher's 0.77.
 """
 from __future__ import annotations
 
@@ -75,6 +72,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -96,9 +94,9 @@ class BenchConfig:
     ``opdplug_agents.recipe.RECIPES``, the students train on the recipe's horizon range."""
     eval_horizons: tuple = (2, 3, 4)
     """Horizons evaluated; the last is the headline's."""
-    eval_n: int = 50
+    eval_n: int = 200
     """Held-out episodes per horizon and model."""
-    warm_steps: int = 500
+    warm_steps: int = 400
     """BC warm-start steps shared by every method."""
     warm_sampler: str = "agent_expert"
     """Who plays the warm start's episodes: ``agent_expert`` (a program: no teacher calls, and
@@ -108,8 +106,14 @@ class BenchConfig:
     batch: int = 16
     """Episodes per step (every phase)."""
     lr: float = 1e-3
-    """Students' learning rate after the warm start (constant)."""
-    budget: int = 1000
+    """Students' peak learning rate after the warm start."""
+    lr_schedule: str = "cosine"
+    """``cosine`` (to ``min_lr_ratio`` over each method's own budget, see ``schedule_steps``) or
+    ``constant``."""
+    min_lr_ratio: float = 0.1
+    probe_steps: int = 3
+    """Steps of each method run first to measure its teacher calls per step (``cosine`` only)."""
+    budget: int = 8000
     """Teacher calls per method after the warm start."""
     temperature: float = 1.0
     """Rollout temperature of every sampler (students and teacher)."""
@@ -119,8 +123,8 @@ class BenchConfig:
 
 
 FULL = BenchConfig()
-REDUCED = dataclasses.replace(FULL, warm_steps=400, budget=500, eval_n=30)
-QUICK = dataclasses.replace(FULL, eval_horizons=(1, 2), eval_n=4, warm_steps=2, batch=4, budget=12)
+REDUCED = dataclasses.replace(FULL, budget=2000, eval_n=60)
+QUICK = dataclasses.replace(FULL, eval_horizons=(1, 2), eval_n=4, warm_steps=2, batch=4, budget=12, probe_steps=1)
 
 METHODS: dict[str, dict] = {
     "BC": dict(sampler="agent_teacher", rollout={}, loss={"support": "sampled", "estimator": "nll"}, scorer="none"),
@@ -180,18 +184,26 @@ def _config(cfg: BenchConfig, recipe, manager, output_dir: Path, **sections):
     return parse_config(data, manager.plugin_tables())
 
 
-def run_method(cfg: BenchConfig, recipe, name: str, spec: dict, student_dir: Path, teacher_dir: Path, out: Path) -> dict:
-    """Train one method from the warm start until the teacher budget is used; its model dir and counts."""
+def run_method(cfg: BenchConfig, recipe, name: str, spec: dict, student_dir: Path, teacher_dir: Path, out: Path,
+               budget_calls: Optional[float] = None, steps: Optional[int] = None, tag: str = "") -> dict:
+    """Train one method from the warm start until the teacher budget is used; its model dir and counts.
+
+    ``steps``: the length of the learning-rate schedule (and the most steps run); by default
+    enough steps for the budget at one call per episode. ``budget_calls``: default ``cfg.budget``.
+    """
     from opdplug.loop import train
     from opdplug.manager import make_plugin_manager
 
-    save = out / name.lower() / "final"
-    budget = TeacherBudget(cfg.budget, save)
+    run_dir = out / (name.lower() + tag)
+    save = run_dir / "final"
+    budget = TeacherBudget(cfg.budget if budget_calls is None else budget_calls, save)
     manager = make_plugin_manager([budget])
-    max_steps = cfg.budget // cfg.batch + 2  # every method spends >= 1 call per episode
+    max_steps = steps or cfg.budget // cfg.batch + 2  # every method spends >= 1 call per episode
+    schedule = ({"lr_schedule": "cosine", "min_lr_ratio": cfg.min_lr_ratio} if cfg.lr_schedule == "cosine"
+                else {"lr_schedule": "constant"})
     config = _config(
-        cfg, recipe, manager, out / name.lower(),
-        run={"steps": max_steps, "seed": cfg.seed + 1},
+        cfg, recipe, manager, run_dir,
+        run={"steps": max_steps, "seed": cfg.seed + 1, **schedule},
         student={"path": str(student_dir)},
         teacher={"path": str(teacher_dir), "scorer": spec["scorer"]},
         rollout={"sampler": spec["sampler"], **spec.get("rollout", {})},
@@ -204,7 +216,19 @@ def run_method(cfg: BenchConfig, recipe, name: str, spec: dict, student_dir: Pat
     except BudgetReached:
         final = save
     return {"model_dir": str(final), "steps": budget.steps, "teacher_calls": budget.used, "counts": budget.detail,
-            "train_seconds": time.perf_counter() - t0}
+            "train_seconds": time.perf_counter() - t0, "schedule_steps": max_steps}
+
+
+def schedule_steps(cfg: BenchConfig, recipe, name: str, spec: dict, student_dir: Path, teacher_dir: Path,
+                   out: Path) -> tuple[int, float]:
+    """How many steps ``cfg.budget`` buys this method: ``cfg.probe_steps`` steps of it are run
+    (and thrown away) to measure its teacher calls per step. Each method's learning rate then
+    decays over its own budget, whatever a step of it costs. Returns (steps, calls per step)."""
+    probe = run_method(cfg, recipe, name, spec, student_dir, teacher_dir, out, budget_calls=float("inf"),
+                       steps=cfg.probe_steps, tag="-probe")
+    per_step = max(probe["teacher_calls"] / max(probe["steps"], 1), 1.0)
+    shutil.rmtree(out / (name.lower() + "-probe"), ignore_errors=True)
+    return int(-(-cfg.budget // per_step)) + 1, per_step
 
 
 def main(argv=None) -> dict:
@@ -273,7 +297,11 @@ def main(argv=None) -> dict:
             print(f"note: skipping {name}: {note}")
             results["skipped"][name] = note
             continue
-        results["methods"][name] = run_method(cfg, recipe, name, spec, warm.final_model_dir, teacher_dir, work)
+        steps, per_step = None, None
+        if cfg.lr_schedule == "cosine":
+            steps, per_step = schedule_steps(cfg, recipe, name, spec, warm.final_model_dir, teacher_dir, work)
+        results["methods"][name] = run_method(cfg, recipe, name, spec, warm.final_model_dir, teacher_dir, work, steps=steps)
+        results["methods"][name]["probe_calls_per_step"] = per_step
 
     # (c) evaluation on held-out episodes
     tokenizer = local.load_tokenizer(str(teacher_dir))
