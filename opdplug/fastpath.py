@@ -1,16 +1,18 @@
-"""A lean no-grad forward pass for Llama-architecture models: sampling and scoring without overhead.
+"""A lean forward pass for Llama-architecture models: sampling, scoring and training without overhead.
 
 Why: on small models a transformers forward is mostly Python (module dispatch, mask building,
 cache bookkeeping): a decode step of a 2-layer model spends far more time there than in
 arithmetic. Sampling is the largest part of an OPD step, so the local backend runs the same
-mathematics here with fused projections (q/k/v in one matmul, gate/up in one), a preallocated KV
-cache and one boolean mask per step. Results equal the model's own forward to float round-off
-(tests compare logits and seeded samples).
+mathematics here with fused projections (q/k/v in one matmul, gate/up in one, norm weights folded
+in), a preallocated KV cache, one mask per step, and padding packed out of every per-token
+product. Results equal the model's own forward to float round-off (tests compare logits, seeded
+samples, and for ``training_hidden`` every parameter's gradient).
 
-It is used only where it is exact and safe: no gradients, a plain ``LlamaForCausalLM`` (under
-DDP / accelerate wrappers) whose projections are ordinary ``nn.Linear`` (no peft adapter, no
-quantised layer, no accelerate device-map hooks), a static rotary embedding and no dropout in
-train mode. Anything else goes through ``model(...)``, so correctness never depends on this file.
+``fast_forward`` gives the no-grad forward (sampling, teacher scoring); ``training_hidden`` the
+student's forward with gradients. Both are used only where exact and safe: a plain
+``LlamaForCausalLM`` (under DDP / accelerate wrappers) whose projections are ordinary
+``nn.Linear`` (no peft adapter, no quantised layer, no accelerate device-map hooks), a static
+rotary embedding and no dropout in train mode. Anything else goes through ``model(...)``, so correctness never depends on this file.
 Set ``OPDPLUG_DISABLE_FASTPATH=1`` to force the model's own forward everywhere.
 """
 from __future__ import annotations
@@ -102,9 +104,9 @@ def _cat_bias(*linears, keep=torch.Tensor.detach) -> Optional[torch.Tensor]:
 
 
 class FastLlama:
-    """The no-grad forward of one ``LlamaForCausalLM``'s current weights.
+    """The lean forward of one ``LlamaForCausalLM``'s current weights.
 
-    Build it once per sampling or scoring call (the weights it holds are a snapshot: the
+    Build it once per sampling, scoring or training call (the weights it holds are a snapshot: the
     concatenations are copies, so a later optimizer step is not seen).
     """
 
