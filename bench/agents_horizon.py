@@ -57,6 +57,18 @@ OPD at constant lr 1e-3 reached 0.55 after 1,600 calls and 0.63-0.70 after 4,400
 with the cosine schedule over 500 steps, 0.71 / 0.77 / 0.73 / 0.72 after 3,200 / 4,800 / 6,400 /
 8,000 calls. BC reached 0.40 after 4,800 calls and 0.50-0.58 after 6,400-9,500.
 
+Measured, full run (8,000 calls per method, 200 episodes per cell, 1,829 s with the teacher
+cached, 2 cores shared with a CI run)::
+
+    model       h=2     h=3     h=4
+    teacher     0.940   0.910   0.845
+    warm start  0.690   0.355   0.290
+    BC          0.805   0.740   0.675     8010 calls in 125 steps
+    OPD         0.865   0.820   0.815     8000 calls in 500 steps
+    DAgger      0.770   0.745   0.645     7977 calls in 265 steps
+    SCoRe       0.655   0.685   0.515     7586 calls in 139 steps
+    headline h=4: teacher 0.84 | best of SCoRe/OPD (OPD) 0.81 | BC 0.68 -> MET
+
 An earlier ``--reduced`` run (500 calls per method, constant lr, 30 episodes per cell) had
 every student far from the teacher: OPD 0.30, BC 0.23, DAgger 0.10, SCoRe 0.20 at h = 4 against
 the teacher's 0.77.
