@@ -250,6 +250,7 @@ def main(argv=None) -> dict:
     size.add_argument("--quick", action="store_true", help="seconds: plumbing only, numbers meaningless")
     parser.add_argument("--env", help="environment (default: the config's)")
     parser.add_argument("--budget", type=int, help="teacher calls per method")
+    parser.add_argument("--seed", type=int, help="training seed (warm start, every method); the held-out episodes stay the same")
     parser.add_argument("--output-dir", default="runs/bench", help="where agents_horizon.{json,png} go")
     args = parser.parse_args(argv)
 
@@ -258,6 +259,8 @@ def main(argv=None) -> dict:
         cfg = dataclasses.replace(cfg, env=args.env)
     if args.budget:
         cfg = dataclasses.replace(cfg, budget=args.budget)
+    if args.seed is not None:
+        cfg = dataclasses.replace(cfg, seed=args.seed)
     torch.set_num_threads(cfg.threads)
     quiet_transformers()
 
