@@ -1,0 +1,44 @@
+"""bench/agents_horizon.py --quick runs end to end (a QUICK teacher in a private cache): every
+method is probed for its calls per step, decays its learning rate over its own budget, stops at
+the budget, and the JSON, the PNG and the headline are written."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def load_bench(monkeypatch):
+    spec = importlib.util.spec_from_file_location("bench_agents_horizon", ROOT / "bench" / "agents_horizon.py")
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, module)  # dataclasses look their module up there
+    monkeypatch.setattr(sys, "path", list(sys.path))  # the script puts bench/ on it
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.timeout(240)
+def test_quick_bench_trains_every_method_to_its_budget(tmp_path, monkeypatch):
+    monkeypatch.setenv("OPDPLUG_CACHE_DIR", str(tmp_path / "cache"))
+    bench = load_bench(monkeypatch)
+    out = tmp_path / "out"
+    results = bench.main(["--quick", "--output-dir", str(out)])
+    data = json.loads((out / "agents_horizon.json").read_text())
+    assert (out / "agents_horizon.png").stat().st_size > 0
+    budget = data["config"]["budget"]
+    assert set(data["methods"]) == {"BC", "OPD", "DAgger", "SCoRe"}
+    for name, info in data["methods"].items():
+        per_step = info["probe_calls_per_step"]
+        assert per_step >= 1 and info["schedule_steps"] == -(-budget // per_step) + 1, name
+        # the run stops after the step that reaches the budget, or at the end of its schedule
+        assert info["teacher_calls"] >= budget or info["steps"] == info["schedule_steps"], name
+        assert Path(info["model_dir"], "config.json").is_file(), name
+    assert data["methods"]["OPD"]["probe_calls_per_step"] == data["config"]["batch"]  # one scoring pass per episode
+    assert not list((out / "agents_horizon").glob("*-probe"))  # probe runs are thrown away
+    assert set(data["success"]) == {"teacher", "warm start", "BC", "OPD", "DAgger", "SCoRe"}
+    assert results["headline"]["horizon"] == max(data["config"]["eval_horizons"])
