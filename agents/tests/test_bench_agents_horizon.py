@@ -3,29 +3,16 @@ method is probed for its calls per step, decays its learning rate over its own b
 the budget, and the JSON, the PNG and the headline are written."""
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def load_bench(monkeypatch):
-    spec = importlib.util.spec_from_file_location("bench_agents_horizon", ROOT / "bench" / "agents_horizon.py")
-    module = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, spec.name, module)  # dataclasses look their module up there
-    monkeypatch.setattr(sys, "path", list(sys.path))  # the script puts bench/ on it
-    spec.loader.exec_module(module)
-    return module
-
+from bench_loader import load_bench
 
 @pytest.mark.timeout(240)
 def test_quick_bench_trains_every_method_to_its_budget(tmp_path, monkeypatch):
     monkeypatch.setenv("OPDPLUG_CACHE_DIR", str(tmp_path / "cache"))
-    bench = load_bench(monkeypatch)
+    bench = load_bench(monkeypatch, "agents_horizon.py")
     out = tmp_path / "out"
     results = bench.main(["--quick", "--output-dir", str(out)])
     data = json.loads((out / "agents_horizon.json").read_text())

@@ -2,27 +2,17 @@
 cache) and writes a JSON row per locator with accuracies in [0, 1]."""
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from bench_loader import load_bench
 
 ROOT = Path(__file__).resolve().parents[2]
 RATES = ("exact", "within_one", "exact_on_errors", "within_one_on_errors", "early", "late", "missed",
          "false_alarm", "precision", "recall")
-
-
-def load_bench(monkeypatch):
-    spec = importlib.util.spec_from_file_location("bench_agents_locators", ROOT / "bench" / "agents_locators.py")
-    module = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, spec.name, module)  # dataclasses look their module up there
-    monkeypatch.setattr(sys, "path", list(sys.path))  # the script puts bench/ on it
-    spec.loader.exec_module(module)
-    return module
 
 
 def null_judge():
@@ -49,7 +39,7 @@ def null_judge():
 @pytest.mark.timeout(240)
 def test_quick_bench_writes_a_row_per_locator(tmp_path, monkeypatch):
     monkeypatch.setenv("OPDPLUG_CACHE_DIR", str(tmp_path / "cache"))
-    bench = load_bench(monkeypatch)
+    bench = load_bench(monkeypatch, "agents_locators.py")
     out = tmp_path / "out"
     results = bench.main(["--quick", "--output-dir", str(out)])
     data = json.loads((out / "agents_locators.json").read_text())
