@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from bench_loader import load_bench
 
+
 @pytest.mark.timeout(240)
 def test_quick_bench_trains_every_method_to_its_budget(tmp_path, monkeypatch):
     monkeypatch.setenv("OPDPLUG_CACHE_DIR", str(tmp_path / "cache"))
