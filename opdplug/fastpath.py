@@ -12,7 +12,8 @@ samples, and for ``training_hidden`` every parameter's gradient).
 student's forward with gradients. Both are used only where exact and safe: a plain
 ``LlamaForCausalLM`` (under DDP / accelerate wrappers) whose projections are ordinary
 ``nn.Linear`` (no peft adapter, no quantised layer, no accelerate device-map hooks), a static
-rotary embedding and no dropout in train mode. Anything else goes through ``model(...)``, so correctness never depends on this file.
+rotary embedding and no dropout in train mode. Anything else goes through ``model(...)``, so
+correctness never depends on this file.
 Set ``OPDPLUG_DISABLE_FASTPATH=1`` to force the model's own forward everywhere.
 """
 from __future__ import annotations
