@@ -13,11 +13,11 @@ export TOKENIZERS_PARALLELISM := false
 env: $(VENV)/.core-installed
 test-env: $(VENV)/.test-installed
 
-$(VENV)/.core-installed: pyproject.toml plugins/pyproject.toml agents/pyproject.toml integrations/sglang/pyproject.toml drafters/pyproject.toml constraints.txt
+$(VENV)/.core-installed: pyproject.toml integrations/local/pyproject.toml plugins/pyproject.toml agents/pyproject.toml integrations/sglang/pyproject.toml drafters/pyproject.toml constraints.txt
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(PIP) --upgrade pip setuptools wheel
 	$(PIP) torch==2.13.0
-	$(PIP) -e . -e plugins -e agents -e integrations/sglang -e drafters
+	$(PIP) -e . -e integrations/local -e plugins -e agents -e integrations/sglang -e drafters
 	touch $@
 
 $(VENV)/.test-installed: $(VENV)/.core-installed tests/thirdparty_plugin/pyproject.toml
@@ -41,7 +41,7 @@ demo: env
 	$(VENV)/bin/opdplug demo --output-dir runs/demo
 
 test: test-env
-	$(VENV)/bin/python -m pytest -q tests plugins/tests agents/tests integrations/sglang/tests drafters/tests -m "not multiprocess and not sglang"
+	$(VENV)/bin/python -m pytest -q tests integrations/local/tests plugins/tests agents/tests integrations/sglang/tests drafters/tests -m "not multiprocess and not sglang"
 
 # Two processes under accelerate launch (gloo DDP on CPU) against one: 1-2 minutes.
 test-multiprocess: test-env

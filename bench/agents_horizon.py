@@ -184,9 +184,8 @@ class TeacherBudget:
         self.used += float(metrics.get("agent/teacher_calls", 0.0)) + float(metrics.get("agent/teacher_scored_rows", 0.0))
         self.steps = step + 1
         if self.used >= self.budget:
-            from opdplug.loop import export_model
 
-            export_model(ctx, self.save_dir)
+            ctx.manager.hook.opd_save_model(ctx=ctx, directory=self.save_dir)
             raise BudgetReached()
 
 
@@ -272,7 +271,7 @@ def main(argv=None) -> dict:
     torch.set_num_threads(cfg.threads)
     quiet_transformers()
 
-    from opdplug import local, tiny
+    from opdplug_local import models as local, tiny
     from opdplug.loop import train
     from opdplug.manager import make_plugin_manager
     from opdplug_agents import recipe as recipes

@@ -313,7 +313,7 @@ def _run(cfg: LocatorBenchConfig, args) -> dict:
     from opdplug_agents.task import AgentTask
     from tqdm.auto import tqdm
 
-    from opdplug import local
+    from opdplug_local import models as local
     from opdplug.context import derive_seed
 
     t0 = time.perf_counter()

@@ -10,7 +10,7 @@ same off-policy cold start (SFT on teacher samples) and then train for the same 
 A checkpoint is written every ``--every`` steps (constant learning rate, so a checkpoint at step k
 is exactly a k-step run) and evaluated greedily on held-out prompts at T = 4 and T = 8 (the
 two sequence lengths). FLOPs are counted from the tokens processed, not timed, with the convention
-of ``opdplug.demo.flops_of_run``: 2N per token for the model that generates, 2N for the
+of ``opdplug_local.demo.flops_of_run``: 2N per token for the model that generates, 2N for the
 teacher's scoring (OPD only), 6N for the student's update; the cold start's FLOPs are included.
 
 Why one training run on lengths 2..8 evaluated at T=4 and T=8, rather than separate runs at fixed
@@ -39,10 +39,10 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from opdplug import local, tiny  # noqa: E402
-from opdplug.cli import load_for_eval  # noqa: E402
-from opdplug.demo import DemoRecipe, _config, cold_start, flops_of_run, train_teacher  # noqa: E402
-from opdplug.evaluate import accuracy_by_length  # noqa: E402
+from opdplug_local import models as local, tiny  # noqa: E402
+from opdplug_local.cli import load_for_eval  # noqa: E402
+from opdplug_local.demo import DemoRecipe, _config, cold_start, flops_of_run, train_teacher  # noqa: E402
+from opdplug_local.evaluate import accuracy_by_length  # noqa: E402
 from opdplug.loop import train  # noqa: E402
 from opdplug.manager import make_plugin_manager  # noqa: E402
 

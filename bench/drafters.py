@@ -112,7 +112,7 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="tiny everything: a smoke test")
     args = parser.parse_args(argv)
 
-    from opdplug import local
+    from opdplug_local import models as local
     from opdplug.loop import build_task
     from opdplug.manager import make_plugin_manager
     from opdplug_drafters.distillspec import curves_of, read_eval, train_distillspec

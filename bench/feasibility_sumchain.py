@@ -31,9 +31,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from opdplug import tiny  # noqa: E402
-from opdplug.sampling import sample  # noqa: E402
-from opdplug.tasks import SumChain  # noqa: E402
+from opdplug_local import tiny  # noqa: E402
+from opdplug_local.sampling import sample  # noqa: E402
+from opdplug_local.tasks import SumChain  # noqa: E402
 
 
 def make_batch(prompts, pad_id: int):
@@ -108,7 +108,7 @@ def lr_at(step: int, steps: int, lr: float, warmup: int) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--size", default="teacher", help="a key of opdplug.tiny.SIZES")
+    ap.add_argument("--size", default="teacher", help="a key of opdplug_local.tiny.SIZES")
     ap.add_argument("--layers", type=int, default=None, help="override num_hidden_layers of --size")
     ap.add_argument("--hidden", type=int, default=None, help="override hidden_size of --size")
     ap.add_argument("--init-range", type=float, default=None, help="override initializer_range (0.02)")

@@ -98,7 +98,7 @@ def main() -> int:
     device = torch.device(a.device)
     dtype = getattr(torch, a.dtype)
 
-    from opdplug import fastpath, local, sampling
+    from opdplug_local import fastpath, models as local, sampling
     from opdplug.types import PRODUCER_STUDENT, Prompt, StudentOutputs
     from opdplug_token.divergences import ReverseKL
     from opdplug_token.supports import Full

@@ -99,7 +99,7 @@ def naive_loss(div: str, h_s, w_s, h_t, w_t, reduction="sum"):
 
 
 def chunked_loss(method: str, div: str, h_s, w_s, h_t, w_t, tokens, chunk: int, top_k: int = 64):
-    """The support called as opdplug.builtin.opd_loss calls it, then the direct update (weights 1)."""
+    """The support called as opdplug_local.plugin.opd_loss calls it, then the direct update (weights 1)."""
     import torch
 
     from opdplug.types import RolloutBatch, StudentOutputs, TeacherScores

@@ -52,9 +52,9 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
-    from opdplug import tiny
-    from opdplug.local import collate, model_rollout, score_with_model
-    from opdplug.tasks import SumChain
+    from opdplug_local import tiny
+    from opdplug_local.models import collate, model_rollout, score_with_model
+    from opdplug_local.tasks import SumChain
     from opdplug.types import PRODUCER_STUDENT, Prompt
     from opdplug_sglang.client import SGLangClient
     from opdplug_sglang.protocol import answers_of, batch_payload, parse_sample, sampling_payload

@@ -42,8 +42,8 @@ sys.path.insert(0, str(ROOT))
 
 
 def build_models(work: Path, student_hidden: int, teacher_hidden: int) -> tuple[Path, Path]:
-    from opdplug import tiny
-    from opdplug.tasks import SumChain
+    from opdplug_local import tiny
+    from opdplug_local.tasks import SumChain
 
     tok = tiny.build_tokenizer(SumChain().words())
     dirs = []

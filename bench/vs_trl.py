@@ -98,9 +98,9 @@ def evaluate(model_dir: str, teacher_dir: str, max_new_tokens: int, n: int = 256
     fixed student rollouts (seeded, T = 1), and greedy accuracy on held-out prompts."""
     import torch
 
-    from opdplug import local, sampling
-    from opdplug.evaluate import accuracy_by_length
-    from opdplug.tasks import SumChain
+    from opdplug_local import models as local, sampling
+    from opdplug_local.evaluate import accuracy_by_length
+    from opdplug_local.tasks import SumChain
 
     student = local.load_model(model_dir, "student").eval()
     teacher = local.load_model(teacher_dir, "teacher").eval()
@@ -129,11 +129,11 @@ def evaluate(model_dir: str, teacher_dir: str, max_new_tokens: int, n: int = 256
 
 # ----------------------------------------------------------------------------- workers
 def worker_opdplug(a, phases: Phases, marks: list):
-    import opdplug.builtin
+    import opdplug_local.plugin
     import opdplug.loop as loop
-    from opdplug import sampling
-    from opdplug.demo import _config
-    from opdplug.demo import DemoRecipe
+    from opdplug_local import sampling
+    from opdplug_local.demo import _config
+    from opdplug_local.demo import DemoRecipe
     from opdplug.hookspecs import hookimpl
 
     recipe = DemoRecipe(min_len=LENGTHS[0], max_len=LENGTHS[1], threads=THREADS)
@@ -162,7 +162,7 @@ def worker_opdplug(a, phases: Phases, marks: list):
 
     manager.register(Mark(), "bench-mark")
     sampling.sample = phases.wrap("generation", sampling.sample)
-    opdplug.builtin.score_with_model = phases.wrap("teacher forward", opdplug.builtin.score_with_model)
+    opdplug_local.plugin.score_with_model = phases.wrap("teacher forward", opdplug_local.plugin.score_with_model)
     loop.student_forward = phases.wrap("student fwd + loss", loop.student_forward)
     real_make = loop.make_optimizer
 
@@ -194,8 +194,8 @@ def worker_trl(a, phases: Phases, marks: list):
     from transformers import TrainerCallback
     from trl.experimental.gkd import GKDConfig, GKDTrainer
 
-    from opdplug import local
-    from opdplug.tasks import SumChain
+    from opdplug_local import models as local
+    from opdplug_local.tasks import SumChain
 
     tok = local.load_tokenizer(a.student)
     student = local.load_model(a.student, "student")
@@ -277,8 +277,8 @@ def worker_distill(a, phases: Phases, marks: list):
     from transformers import TrainerCallback
     from trl import DistillationConfig, DistillationTrainer
 
-    from opdplug import local
-    from opdplug.tasks import SumChain
+    from opdplug_local import models as local
+    from opdplug_local.tasks import SumChain
 
     tok = local.load_tokenizer(a.student)
     student = local.load_model(a.student, "student")
@@ -405,7 +405,7 @@ def worker(a) -> None:
 def prepare(out_dir: Path) -> tuple[str, str]:
     """The cached demo teacher and a private copy of the demo's cold-started student (made here
     with a short off-policy cold start if ``make demo`` has not left one)."""
-    from opdplug.demo import DemoRecipe, train_teacher
+    from opdplug_local.demo import DemoRecipe, train_teacher
 
     teacher = str(train_teacher(DemoRecipe()))
     student = out_dir / "student_cold_start"
@@ -414,7 +414,7 @@ def prepare(out_dir: Path) -> tuple[str, str]:
         if (src / "config.json").is_file():  # what `make demo` leaves (its 250-step cold start)
             shutil.copytree(src, student, dirs_exist_ok=True)
         else:
-            from opdplug.demo import _config
+            from opdplug_local.demo import _config
             from opdplug.loop import train
 
             config, manager = _config(
@@ -500,7 +500,7 @@ def main() -> None:
                   f"reverse KL {r['eval']['reverse_kl']:.4f}  acc {r['eval']['greedy_accuracy']:.3f}  ({r['process_s']:.0f} s)", flush=True)
     profiles = {s: run_worker(a, s, 0, teacher, student, out_dir, a.profile_steps, cprofile=True) for s in systems}
 
-    from opdplug.demo import DemoRecipe  # noqa: F401  (keeps the import graph warm for the eval below)
+    from opdplug_local.demo import DemoRecipe  # noqa: F401  (keeps the import graph warm for the eval below)
 
     init = evaluate(student, teacher, a.max_new_tokens)
     summary = {}

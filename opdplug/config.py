@@ -181,7 +181,7 @@ class ModelOptions:
     path: str = ""
     """A local Hugging Face model directory (config, safetensors weights, tokenizer)."""
     tiny: str = ""
-    """Instead of ``path``: build a fresh model of this ``opdplug.tiny.SIZES`` size, with the
+    """Instead of ``path``: build a fresh model of this ``opdplug_local.tiny.SIZES`` size, with the
     task's tokenizer (student only; or the teacher's tokenizer when a teacher path is given)."""
     init_seed: int = 0
     """Seed of a fresh ``tiny`` model's weights."""
@@ -206,8 +206,8 @@ class TeacherOptions:
 
     path: str = ""
     """A local Hugging Face model directory; empty for scorers that need none ("none", "self")."""
-    scorer: str = "local"
-    """Registered scorer name (``opdplug plugins`` lists them)."""
+    scorer: str = ""
+    """Registered scorer name (``opdplug plugins`` lists them); empty: the default one."""
     top_k: int = 0
     """Teacher top-k to return in sparse scores (0: only the sampled token's log-prob)."""
     options: dict = field(default_factory=dict)
@@ -218,8 +218,8 @@ class TeacherOptions:
 class TaskOptions:
     """``[task]``: where prompts come from."""
 
-    name: str = "sumchain"
-    """Registered task name."""
+    name: str = ""
+    """Registered task name; empty: the default one."""
     options: dict = field(default_factory=dict)
     """Options of the chosen task (``[task.options]``)."""
 
@@ -228,8 +228,8 @@ class TaskOptions:
 class RolloutOptions:
     """``[rollout]``: how completions are produced."""
 
-    sampler: str = "on_policy"
-    """Registered sampler name: who writes the completions."""
+    sampler: str = ""
+    """Registered sampler name: who writes the completions; empty: the default one."""
     temperature: float = 1.0
     """Sampling temperature; the loss compares distributions at the same temperature."""
     top_p: float = 1.0
@@ -241,33 +241,11 @@ class RolloutOptions:
 
 
 @dataclass(frozen=True)
-class LossOptions:
-    """``[loss]``: support x divergence (or estimator) x update."""
-
-    support: str = "full"
-    """Where the divergence is evaluated: sampled, student_topk, teacher_topk, full."""
-    divergence: str = "reverse_kl"
-    """Registered divergence (used by every support except ``sampled``)."""
-    estimator: str = "k2"
-    """Registered single-sample estimator (used by the ``sampled`` support)."""
-    update: str = "direct"
-    """Registered update rule: direct, reinforce, advantage, ppo_clip."""
-    top_k: int = 16
-    """k of the top-k supports."""
-    chunk_size: int = 1024
-    """Tokens per chunk of the full-vocabulary loss ([chunk, V] is the largest tensor)."""
-    divergence_options: dict = field(default_factory=dict)
-    """Options of the divergence, e.g. ``beta`` for jsd."""
-    update_options: dict = field(default_factory=dict)
-    """Options of the update rule, e.g. ``eps`` for ppo_clip."""
-
-
-@dataclass(frozen=True)
 class CreditOptions:
     """``[credit]``: per-token weights and advantages."""
 
-    scheme: str = "per_token"
-    """Registered credit scheme."""
+    scheme: str = ""
+    """Registered credit scheme; empty: the default one."""
     options: dict = field(default_factory=dict)
     """Options of the chosen scheme, e.g. ``gamma``."""
     verifier: str = ""
@@ -283,7 +261,6 @@ class Config:
     teacher: TeacherOptions = field(default_factory=TeacherOptions)
     task: TaskOptions = field(default_factory=TaskOptions)
     rollout: RolloutOptions = field(default_factory=RolloutOptions)
-    loss: LossOptions = field(default_factory=LossOptions)
     credit: CreditOptions = field(default_factory=CreditOptions)
     plugins: dict = field(default_factory=dict)
     source: str = ""
@@ -293,14 +270,27 @@ class Config:
         """The validated options of a plugin's table."""
         return self.plugins[table]
 
+    def __getattr__(self, name: str) -> Any:
+        # A plugin's table reads like a kernel one: ``config.loss`` is ``config.plugin("loss")``.
+        plugins = self.__dict__.get("plugins") or {}
+        if name in plugins:
+            return plugins[name]
+        raise AttributeError(f"the config has no table [{name}] (is the plugin that declares it loaded?)")
+
     def replace(self, **sections: Any) -> "Config":
-        """A copy with whole sections or single fields replaced: ``replace(run={"steps": 5})``."""
-        changes = {}
+        """A copy with whole sections or single fields replaced: ``replace(run={"steps": 5})``;
+        plugin tables too (``replace(loss={"top_k": 4})``)."""
+        changes: dict[str, Any] = {}
+        plugins = dict(self.plugins)
         for name, value in sections.items():
             current = getattr(self, name)
             if isinstance(value, dict) and dataclasses.is_dataclass(current):
                 value = dataclasses.replace(current, **value)
-            changes[name] = value
+            if name in CORE_TABLES or name in ("plugins", "source"):
+                changes[name] = value
+            else:
+                plugins[name] = value
+        changes.setdefault("plugins", plugins)
         return dataclasses.replace(self, **changes)
 
 

@@ -29,12 +29,13 @@ class RunContext:
     teacher: Optional[torch.nn.Module] = None
     """The local teacher, frozen, or None when the scorer needs none."""
     task: Any = None
-    """The prompt source (``opdplug.tasks.Task``)."""
+    """The prompt source (``opdplug_local.tasks.Task``)."""
     step: int = 0
     """The optimizer step in progress (0-based)."""
     scratch: dict = field(default_factory=dict)
     """Per-plugin state, keyed by plugin name."""
     _components: dict = field(default_factory=dict)
+    _live: bool = False
 
     @property
     def registry(self) -> Registry:
@@ -54,10 +55,50 @@ class RunContext:
 
     def component(self, kind: str, name: str, options: dict | None, key: str) -> Any:
         """The configured component, built once per run (options validated on first use)."""
+        name = self.registry.resolve(kind, name, key)
         cache_key = (kind, name, key)
         if cache_key not in self._components:
-            self._components[cache_key] = self.registry.build(kind, name, options or {}, key)
+            component = self.registry.build(kind, name, options or {}, key)
+            self._components[cache_key] = component
+            if self._live and hasattr(component, "setup"):
+                component.setup(self)
         return self._components[cache_key]
+
+    # -- the optional component lifecycle (``opdplug.types.Component``) ----------------------
+    def _unique_components(self) -> list:
+        seen: dict[int, Any] = {}
+        for component in self._components.values():
+            seen.setdefault(id(component), component)
+        return list(seen.values())
+
+    def setup_components(self) -> None:
+        """Call ``setup(ctx)`` on every component built so far (and on later ones as they are
+        built): the models are loaded."""
+        self._live = True
+        for component in self._unique_components():
+            if hasattr(component, "setup"):
+                component.setup(self)
+
+    def component_metrics(self) -> dict:
+        """Every component's ``metrics()``, merged (called once per optimizer step)."""
+        out: dict = {}
+        for component in self._unique_components():
+            if hasattr(component, "metrics"):
+                out.update(component.metrics() or {})
+        return out
+
+    def close_components(self) -> None:
+        """Call ``close()`` on every component that has one (the run is ending)."""
+        self._live = False
+        errors = []
+        for component in self._unique_components():
+            if hasattr(component, "close"):
+                try:
+                    component.close()
+                except Exception as exc:  # one component failing to close must not keep the others open
+                    errors.append(exc)
+        if errors:
+            raise errors[0]
 
     def student_module(self) -> torch.nn.Module:
         """The student without the DDP wrapper (peft wrappers stay: they hold the adapter)."""

@@ -1,25 +1,37 @@
-"""Hook specifications: everything a plugin can implement.
+"""Hook specifications of the kernel: the lifecycle, the stages of a step, and the registries
+the kernel's own config tables choose from. Plugins add their own hookspecs (and with them
+their own registry kinds) through ``opd_addhooks``, as pytest plugins do with
+``pytest_addhooks``.
 
-Three families, in the order a run meets them:
+Four families, in the order a run meets them:
 
-* Lifecycle hooks, called once: ``opd_add_options`` (declare your config table),
-  ``opd_configure`` (the validated config is ready), ``opd_unconfigure`` (the run ends).
-* Registry hooks, called once when the registry is built: each receives a ``register(name, obj)``
-  callback and adds named components the config can then choose by name. Registering a name
-  twice is an error naming both plugins.
-* Stage hooks, called by the training loop every step, for every micro-batch, in this order:
-  ``opd_rollout`` -> ``opd_score`` -> ``opd_credit`` -> (student forward) -> ``opd_loss``;
-  then ``opd_step_end`` once per optimizer step. Each stage hook is ``firstresult``: the first
-  non-None return wins. The built-in implementation of each is ``trylast`` and dispatches by the
-  component names in the config, so a plugin overrides a stage by returning a value, or wraps it
-  with ``@hookimpl(wrapper=True)`` (timing, caching, filtering) and ``yield``.
+* Lifecycle, called once: ``opd_addhooks`` (add your hookspecs), ``opd_add_options`` (declare
+  your config table), ``opd_validate`` (resolve your component names before anything loads),
+  ``opd_configure`` (models are loaded), ``opd_preflight`` (checks before step 0),
+  ``opd_unconfigure`` (the run ends).
+* Registries, called once when the registry is built. Every hookspec named
+  ``opd_register_<kind>`` is a registry kind: its implementations receive
+  ``register(name, obj, default=False)`` and add named components the config chooses by name.
+  ``default=True`` makes a component what an empty name in the config means (one per kind).
+  The kernel declares the kinds its own tables choose from (samplers, scorers, credit schemes,
+  verifiers, tasks, commands); a plugin declares more by adding ``opd_register_<kind>`` specs.
+* Backend, firstresult: ``opd_load_models``, ``opd_student_forward``, ``opd_save_model``: the
+  plugin that runs the models (``opdplug-local`` for Hugging Face models in the process).
+* Stages, called every step for every micro-batch, in this order: ``opd_rollout`` ->
+  ``opd_score`` -> ``opd_credit`` -> ``opd_student_forward`` -> ``opd_loss``; then
+  ``opd_step_end`` once per optimizer step. Each stage hook is ``firstresult``: the first
+  non-None return wins. The kernel's own implementations of rollout, score and credit are
+  ``trylast`` and call the component the config names; ``opd_loss`` has none in the kernel (the
+  plugin that owns ``[loss]`` provides it). A plugin overrides a stage by returning a value, or
+  wraps it with ``@hookimpl(wrapper=True)`` and ``yield``.
 
 All hooks take keyword arguments; implement only the ones you need, with any subset of the
 arguments (pluggy passes what you name).
 
-Registered components are either a frozen dataclass *class*, instantiated once per run with the
-options the config gives it (validated against its fields: unknown keys and wrong types are
-one-line errors), or a ready-made instance for components without options.
+Components (what registries hold) are a frozen dataclass *class*, instantiated once per run with
+the options the config gives it, or a ready-made instance. A component may implement the
+optional lifecycle ``opdplug.types.Component``: ``setup(ctx)`` once the models are loaded,
+``metrics()`` merged into every step's metrics, ``close()`` when the run ends.
 """
 from __future__ import annotations
 
@@ -28,28 +40,66 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 import pluggy
 
 if TYPE_CHECKING:  # pragma: no cover
+    from pathlib import Path
+
     from .context import RunContext
-    from .types import Credit, LossOutput, Prompt, RolloutBatch, StudentOutputs, TeacherScores
+    from .types import Credit, LoadedModels, LossOutput, Prompt, RolloutBatch, StudentOutputs, TeacherScores
 
 PROJECT = "opdplug"
 hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)
 
-Register = Callable[[str, Any], None]
+Register = Callable[..., None]
+REGISTRY_PREFIX = "opd_register_"
+
+
+def registry_kind(label: str):
+    """Mark a registry hookspec with how one of its components is called in messages
+    (``registry_kind("update rule")``); without it the label is the kind's name, singular."""
+
+    def mark(function):
+        function.opd_kind_label = label
+        return function
+
+    return mark
 
 
 # ----------------------------------------------------------------------------- lifecycle
+@hookspec(historic=True)
+def opd_addhooks(pluginmanager: "pluggy.PluginManager") -> None:
+    """Add this plugin's own hookspecs: ``pluginmanager.add_hookspecs(my_hookspecs_module)``.
+
+    :param pluginmanager: the run's pluggy plugin manager.
+    :return: nothing.
+
+    Called once when the plugin is registered (historic: plugins registered later are called
+    too). A spec named ``opd_register_<kind>`` adds the registry kind ``<kind>``.
+    """
+
+
 @hookspec
 def opd_add_options(register: Register) -> None:
-    """Declare the config table this plugin reads.
+    """Declare the config tables this plugin reads.
 
     :param register: ``register(table_name, dataclass_type)``. The TOML table ``[table_name]`` is
         validated into an instance of ``dataclass_type`` (unknown keys and wrong types are
-        one-line errors) and handed back as ``ctx.config.plugin(table_name)``. A missing table
-        gives the dataclass defaults.
+        one-line errors) and read back as ``ctx.config.<table_name>``. A missing table gives
+        the dataclass defaults.
     :return: nothing.
 
     Called once, while the config is loaded, before validation. Not firstresult.
+    """
+
+
+@hookspec
+def opd_validate(ctx: "RunContext") -> None:
+    """Resolve the component names of your own tables now (``ctx.component(...)``), so a typo
+    fails before any model is loaded or anything is written.
+
+    :param ctx: the run context; ``ctx.config`` is set, models are not loaded yet.
+    :return: nothing. Raise ``opdplug.errors.ConfigError`` to reject the configuration.
+
+    Called once per run, right after the kernel resolved its own components. Not firstresult.
     """
 
 
@@ -60,8 +110,21 @@ def opd_configure(ctx: "RunContext") -> None:
     :param ctx: the run context (config, registry, student, teacher, accelerator).
     :return: nothing. Raise ``opdplug.errors.ConfigError`` to reject the configuration.
 
-    Called once per run, after ``opd_add_options`` and the registry hooks, before step 0
-    (and before the pre-flight self-test). Not firstresult.
+    Called once per run, after every component's ``setup(ctx)``, before step 0 (and before
+    the pre-flight checks). Not firstresult.
+    """
+
+
+@hookspec
+def opd_preflight(ctx: "RunContext") -> "Optional[dict]":
+    """Check, before step 0, that training makes sense (tokenizers agree, a student scored
+    against itself gives a loss of about zero).
+
+    :param ctx: the run context, configured.
+    :return: a dict of findings for ``opdplug check`` to print, or None. Raise
+        ``opdplug.errors.PreflightError`` to stop the run.
+
+    Called once by a fresh run (not on resume) and by ``opdplug check``. Not firstresult.
     """
 
 
@@ -72,68 +135,17 @@ def opd_unconfigure(ctx: "RunContext") -> None:
     :param ctx: the run context.
     :return: nothing.
 
-    Called once per run, last. Not firstresult.
+    Called once per run, after every component's ``close()``. Not firstresult.
     """
 
 
 # ----------------------------------------------------------------------------- registries
 @hookspec
-def opd_register_divergences(register: Register) -> None:
-    """Register token-level divergences, chosen by ``[loss] divergence``.
-
-    :param register: ``register(name, cls)`` where ``cls`` is a frozen dataclass whose fields are
-        the divergence's options (``[loss.divergence_options]``) and whose instances are called
-        as ``div(student_logp_N_S, teacher_logp_N_S) -> value_N``: log-probs over a common
-        support S (rows sum to one; -inf allowed), one value per token.
-    :return: nothing.
-
-    Called once when the registry is built. Not firstresult.
-    """
-
-
-@hookspec
-def opd_register_estimators(register: Register) -> None:
-    """Register single-sample estimators used by the ``sampled`` support (``[loss] estimator``).
-
-    :param register: ``register(name, estimator)``; ``estimator(student_logq_N, teacher_logp_N)
-        -> value_N`` evaluated at the sampled token, with a ``claims`` attribute naming the
-        divergence whose gradient its backpropagation matches in expectation, and ``sampler``
-        naming who must have sampled (``"student"`` or ``"teacher"``).
-    :return: nothing.
-
-    Called once when the registry is built. Not firstresult.
-    """
-
-
-@hookspec
-def opd_register_supports(register: Register) -> None:
-    """Register supports: over which tokens a divergence is evaluated (``[loss] support``).
-
-    :param register: ``register(name, support)``; see ``opdplug_token.supports`` for the protocol.
-    :return: nothing.
-
-    Called once when the registry is built. Not firstresult.
-    """
-
-
-@hookspec
-def opd_register_updates(register: Register) -> None:
-    """Register update rules turning per-token divergences into a loss (``[loss] update``):
-    direct backprop, REINFORCE, importance-sampled advantage, PPO-clip.
-
-    :param register: ``register(name, update)``.
-    :return: nothing.
-
-    Called once when the registry is built. Not firstresult.
-    """
-
-
-@hookspec
 def opd_register_samplers(register: Register) -> None:
     """Register rollout samplers (``[rollout] sampler``): who writes the completions.
 
-    :param register: ``register(name, cls)``; instances (options from ``[rollout.options]``) are
-        called ``sampler(ctx, prompts, step) -> RolloutBatch``.
+    :param register: ``register(name, cls, default=False)``; instances (options from
+        ``[rollout.options]``) are called ``sampler(ctx, prompts, step) -> RolloutBatch``.
     :return: nothing.
 
     Called once when the registry is built. Not firstresult.
@@ -144,8 +156,8 @@ def opd_register_samplers(register: Register) -> None:
 def opd_register_scorers(register: Register) -> None:
     """Register teachers/scorers (``[teacher] scorer``) that turn a batch into ``TeacherScores``.
 
-    :param register: ``register(name, cls_or_instance)``; options from ``[teacher.options]``;
-        called ``scorer(ctx, batch) -> TeacherScores``.
+    :param register: ``register(name, cls_or_instance, default=False)``; options from
+        ``[teacher.options]``; called ``scorer(ctx, batch) -> TeacherScores``.
     :return: nothing.
 
     Called once when the registry is built. Not firstresult.
@@ -153,11 +165,13 @@ def opd_register_scorers(register: Register) -> None:
 
 
 @hookspec
+@registry_kind("credit scheme")
 def opd_register_credit_schemes(register: Register) -> None:
     """Register credit-assignment schemes (``[credit] scheme``).
 
-    :param register: ``register(name, cls)``; ``cls`` is a frozen dataclass of the scheme's
-        options (``[credit.options]``) whose instances are called ``scheme(batch, scores) -> Credit``.
+    :param register: ``register(name, cls, default=False)``; ``cls`` is a frozen dataclass of
+        the scheme's options (``[credit.options]``) whose instances are called
+        ``scheme(batch, scores) -> Credit``.
     :return: nothing.
 
     Called once when the registry is built. Not firstresult.
@@ -179,31 +193,9 @@ def opd_register_verifiers(register: Register) -> None:
 def opd_register_tasks(register: Register) -> None:
     """Register prompt sources (``[task] name``): synthetic tasks or datasets on disk.
 
-    :param register: ``register(name, factory)``; ``factory(tokenizer=..., options=...) -> Task``
-        (see ``opdplug.tasks.Task``). If the factory has an ``options_class`` (a dataclass),
-        ``[task.options]`` is validated into it first.
-    :return: nothing.
-
-    Called once when the registry is built. Not firstresult.
-    """
-
-
-@hookspec
-def opd_register_environments(register: Register) -> None:
-    """Register multi-turn environments (gymnasium ids or factories) for agent distillation.
-
-    :param register: ``register(name, env_factory)``.
-    :return: nothing.
-
-    Called once when the registry is built. Not firstresult.
-    """
-
-
-@hookspec
-def opd_register_drafter_kinds(register: Register) -> None:
-    """Register speculative-decoding drafter kinds (standalone, EAGLE-3, ...).
-
-    :param register: ``register(name, drafter_kind)``.
+    :param register: ``register(name, factory, default=False)``; ``factory(tokenizer=...,
+        options=...) -> Task`` (see ``opdplug.types.Task``). If the factory has an
+        ``options_class`` (a dataclass), ``[task.options]`` is validated into it first.
     :return: nothing.
 
     Called once when the registry is built. Not firstresult.
@@ -222,6 +214,45 @@ def opd_register_commands(register: Register) -> None:
     """
 
 
+# ----------------------------------------------------------------------------- backend
+@hookspec(firstresult=True)
+def opd_load_models(ctx: "RunContext") -> "Optional[LoadedModels]":
+    """Load the student (trainable), its tokenizer and the teacher (frozen, or None) that
+    ``[student]`` and ``[teacher]`` describe.
+
+    :param ctx: the run context; config validated, accelerator set, no models yet.
+    :return: ``LoadedModels``, or None to defer.
+
+    firstresult. Called once per run, before the task is built.
+    """
+
+
+@hookspec(firstresult=True)
+def opd_student_forward(ctx: "RunContext", batch: "RolloutBatch") -> "Optional[StudentOutputs]":
+    """The student's forward pass on ``batch``, with gradients.
+
+    :param ctx: the run context.
+    :param batch: the micro-batch's rollout.
+    :return: ``StudentOutputs`` (shifted final hidden states and the output projection), or
+        None to defer.
+
+    firstresult. Called once per micro-batch, after ``opd_credit``, with gradients enabled.
+    """
+
+
+@hookspec(firstresult=True)
+def opd_save_model(ctx: "RunContext", directory: "Path") -> "Optional[Path]":
+    """Write the trained student to ``directory`` as a model users can load (LoRA merged),
+    atomically.
+
+    :param ctx: the run context.
+    :param directory: where the model goes (replaced if it exists).
+    :return: the directory written, or None to defer.
+
+    firstresult. Called once, on the main process, when a run finishes.
+    """
+
+
 # ----------------------------------------------------------------------------- stages
 @hookspec(firstresult=True)
 def opd_rollout(ctx: "RunContext", prompts: "list[Prompt]", step: int) -> "Optional[RolloutBatch]":
@@ -235,7 +266,7 @@ def opd_rollout(ctx: "RunContext", prompts: "list[Prompt]", step: int) -> "Optio
     :return: a ``RolloutBatch`` with exact token ids and sampling log-probs, or None to defer.
 
     firstresult. Called for every micro-batch of every step, before any loss is computed, with
-    the student's current weights. The built-in (trylast) calls the sampler named by
+    the student's current weights. The kernel's (trylast) calls the sampler named by
     ``[rollout] sampler``. Wrappers see the batch and may return a filtered one.
     """
 
@@ -249,7 +280,7 @@ def opd_score(ctx: "RunContext", batch: "RolloutBatch") -> "Optional[TeacherScor
     :return: ``TeacherScores`` aligned with ``batch``, or None to defer.
 
     firstresult. Called once per micro-batch, right after ``opd_rollout``, under ``no_grad``.
-    The built-in (trylast) calls the scorer named by ``[teacher] scorer``.
+    The kernel's (trylast) calls the scorer named by ``[teacher] scorer``.
     """
 
 
@@ -265,7 +296,7 @@ def opd_credit(
     :return: ``Credit`` aligned with ``batch``, or None to defer.
 
     firstresult. Called once per micro-batch, after ``opd_score``, under ``no_grad``. The
-    built-in (trylast) calls the scheme named by ``[credit] scheme``.
+    kernel's (trylast) calls the scheme named by ``[credit] scheme``.
     """
 
 
@@ -288,8 +319,7 @@ def opd_loss(
         or None to defer.
 
     firstresult. Called once per micro-batch, after the student's forward pass, with gradients
-    enabled. The built-in (trylast) composes ``[loss] support``, ``divergence``/``estimator`` and
-    ``update``.
+    enabled. The kernel has no implementation: the plugin that owns ``[loss]`` provides one.
     """
 
 
@@ -302,6 +332,6 @@ def opd_step_end(ctx: "RunContext", step: int, metrics: dict) -> None:
     :param metrics: the step's logged metrics (plugins may add keys; they are logged after).
     :return: nothing.
 
-    Called once per optimizer step on every process, after the optimizer step and before
-    logging and checkpointing. Not firstresult.
+    Called once per optimizer step on every process, after the optimizer step and the
+    components' ``metrics()``, before logging and checkpointing. Not firstresult.
     """

@@ -12,25 +12,20 @@ import contextlib
 import dataclasses
 import json
 import math
-import os
-import shutil
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import torch
 
 from . import checkpoint as ckpt
-from . import local, sampling
-from .builtin import require_finite
 from .config import Config, config_to_toml_dict, dump_toml
 from .context import RunContext, derive_seed
-from .errors import ConfigError, PreflightError, RemoteError, TrainingError
+from .errors import ConfigError, RemoteError, TrainingError
 from .manager import Manager, make_plugin_manager
-from .types import StudentOutputs
+from .prepare import build_task, make_optimizer, setup, teardown, trainable_state  # noqa: F401 (re-exported)
 
 
 @dataclass(frozen=True)
@@ -47,111 +42,21 @@ class TrainResult:
     """The metric dict of every step this invocation ran."""
 
 
-# ----------------------------------------------------------------------------- set-up
-def setup(config: Config, manager: Manager) -> RunContext:
-    """Build the context: validate every component name, load models, check tokenizers.
-
-    Nothing is written to disk here, so a bad config leaves no trace.
-    """
-    from accelerate import Accelerator
-
-    if config.run.threads > 0:
-        torch.set_num_threads(config.run.threads)
-    ctx = RunContext(config=config, manager=manager)
-    validate_components(ctx)
-    ctx.accelerator = Accelerator(cpu=config.run.device == "cpu")
-    task_factory = ctx.registry.get("tasks", config.task.name, "task.name")
-    student, tokenizer = local.load_student(config, task_factory)
-    ctx.tokenizer = tokenizer
-    ctx.task = build_task(ctx.registry, config.task.name, config.task.options, tokenizer)
-    if config.teacher.path:
-        teacher = local.load_model(config.teacher.path, "teacher.path")
-        local.check_tokenizers(tokenizer, local.load_tokenizer(config.teacher.path))
-        teacher.requires_grad_(False).eval()
-        ctx.teacher = teacher.to(ctx.accelerator.device)
-    ctx.student = student
-    manager.hook.opd_configure(ctx=ctx)
-    return ctx
-
-
-def build_task(registry, name: str, options: dict, tokenizer) -> Any:
-    """The task ``name`` speaking ``tokenizer``'s ids, its options validated against the task's
-    ``options_class`` (a dataclass) when it declares one."""
-    from .config import from_dict
-
-    factory = registry.get("tasks", name, "task.name")
-    options_class = getattr(factory, "options_class", None)
-    if options_class is not None:
-        options = from_dict(options_class, options or {}, "[task.options]")
-    elif options:
-        raise ConfigError(f"task {name!r} takes no options, got {sorted(options)}")
-    try:
-        return factory(tokenizer=tokenizer, options=options or None)
-    except ValueError as exc:
-        raise ConfigError(f"task {name!r}: {exc}") from None
-
-
-def validate_components(ctx: RunContext) -> None:
-    """Resolve every component name in the config now, so typos fail before anything runs."""
-    c = ctx.config
-    ctx.component("samplers", c.rollout.sampler, c.rollout.options, "rollout.sampler")
-    ctx.component("scorers", c.teacher.scorer, c.teacher.options, "teacher.scorer")
-    ctx.component("credit_schemes", c.credit.scheme, c.credit.options, "credit.scheme")
-    if c.credit.verifier:
-        ctx.component("verifiers", c.credit.verifier, {}, "credit.verifier")
-    support = ctx.component("supports", c.loss.support, {}, "loss.support")
-    if getattr(support, "uses_estimator", False):
-        ctx.component("estimators", c.loss.estimator, {}, "loss.estimator")
-    else:
-        ctx.component("divergences", c.loss.divergence, c.loss.divergence_options, "loss.divergence")
-    ctx.component("updates", c.loss.update, c.loss.update_options, "loss.update")
-    ctx.registry.get("tasks", c.task.name, "task.name")
-    for key, value in (("run.steps", c.run.steps), ("run.batch_size", c.run.batch_size), ("run.grad_accum", c.run.grad_accum)):
-        if value < 1:
-            raise ConfigError(f"{key} must be at least 1, got {value}")
-
-
-def make_optimizer(ctx: RunContext):
-    run = ctx.config.run
-    params = [p for p in ctx.student.parameters() if p.requires_grad]
-    if len(run.adam_betas) != 2:
-        raise ConfigError(f"run.adam_betas must hold two numbers, got {run.adam_betas}")
-    # The fused kernel updates each tensor in one pass: on small models the for-loop version's
-    # dozen operations per tensor cost more than the arithmetic (4.5 ms -> 0.9 ms per step for
-    # the demo's student on the CPU). It takes CPU and CUDA floating-point tensors only.
-    fused = bool(params) and all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
-    optimizer = torch.optim.AdamW(params, lr=run.lr, weight_decay=run.weight_decay, betas=tuple(run.adam_betas),
-                                  fused=fused or None)
-    floor = run.min_lr_ratio
-
-    def factor(step: int) -> float:
-        if step < run.warmup_steps:
-            return (step + 1) / run.warmup_steps
-        progress = (step - run.warmup_steps) / max(1, run.steps - run.warmup_steps)
-        if run.lr_schedule == "linear":
-            return floor + (1 - floor) * max(0.0, 1.0 - progress)
-        if run.lr_schedule == "cosine":
-            return floor + (1 - floor) * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-        return 1.0
-
-    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
-def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The tensors a checkpoint must hold: trainable parameters (the adapter under LoRA)."""
-    return {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
-
-
 # ----------------------------------------------------------------------------- one step
-def student_forward(ctx: RunContext, batch) -> StudentOutputs:
-    """The student's shifted final hidden states (no [B, L, V] logits) and its lm_head."""
-    device = ctx.device
-    hidden = sampling.final_hidden(ctx.student, batch.input_ids_B_L.to(device), batch.attention_mask_B_L.to(device))
-    return StudentOutputs(
-        hidden_B_L_H=hidden,
-        lm_head_V_H=sampling.lm_head_weight(ctx.student),
-        temperature=ctx.config.rollout.temperature,
-    )
+def require_finite(value: torch.Tensor, what: str, step: int) -> None:
+    if not torch.isfinite(value).all():
+        raise TrainingError(
+            f"{what} is not finite at step {step}; lower run.lr, or check the teacher and the loss options "
+            f"(no checkpoint was written for this step)"
+        )
+
+
+def student_forward(ctx: RunContext, batch):
+    """The student's forward pass, from the backend plugin."""
+    out = ctx.manager.hook.opd_student_forward(ctx=ctx, batch=batch)
+    if out is None:
+        raise TrainingError("no plugin ran the student's forward pass (opd_student_forward returned None)")
+    return out
 
 
 def rollout_stats(batches, acc=None) -> dict[str, float]:
@@ -361,72 +266,6 @@ def resume(ctx: RunContext, optimizer, scheduler) -> int:
     return int(state["step"])
 
 
-def export_model(ctx: RunContext, directory: Path) -> Path:
-    """The trained student as a plain Hugging Face directory (LoRA merged), written atomically."""
-    model = ctx.student_module()
-    if hasattr(model, "merge_and_unload"):  # peft: serve a plain model
-        import copy
-
-        model = copy.deepcopy(model).merge_and_unload()
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}-", dir=directory.parent))
-    try:
-        model.save_pretrained(tmp, safe_serialization=True)
-        ctx.tokenizer.save_pretrained(tmp)
-        if directory.exists():
-            shutil.rmtree(directory)
-        os.replace(tmp, directory)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return directory
-
-
-def needs_preflight(ctx: RunContext) -> bool:
-    """Self-scoring must give ~0 for every divergence-based loss; supervised NLL on teacher or
-    reference samples is a cross-entropy, not a divergence, and is exempt."""
-    support = ctx.component("supports", ctx.config.loss.support, {}, "loss.support")
-    if getattr(support, "uses_estimator", False):
-        est = ctx.component("estimators", ctx.config.loss.estimator, {}, "loss.estimator")
-        return getattr(est, "sampler", "student") == "student"
-    return True
-
-
-def preflight(ctx: RunContext) -> float:
-    """The student scored against itself must give a loss of about zero.
-
-    Catches a temperature applied on one side only, misaligned shifts, and divergences that
-    are not zero at p = q. Returns the per-token self-loss.
-    """
-    from .builtin import SelfScorer
-
-    hook = ctx.manager.hook
-    prompts = ctx.task.prompts(min(4, ctx.config.run.batch_size), seed=derive_seed(ctx.config.run.seed, "preflight"), split="eval")
-    from .local import model_rollout
-    from .types import PRODUCER_STUDENT
-
-    batch = model_rollout(
-        ctx.student_module(), prompts, producer=PRODUCER_STUDENT,
-        max_new_tokens=ctx.config.rollout.max_new_tokens or ctx.task.max_new_tokens(max(p.meta.get("length", 1) for p in prompts)),
-        temperature=ctx.config.rollout.temperature, top_p=1.0, tokenizer=ctx.tokenizer,
-        generator=ctx.generator("preflight"), on_policy=True,
-    )
-    if ctx.config.credit.verifier:
-        # Constant rewards: a centred reward term is zero, so the self-loss must still be ~0.
-        batch = batch.replace(rewards_B=torch.zeros(batch.batch_size))
-    with torch.no_grad():
-        scores = SelfScorer()(ctx, batch)
-        credit = hook.opd_credit(ctx=ctx, batch=batch, scores=scores)
-        out = hook.opd_loss(ctx=ctx, batch=batch, scores=scores, credit=credit, student=student_forward(ctx, batch))
-    per_token = float(out.loss_sum) / max(out.num_tokens, 1)
-    if not math.isfinite(per_token) or abs(per_token) > 1e-3:
-        raise PreflightError(
-            f"self-test failed: the student scored against itself gives a loss of {per_token:.3g} per token "
-            f"(expected ~0); the loss '{ctx.config.loss.divergence}'/'{ctx.config.loss.update}' or a plugin's stage hook is wrong"
-        )
-    return per_token
-
-
 def train(config: Config, manager: Optional[Manager] = None, *, progress_desc: str = "train") -> TrainResult:
     """Run (or resume) the training described by ``config``."""
     manager = manager or make_plugin_manager()
@@ -434,7 +273,7 @@ def train(config: Config, manager: Optional[Manager] = None, *, progress_desc: s
     try:
         return _train(ctx, progress_desc)
     finally:
-        manager.hook.opd_unconfigure(ctx=ctx)
+        teardown(ctx)
 
 
 def _train(ctx: RunContext, progress_desc: str) -> TrainResult:
@@ -443,8 +282,8 @@ def _train(ctx: RunContext, progress_desc: str) -> TrainResult:
     optimizer, scheduler = make_optimizer(ctx)
     ctx.student, optimizer = acc.prepare(ctx.student, optimizer)
     start = resume(ctx, optimizer, scheduler)
-    if start == 0 and needs_preflight(ctx):
-        preflight(ctx)
+    if start == 0:
+        ctx.manager.hook.opd_preflight(ctx=ctx)
 
     out_dir = Path(run.output_dir)
     if acc.is_main_process:
@@ -464,6 +303,7 @@ def _train(ctx: RunContext, progress_desc: str) -> TrainResult:
         for step in range(start, run.steps):
             ctx.step = step
             metrics = remote_safe_step(ctx, optimizer, scheduler, step)
+            metrics.update(ctx.component_metrics())
             ctx.manager.hook.opd_step_end(ctx=ctx, step=step, metrics=metrics)
             history.append(metrics)
             if step % run.log_every == 0 or step == run.steps - 1:
@@ -479,7 +319,7 @@ def _train(ctx: RunContext, progress_desc: str) -> TrainResult:
         save(ctx, optimizer, scheduler, run.steps)
         final = None
         if acc.is_main_process:
-            final = export_model(ctx, out_dir / "final")
+            final = ctx.manager.hook.opd_save_model(ctx=ctx, directory=out_dir / "final")
         acc.wait_for_everyone()
         return TrainResult(out_dir, final, run.steps, history)
     finally:

@@ -29,38 +29,6 @@ ENTRY_POINT_GROUP = "opdplug"
 ENV_DISABLE_AUTOLOAD = "OPDPLUG_DISABLE_PLUGIN_AUTOLOAD"
 ENV_ONLY = "OPDPLUG_PLUGINS"
 
-# Registry kinds, each filled by the hook ``opd_register_<kind>``.
-KINDS = (
-    "divergences",
-    "estimators",
-    "supports",
-    "updates",
-    "samplers",
-    "scorers",
-    "credit_schemes",
-    "verifiers",
-    "tasks",
-    "environments",
-    "drafter_kinds",
-    "commands",
-)
-# What a kind is called in messages and which config key chooses it.
-KIND_LABELS = {
-    "divergences": "divergence",
-    "estimators": "estimator",
-    "supports": "support",
-    "updates": "update rule",
-    "samplers": "sampler",
-    "scorers": "scorer",
-    "credit_schemes": "credit scheme",
-    "verifiers": "verifier",
-    "tasks": "task",
-    "environments": "environment",
-    "drafter_kinds": "drafter kind",
-    "commands": "command",
-}
-
-
 @dataclass
 class PluginInfo:
     """One loaded (or failed) plugin, as ``opdplug plugins`` shows it."""
@@ -85,12 +53,14 @@ def _env_flag(name: str) -> bool:
 
 def make_plugin_manager(plugins: Iterable[Any] = (), *, autoload: bool | None = None) -> "Manager":
     """A fresh plugin manager with the core, the installed plugins and ``plugins``."""
-    from . import builtin
+    from . import stages
 
     pm = pluggy.PluginManager(hookspecs.PROJECT)
     pm.add_hookspecs(hookspecs)
+    # Historic: every plugin registered from now on adds its own hookspecs as it arrives.
+    pm.hook.opd_addhooks.call_historic(kwargs={"pluginmanager": pm})
     manager = Manager(pm)
-    manager.register(builtin, "opdplug", distribution="opdplug")
+    manager.register(stages, "opdplug", distribution="opdplug")
     if autoload is None:
         autoload = not _env_flag(ENV_DISABLE_AUTOLOAD)
     if autoload:
@@ -101,7 +71,10 @@ def make_plugin_manager(plugins: Iterable[Any] = (), *, autoload: bool | None = 
         pm.check_pending()
     except pluggy.PluginValidationError as exc:
         name = manager.pm.get_name(exc.plugin) if exc.plugin is not None else "?"
-        raise PluginError(f"plugin {name!r}: {str(exc).splitlines()[0]} (a misspelt opd_* hook?)") from None
+        raise PluginError(
+            f"plugin {name!r}: {str(exc).splitlines()[0]} (a misspelt opd_* hook, or one declared by a "
+            f"plugin that is not loaded: check OPDPLUG_PLUGINS)"
+        ) from None
     return manager
 
 
@@ -132,7 +105,12 @@ class Manager:
 
     def load_entry_points(self) -> None:
         only = {n.strip() for n in os.environ.get(ENV_ONLY, "").split(",") if n.strip()}
-        for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        entry_points = importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)
+        unknown = sorted(only - {ep.name for ep in entry_points})
+        if unknown:
+            installed = ", ".join(sorted({ep.name for ep in entry_points})) or "(none)"
+            raise PluginError(f"{ENV_ONLY} names {unknown[0]!r}, which no installed plugin is called; installed: {installed}")
+        for ep in entry_points:
             if only and ep.name not in only:
                 continue
             dist = ep.dist.name if ep.dist else ""
@@ -194,31 +172,30 @@ class Manager:
         }
 
 
+def kind_label(manager: "Manager", kind: str) -> str:
+    """How one component of ``kind`` is called in messages (see ``hookspecs.registry_kind``)."""
+    caller = getattr(manager.hook, hookspecs.REGISTRY_PREFIX + kind, None)
+    spec = getattr(caller, "spec", None)
+    label = getattr(getattr(spec, "function", None), "opd_kind_label", None)
+    return label or kind.replace("_", " ").removesuffix("s")
+
+
 class Registry:
-    """Named components by kind, filled by the ``opd_register_*`` hooks."""
+    """Named components by kind, filled by the ``opd_register_<kind>`` hooks. The kinds are the
+    registry hookspecs the loaded plugins declared; a kind nobody declared does not exist."""
 
     def __init__(self, manager: Manager):
         self.manager = manager
-        self.components: dict[str, dict[str, Any]] = {kind: {} for kind in KINDS}
-        self.owners: dict[str, dict[str, str]] = {kind: {} for kind in KINDS}
-        for kind in KINDS:
-            for plugin_name, impl in manager._impls(f"opd_register_{kind}"):
-
-                def register(name: str, obj: Any, _kind: str = kind, _owner: str = plugin_name) -> None:
-                    if not isinstance(name, str) or not name:
-                        raise PluginError(f"plugin {_owner!r} registered a {KIND_LABELS[_kind]} without a name")
-                    if name in self.components[_kind]:
-                        raise PluginError(
-                            f"{KIND_LABELS[_kind]} {name!r} is registered by both "
-                            f"{self.owners[_kind][name]!r} and {_owner!r}; uninstall or disable one "
-                            f"(OPDPLUG_PLUGINS selects which entry points load)"
-                        )
-                    self.components[_kind][name] = obj
-                    self.owners[_kind][name] = _owner
-                    info = manager.infos.get(_owner)
-                    if info is not None:
-                        info.provides.setdefault(_kind, []).append(name)
-
+        self.kinds = sorted(
+            name[len(hookspecs.REGISTRY_PREFIX):] for name in vars(manager.hook)
+            if name.startswith(hookspecs.REGISTRY_PREFIX) and getattr(manager.hook, name).spec is not None
+        )
+        self.components: dict[str, dict[str, Any]] = {kind: {} for kind in self.kinds}
+        self.owners: dict[str, dict[str, str]] = {kind: {} for kind in self.kinds}
+        self.defaults: dict[str, str] = {}
+        for kind in self.kinds:
+            for plugin_name, impl in manager._impls(hookspecs.REGISTRY_PREFIX + kind):
+                register = self._register_callback(kind, plugin_name)
                 try:
                     impl.function(**{arg: register for arg in impl.argnames})
                 except PluginError:
@@ -228,17 +205,56 @@ class Registry:
                         f"plugin {plugin_name!r} failed in opd_register_{kind}: {type(exc).__name__}: {exc}"
                     ) from None
 
+    def _register_callback(self, kind: str, owner: str):
+        label = kind_label(self.manager, kind)
+
+        def register(name: str, obj: Any, default: bool = False) -> None:
+            if not isinstance(name, str) or not name:
+                raise PluginError(f"plugin {owner!r} registered a {label} without a name")
+            if name in self.components[kind]:
+                raise PluginError(
+                    f"{label} {name!r} is registered by both {self.owners[kind][name]!r} and {owner!r}; "
+                    f"uninstall or disable one (OPDPLUG_PLUGINS selects which entry points load)"
+                )
+            if default and kind in self.defaults:
+                raise PluginError(
+                    f"plugins {self.owners[kind][self.defaults[kind]]!r} and {owner!r} both register the "
+                    f"default {label}; disable one (OPDPLUG_PLUGINS selects which entry points load)"
+                )
+            self.components[kind][name] = obj
+            self.owners[kind][name] = owner
+            if default:
+                self.defaults[kind] = name
+            info = self.manager.infos.get(owner)
+            if info is not None:
+                info.provides.setdefault(kind, []).append(name)
+
+        return register
+
     def names(self, kind: str) -> list[str]:
-        return sorted(self.components[kind])
+        return sorted(self.components.get(kind, {}))
+
+    def resolve(self, kind: str, name: str, key: str = "") -> str:
+        """``name``, or the kind's default when ``name`` is empty (a one-line error if none)."""
+        if name:
+            return name
+        if kind in self.defaults:
+            return self.defaults[kind]
+        allowed = ", ".join(self.names(kind)) or f"none registered: is the plugin that provides {kind} installed and enabled?"
+        raise ConfigError(f"{key or kind} is not set and no loaded plugin provides a default {kind_label(self.manager, kind)}; choose one ({allowed})")
 
     def get(self, kind: str, name: str, key: str = "") -> Any:
-        """The component ``name`` of ``kind``; unknown names are one-line errors naming ``key``."""
+        """The component ``name`` of ``kind`` (its default if ``name`` is empty); unknown names
+        are one-line errors naming ``key``."""
+        name = self.resolve(kind, name, key)
         try:
             return self.components[kind][name]
         except KeyError:
             pass
-        label = KIND_LABELS[kind]
+        label = kind_label(self.manager, kind)
         where = f"{key} = {name!r}: " if key else ""
+        if kind not in self.components:
+            raise ConfigError(f"{where}no loaded plugin provides {kind}; is the plugin that declares them installed and enabled?")
         allowed = ", ".join(self.names(kind)) or "(none registered)"
         msg = f"{where}unknown {label} {name!r}; allowed: {allowed}"
         failed = self.manager.failed
@@ -250,6 +266,7 @@ class Registry:
         """Instantiate component ``name`` with ``options`` validated against its dataclass fields."""
         from .config import from_dict
 
+        name = self.resolve(kind, name, key)
         cls = self.get(kind, name, key)
         if dataclasses.is_dataclass(cls) and isinstance(cls, type):
             return from_dict(cls, options or {}, f"[{key} options of {name!r}]")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Optional, Protocol, Sequence, runtime_checkable
 
 import torch
 
@@ -134,12 +134,22 @@ class TeacherScores:
     """Local teachers only: the output projection matching ``hidden_B_L_H``."""
     temperature: float = 1.0
     """Temperature the log-probs above were computed at (logits divided by it)."""
-    extra: dict = field(default_factory=dict, compare=False)
-    """Scorer-specific extras (e.g. student-top-k teacher log-probs from a server)."""
+    chosen_ids_B_L_K: Optional[torch.Tensor] = None
+    """Ids the requester chose per position for the teacher to score (long), e.g. the student's
+    own top-k taken at rollout time by a server; None when none were asked for."""
+    chosen_logprobs_B_L_K: Optional[torch.Tensor] = None
+    """Teacher log-probs of ``chosen_ids_B_L_K`` (float32; -inf where a column is unused)."""
+    scored_by_teacher: bool = True
+    """False when no teacher did the scoring (the student scored itself, or no scorer ran):
+    accounting counts teacher work only where this is True."""
 
     @property
     def is_dense(self) -> bool:
         return self.hidden_B_L_H is not None and self.lm_head_V_H is not None
+
+    def replace(self, **changes: Any) -> "TeacherScores":
+        """A copy with some fields changed (the dataclass is frozen)."""
+        return dataclasses.replace(self, **changes)
 
 
 @dataclass(frozen=True)
@@ -181,3 +191,46 @@ class LossOutput:
     metrics: dict = field(default_factory=dict)
     """Token-summed diagnostics, e.g. {"reverse_kl": sum over tokens}; the loop divides by the
     global token count before logging. Keys ending in ``_mean`` are logged as given."""
+
+
+@dataclass(frozen=True)
+class LoadedModels:
+    """What ``opd_load_models`` returns."""
+
+    student: torch.nn.Module
+    """The student, trainable (possibly LoRA-wrapped), not yet prepared by accelerate."""
+    tokenizer: Any
+    """The student's tokenizer; every token id in a run is one of its ids."""
+    teacher: Optional[torch.nn.Module] = None
+    """A local teacher, frozen and on the run's device, or None when the scorer needs none."""
+
+
+@runtime_checkable
+class Task(Protocol):
+    """A prompt source, as ``opd_register_tasks`` factories build it."""
+
+    def prompts(self, n: int, *, seed: int, split: str = "train", length: Optional[int] = None) -> list[Prompt]:
+        """``n`` prompts of ``split`` ("train" or "eval"), deterministic in ``seed``."""
+
+    def max_new_tokens(self, length: int) -> int:
+        """The completion budget for prompts of ``length``."""
+
+    def verify(self, prompt: Prompt, completion_ids: Sequence[int]) -> float:
+        """The outcome reward of a completion (1.0 right, 0.0 wrong); never raises."""
+
+
+class Component(Protocol):
+    """The optional lifecycle of a registered component. Implement any of the three; the loop
+    calls what is there.
+
+    * ``setup(ctx)``: the models are loaded (called once, before ``opd_configure``): connect to
+      servers, check vocabularies, allocate.
+    * ``metrics() -> dict``: scalars merged into every optimizer step's metrics.
+    * ``close()``: the run is ending, normally or not: release what ``setup`` took.
+    """
+
+    def setup(self, ctx: Any) -> None: ...
+
+    def metrics(self) -> dict: ...
+
+    def close(self) -> None: ...

@@ -113,17 +113,12 @@ def record_locator(ctx, deps) -> None:
 # ----------------------------------------------------------------------------- hooks
 from opdplug.hookspecs import hookimpl  # noqa: E402
 
-NOT_A_TEACHER = ("none", "self")
-"""Scorers that call no teacher (their rows are not counted in ``teacher_scored_rows``)."""
-
-
 @hookimpl(wrapper=True)
 def opd_score(ctx, batch):
     """Count the agent rows a teacher scores for the loss (multi-turn batches only)."""
     scores = yield
-    # Defensive: this wrapper sees every opd_score call, agent or not, real context or stand-in.
-    scorer = getattr(getattr(getattr(ctx, "config", None), "teacher", None), "scorer", None)
-    if scores is not None and getattr(batch, "turn_ids_B_L", None) is not None and scorer not in (None, *NOT_A_TEACHER):
+    # Scores no teacher produced (self-scoring, no scorer) say so themselves.
+    if getattr(scores, "scored_by_teacher", False) and getattr(batch, "turn_ids_B_L", None) is not None:
         record(ctx, teacher_scored_rows=batch.batch_size)
     return scores
 

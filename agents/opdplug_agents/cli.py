@@ -92,8 +92,8 @@ def recorded_task(path: Path) -> dict:
 def load_agent_model(path: str):
     """``(model, tokenizer)`` from a model directory or a finished run directory; one-line
     ``ConfigError`` otherwise."""
-    from opdplug import local
-    from opdplug.evaluate import resolve_model_dir
+    from opdplug_local import models as local
+    from opdplug_local.evaluate import resolve_model_dir
 
     model_dir = resolve_model_dir(Path(path))
     tokenizer = local.load_tokenizer(str(model_dir))
@@ -163,7 +163,7 @@ class AgentCommand:
 
     # -- train ------------------------------------------------------------------------------
     def _train(self, args) -> int:
-        from opdplug import local
+        from opdplug_local import models as local
         from opdplug.cli import load_config, with_run_overrides
         from opdplug.loop import train
         from opdplug.manager import make_plugin_manager
@@ -194,7 +194,7 @@ class AgentCommand:
 
     # -- eval -------------------------------------------------------------------------------
     def _evaluate(self, args) -> int:
-        from opdplug import tiny
+        from opdplug_local import tiny
 
         from .evaluate import EXPERT, plot_success
         from .task import AgentTask

@@ -45,7 +45,7 @@ from typing import Any, Callable, Literal, Mapping, Optional, Sequence, Union
 
 import torch
 
-from opdplug import sampling
+from opdplug_local import sampling
 from opdplug.errors import ConfigError, TrainingError
 
 from .envs import ENVS

@@ -26,6 +26,13 @@ from .task import AgentTask
 
 
 @hookimpl
+def opd_addhooks(pluginmanager):
+    from . import hookspecs
+
+    pluginmanager.add_hookspecs(hookspecs)
+
+
+@hookimpl
 def opd_register_environments(register):
     for name, cls in ENVS.items():
         register(name, cls)

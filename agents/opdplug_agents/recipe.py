@@ -67,7 +67,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from opdplug.modelcache import cache_dir, cached_model, recipe_key
+from opdplug_local.modelcache import cache_dir, cached_model, recipe_key
 
 RECIPE_VERSION = 1
 """Part of the cache key: bump when the training code changes what a recipe produces."""
@@ -88,7 +88,7 @@ class TeacherRecipe:
     env_options: dict = field(default_factory=dict)
     """Other environment options (``[task.options] env_options``), e.g. ``{"wall_density": 0.0}``."""
     size: str = "teacher"
-    """``opdplug.tiny.SIZES`` name of the model."""
+    """``opdplug_local.tiny.SIZES`` name of the model."""
     init_seed: int = 1
     """Initialisation seed."""
     seed: int = 0
@@ -248,7 +248,7 @@ def train_teacher(recipe: TeacherRecipe, *, progress: bool = True, verbose: bool
 
 
 def _measure(recipe: TeacherRecipe, model_dir: Path, progress: bool) -> dict:
-    from opdplug import local
+    from opdplug_local import models as local
 
     from .evaluate import success_by_horizon
 

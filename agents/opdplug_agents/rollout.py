@@ -21,7 +21,7 @@ from typing import Any, Callable, Literal, Mapping, Optional, Sequence, Union
 
 import torch
 
-from opdplug import sampling
+from opdplug_local import sampling
 from opdplug.types import (
     PRODUCER_ENV,
     PRODUCER_PAD,

@@ -114,7 +114,7 @@ class AgentTask:
             options = dataclasses.asdict(options)
         self.options = AgentTaskOptions(**{**(options or {}), **option_kwargs})
         if tokenizer is None:
-            from opdplug.tiny import build_tokenizer
+            from opdplug_local.tiny import build_tokenizer
 
             tokenizer = build_tokenizer(self.words())
         vocab = tokenizer.get_vocab()

@@ -28,7 +28,7 @@ the model's text), so they stay inside the environment's vocabulary.
 
 Tokens
 ------
-The tiny word-level tokenizer of ``opdplug.tiny`` splits text like the ``Whitespace``
+The tiny word-level tokenizer of ``opdplug_local.tiny`` splits text like the ``Whitespace``
 pre-tokenizer of the ``tokenizers`` library: runs of word characters, or runs of other
 non-space characters. ``pretokenize`` mirrors it, and ``vocabulary(tools)`` lists every
 pre-token that a canonical call or an error message of these tools can contain (for canonical

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from agent_stubs import Capture, bad_student
-from opdplug import tiny
+from opdplug_local import tiny
 from opdplug.types import PRODUCER_ENV, PRODUCER_STUDENT, PRODUCER_TEACHER
 from opdplug_agents import accounting, textio
 from opdplug_agents.correction import (

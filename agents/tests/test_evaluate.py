@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from opdplug import tiny
+from opdplug_local import tiny
 from opdplug_agents import textio
 from opdplug_agents.envs import ENVS
 from opdplug_agents.evaluate import (

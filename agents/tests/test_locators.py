@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from agent_stubs import bad_student, candidates
-from opdplug import tiny
+from opdplug_local import tiny
 from opdplug.errors import ConfigError
 from opdplug_agents import textio
 from opdplug_agents.envs import ENVS

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from agent_stubs import Capture
-from opdplug import tiny
+from opdplug_local import tiny
 from opdplug.errors import ConfigError
 from opdplug.types import PRODUCER_STUDENT, PRODUCER_TEACHER
 from opdplug_agents import textio

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from opdplug import sampling, tiny
+from opdplug_local import sampling, tiny
 from opdplug.types import PRODUCER_ENV, PRODUCER_PAD, PRODUCER_PROMPT, PRODUCER_STUDENT, PRODUCER_TEACHER
 from opdplug_agents import textio
 from opdplug_agents.envs import ENVS

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from agent_stubs import bad_student
-from opdplug import tiny
+from opdplug_local import tiny
 from opdplug.types import TeacherScores
 from opdplug_agents import textio
 from opdplug_agents.correction import correct_episodes, correction_batch

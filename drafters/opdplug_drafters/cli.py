@@ -110,7 +110,7 @@ def load_drafter(path: Path, kind: str, target, manager):
 def load_setup(args) -> tuple:
     """``(path, target_dir, target, tokenizer, drafter, kind, task)`` for ``args.path``,
     ``args.target`` and ``args.kind``; one-line errors for what is missing."""
-    from opdplug import local
+    from opdplug_local import models as local
     from opdplug.manager import make_plugin_manager
 
     path = Path(args.path)
@@ -229,7 +229,7 @@ class DrafterCommand:
     def _train_eagle3(self, args, config, manager, options) -> int:
         import dataclasses
 
-        from opdplug import local
+        from opdplug_local import models as local
         from opdplug.loop import build_task
 
         from .options import eagle3_options
@@ -312,7 +312,7 @@ class DrafterCommand:
         target_dir = find_target(path, args.target)
         source = path
         if kind == "standalone":
-            from opdplug.evaluate import resolve_model_dir
+            from opdplug_local.evaluate import resolve_model_dir
 
             source = resolve_model_dir(path)
         out = export_drafter(kind, source, args.output_dir, target_dir=target_dir, overwrite=args.overwrite)

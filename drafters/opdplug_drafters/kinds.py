@@ -29,7 +29,7 @@ class DrafterKind:
 
 
 def _standalone_dir(path: Path) -> Path:
-    from opdplug.evaluate import resolve_model_dir
+    from opdplug_local.evaluate import resolve_model_dir
 
     return resolve_model_dir(path)
 

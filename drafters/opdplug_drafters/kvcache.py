@@ -8,7 +8,7 @@ cache of ``[B, S, heads, D]`` per layer in which slot ``s`` of row ``b`` holds p
 ``extend`` writes each row's new tokens right after them, and ``crop`` rolls a row back by
 lowering its length (the stale slots are masked out, then overwritten).
 
-* ``RaggedLlama``: the lean no-grad Llama forward of ``opdplug.fastpath`` (same weights
+* ``RaggedLlama``: the lean no-grad Llama forward of ``opdplug_local.fastpath`` (same weights
   snapshot, same fused projections), with per-row cache slots and, on request, the hidden
   states entering given layers (EAGLE-3 features).
 * ``RaggedRecompute``: any Hugging Face causal LM through its own forward, recomputing the
@@ -24,7 +24,7 @@ from typing import Optional, Sequence
 import torch
 import torch.nn.functional as F
 
-from opdplug import fastpath
+from opdplug_local import fastpath
 
 CAPACITY_STEP = 64
 """Slots added at a time when a cache has to grow (growing copies the cache)."""

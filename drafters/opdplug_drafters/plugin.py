@@ -16,6 +16,13 @@ from .options import DrafterOptions
 
 
 @hookimpl
+def opd_addhooks(pluginmanager):
+    from . import hookspecs
+
+    pluginmanager.add_hookspecs(hookspecs)
+
+
+@hookimpl
 def opd_add_options(register):
     register("drafter", DrafterOptions)
 

@@ -10,7 +10,7 @@ emitted sequence has exactly the target's sampling distribution. At temperature 
 ``p`` and ``q`` are one-hot on the argmax: a draft is accepted iff it is the target's argmax,
 and the output equals target-only greedy decoding token for token.
 
-The target's KV cache (``kvcache.RaggedLlama``: the lean forward of ``opdplug.fastpath`` with
+The target's KV cache (``kvcache.RaggedLlama``: the lean forward of ``opdplug_local.fastpath`` with
 per-row lengths) holds every position but the row's last token; a round feeds ``k + 1`` tokens
 and is rolled back to the accepted ones (``crop``), so rows advance by different amounts in
 the same batch without padding between them. A drafter with ``feature_layers`` also receives

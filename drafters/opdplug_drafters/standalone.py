@@ -50,7 +50,7 @@ class StandaloneDrafter:
     @classmethod
     def from_pretrained(cls, path: str | Path, vocab_size: Optional[int] = None) -> "StandaloneDrafter":
         """Load a drafter directory (any local Hugging Face causal LM); one-line error if absent."""
-        from opdplug import local
+        from opdplug_local import models as local
 
         return cls(local.load_model(str(path), "drafter").eval(), vocab_size)
 

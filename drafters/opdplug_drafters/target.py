@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from opdplug.modelcache import cache_dir, cached_model, recipe_key
+from opdplug_local.modelcache import cache_dir, cached_model, recipe_key
 
 RECIPE_VERSION = 1
 """Part of the cache key: bump when the training code changes what a recipe produces."""
@@ -70,7 +70,7 @@ class TargetRecipe:
     were several times slower per step)."""
 
     def size(self) -> dict:
-        """``LlamaConfig`` keyword arguments (for ``opdplug.tiny.build_model``)."""
+        """``LlamaConfig`` keyword arguments (for ``opdplug_local.tiny.build_model``)."""
         return dict(hidden_size=self.hidden_size, num_hidden_layers=self.layers, num_attention_heads=self.heads,
                     num_key_value_heads=self.heads, intermediate_size=self.intermediate_size)
 
@@ -98,11 +98,11 @@ def build_target(recipe: TargetRecipe = TargetRecipe(), *, progress: bool = True
 
     :return: the model directory (``config.json``, weights, tokenizer, ``target_eval.json``).
     """
-    from opdplug import tiny
+    from opdplug_local import tiny
     from opdplug.config import parse_config
     from opdplug.loop import train
     from opdplug.manager import make_plugin_manager
-    from opdplug.tasks import SumChain
+    from opdplug_local.tasks import SumChain
 
     measured: dict = {}
 
@@ -140,9 +140,9 @@ def build_target(recipe: TargetRecipe = TargetRecipe(), *, progress: bool = True
 
 def measure_target(model_dir: Path, recipe: TargetRecipe, progress: bool = False) -> dict:
     """Held-out greedy accuracy by chain length and the parameter count of a target directory."""
-    from opdplug import local, tiny
-    from opdplug.evaluate import accuracy_by_length
-    from opdplug.tasks import SumChain
+    from opdplug_local import models as local, tiny
+    from opdplug_local.evaluate import accuracy_by_length
+    from opdplug_local.tasks import SumChain
 
     model, tokenizer = local.load_model(str(model_dir), "target"), local.load_tokenizer(str(model_dir))
     task = SumChain(tokenizer, recipe.task_options())

@@ -7,9 +7,8 @@ import pytest
 
 from opdplug.cli import load_config
 from opdplug.config import parse_config
-from opdplug.context import RunContext
 from opdplug.errors import ConfigError
-from opdplug.loop import validate_components
+from opdplug.prepare import validate
 from opdplug.manager import make_plugin_manager
 from opdplug_drafters.options import DrafterOptions, eagle3_options
 
@@ -20,7 +19,7 @@ CONFIGS = Path(__file__).parents[2] / "configs"
 def test_shipped_drafter_configs_validate(name):
     manager = make_plugin_manager()
     config = load_config(str(CONFIGS / name), manager)
-    validate_components(RunContext(config=config, manager=manager))
+    config = validate(config, manager).config
     options = config.plugin("drafter")
     assert isinstance(options, DrafterOptions) and options.draft_tokens == 4
     if options.kind == "standalone":

@@ -12,9 +12,9 @@ import torch
 
 pytest.importorskip("opdplug_sglang")
 
-from opdplug import local  # noqa: E402
+from opdplug_local import models as local  # noqa: E402
 from opdplug.config import parse_config  # noqa: E402
-from opdplug.local import model_rollout, score_with_model  # noqa: E402
+from opdplug_local.models import model_rollout, score_with_model  # noqa: E402
 from opdplug.loop import setup, train  # noqa: E402
 from opdplug.manager import make_plugin_manager  # noqa: E402
 from opdplug.types import PRODUCER_STUDENT  # noqa: E402

@@ -143,7 +143,7 @@ def test_refuses_non_empty_output_and_unknown_kind(trained, tmp_path):
 # ----------------------------------------------------------------------------- standalone
 def test_standalone_export_copies_a_loadable_model(trained, tmp_path):
     root, model, tok, _ = trained
-    from opdplug import tiny
+    from opdplug_local import tiny
 
     draft = tiny.build_model("tiny", tok, seed=5)
     tiny.save_pretrained_pair(draft, tok, tmp_path / "draft")
@@ -158,7 +158,7 @@ def test_standalone_export_copies_a_loadable_model(trained, tmp_path):
 
 def test_standalone_export_refuses_another_tokenizer(trained, tmp_path):
     root, model, tok, _ = trained
-    from opdplug import tiny
+    from opdplug_local import tiny
 
     other_tok = tiny.build_tokenizer(["x", "y", *[w for w in tok.get_vocab() if w not in tiny.SPECIAL_TOKENS][:-2]])
     draft = tiny.build_model("tiny", other_tok, seed=5)
@@ -170,7 +170,7 @@ def test_standalone_export_refuses_another_tokenizer(trained, tmp_path):
 
 def test_standalone_export_refuses_pickles_and_vocab_mismatch(trained, tmp_path):
     root, model, tok, _ = trained
-    from opdplug import tiny
+    from opdplug_local import tiny
 
     draft = tiny.build_model("tiny", tok, seed=5)
     tiny.save_pretrained_pair(draft, tok, tmp_path / "draft")

@@ -62,7 +62,7 @@ def test_ttt_unroll_equals_drafting_with_forced_tokens(target):
     rooted at t when the chain is fed the data tokens (same positions, same visible entries)."""
     model, tok = target
     head = toy_head(model, draft_vocab_size=24)
-    from opdplug.tasks import SumChain
+    from opdplug_local.tasks import SumChain
 
     prompts = SumChain(tok).prompts(3, seed=1)
     batch = target_batch(model, generate(model, prompts, Eagle3Options(max_new_tokens=10), eos_id=2, pad_id=0, seed=0),
@@ -89,7 +89,7 @@ def test_ttt_padding_rows_do_not_leak(target):
     """A row's TTT logits do not depend on its batch-mates or on right padding."""
     model, tok = target
     head = toy_head(model)
-    from opdplug.tasks import SumChain
+    from opdplug_local.tasks import SumChain
 
     prompts = SumChain(tok).prompts(4, seed=2)
     batch = target_batch(model, generate(model, prompts, Eagle3Options(max_new_tokens=12), eos_id=2, pad_id=0, seed=1),
@@ -110,7 +110,7 @@ def test_target_batch_matches_the_plain_forward(target):
     logits' draft columns (the chunked lm-head changes nothing)."""
     model, tok = target
     head = toy_head(model, draft_vocab_size=20)
-    from opdplug.tasks import SumChain
+    from opdplug_local.tasks import SumChain
 
     sample = generate(model, SumChain(tok).prompts(3, seed=4), Eagle3Options(max_new_tokens=9), eos_id=2, pad_id=0, seed=3)
     batch = target_batch(model, sample, head.aux_layers, head.draft_to_target_Vd, chunk_rows=7)

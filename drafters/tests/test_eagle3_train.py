@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from opdplug.errors import ConfigError
-from opdplug.tasks import SumChain
+from opdplug_local.tasks import SumChain
 from opdplug_drafters.eagle3 import Eagle3Drafter, Eagle3Options, plot_metrics, read_metrics, train_eagle3
 from opdplug_drafters.eagle3.toy import toy_head, toy_target
 from opdplug_drafters.eagle3.train import generate, target_batch, ttt_loss

@@ -8,8 +8,8 @@ import pytest
 import torch
 import transformers
 
-from opdplug import sampling, tiny
-from opdplug.tasks import SumChain
+from opdplug_local import sampling, tiny
+from opdplug_local.tasks import SumChain
 from opdplug_drafters.kvcache import RaggedLlama, RaggedRecompute
 from opdplug_drafters.specdec import SpecDecoder, closed_form_acceptance_length, measure, verify_drafts
 from opdplug_drafters.standalone import StandaloneDrafter

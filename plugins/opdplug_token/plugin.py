@@ -50,11 +50,14 @@ def opd_register_updates(register):
 
 @hookimpl
 def opd_register_credit_schemes(register):
-    register("per_token", credit.PerToken)
+    register("per_token", credit.PerToken, default=True)
     register("discounted", credit.Discounted)
     register("token_importance", credit.TokenImportance)
     register("reward_plus_kl", credit.RewardPlusKL)
 
+
+# The [loss] table and its stage, and the rollout side, live in their own modules.
+from .loss_stage import opd_addhooks, opd_loss, opd_preflight, opd_validate  # noqa: E402,F401
 
 # The rollout side (samplers, teachers, verifiers, config table, filter) lives in its own module.
 from .rollout_hooks import (  # noqa: E402,F401

@@ -6,17 +6,19 @@ from __future__ import annotations
 from opdplug.hookspecs import hookimpl
 
 from . import samplers, teachers
+from .options import LossOptions
 from .filters import TokenOptions, opd_rollout, opd_score, opd_step_end  # noqa: F401 (hooks)
 
 
 @hookimpl
 def opd_add_options(register):
     register("token", TokenOptions)
+    register("loss", LossOptions)
 
 
 @hookimpl
 def opd_register_samplers(register):
-    register("on_policy", samplers.OnPolicy)
+    register("on_policy", samplers.OnPolicy, default=True)
     register("teacher", samplers.TeacherSamples)
     register("reference", samplers.Reference)
     register("lambda_mix", samplers.LambdaMix)

@@ -14,7 +14,7 @@ from typing import Literal, Sequence
 import torch
 
 from opdplug.errors import ConfigError
-from opdplug.local import merge_rollouts, model_rollout, reference_rollout
+from opdplug_local.models import merge_rollouts, model_rollout, reference_rollout
 from opdplug.types import PRODUCER_STUDENT, PRODUCER_TEACHER, Prompt, RolloutBatch
 
 

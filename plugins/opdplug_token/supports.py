@@ -264,8 +264,8 @@ class StudentTopK:
     """``student_topk``: the student's top-k ids at each position, plus a tail bucket.
 
     Teacher log-probs on those ids come from a dense teacher (exact tail by logsumexp over the
-    other ids), or from a server via ``scores.extra["student_topk_ids_B_L_K"]`` and
-    ``scores.extra["student_topk_logprobs_B_L_K"]`` (ids chosen at rollout time; all K columns are
+    other ids), or from a server via ``scores.chosen_ids_B_L_K`` and
+    ``scores.chosen_logprobs_B_L_K`` (ids chosen at rollout time; all K columns are
     used; tail = log1mexp(logsumexp), clamps counted in ``clamped``). The student's tail is always
     the exact log-mass of its other ids, so both sides are proper distributions over K + 1
     outcomes. The top-k selection itself is not differentiated (ids are integers).
@@ -279,8 +279,7 @@ class StudentTopK:
         dev = g.mask_B_L.device
         per_token = {"h_s": g.student_hidden_N_H, "tok": g.tokens_N}
         sums_extra = _metric_zeros(dev)
-        server_ids = scores.extra.get("student_topk_ids_B_L_K")
-        server_lp = scores.extra.get("student_topk_logprobs_B_L_K")
+        server_ids, server_lp = scores.chosen_ids_B_L_K, scores.chosen_logprobs_B_L_K
         if g.teacher_hidden_N_H is not None:
             per_token["h_t"] = g.teacher_hidden_N_H
         elif server_ids is not None and server_lp is not None:
@@ -292,7 +291,7 @@ class StudentTopK:
         else:
             raise ValueError(
                 "the student_topk support needs a dense teacher (hidden_B_L_H + lm_head_V_H) or "
-                "scores.extra['student_topk_ids_B_L_K'] and ['student_topk_logprobs_B_L_K'] from the scorer"
+                "scores.chosen_ids_B_L_K and chosen_logprobs_B_L_K from the scorer"
             )
         w_t = scores.lm_head_V_H.detach() if scores.is_dense else None
         k = min(top_k, g.vocab)

@@ -8,7 +8,7 @@ from typing import Literal
 import torch
 
 from opdplug.errors import ConfigError
-from opdplug.local import score_with_model
+from opdplug_local.models import score_with_model
 from opdplug.types import TeacherScores
 
 

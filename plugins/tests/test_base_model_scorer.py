@@ -8,7 +8,7 @@ import torch
 pytest.importorskip("peft")
 
 from opdplug.errors import ConfigError  # noqa: E402
-from opdplug.local import load_model, reference_rollout, score_with_model  # noqa: E402
+from opdplug_local.models import load_model, reference_rollout, score_with_model  # noqa: E402
 from opdplug.loop import setup, train  # noqa: E402
 from opdplug.manager import make_plugin_manager  # noqa: E402
 

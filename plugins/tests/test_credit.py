@@ -102,7 +102,7 @@ def test_plugin_registers_every_name_as_a_class():
     }
     for hook, names in expected.items():
         got = {}
-        getattr(pm.hook, hook)(register=lambda n, obj: got.__setitem__(n, obj))
+        getattr(pm.hook, hook)(register=lambda n, obj, **_: got.__setitem__(n, obj))
         assert set(got) == names, hook
         for obj in got.values():
             assert isinstance(obj, type)

@@ -249,7 +249,7 @@ def test_student_topk_from_server_extras():
     sparse = toy.sparse_scores(k)
     scores = TeacherScores(token_logprobs_B_L=sparse.token_logprobs_B_L, topk_ids_B_L_K=sparse.topk_ids_B_L_K,
                            topk_logprobs_B_L_K=sparse.topk_logprobs_B_L_K, temperature=toy.temperature,
-                           extra={"student_topk_ids_B_L_K": ids_B_L_K, "student_topk_logprobs_B_L_K": t_lp})
+                           chosen_ids_B_L_K=ids_B_L_K, chosen_logprobs_B_L_K=t_lp)
     res = StudentTopK()(D.ReverseKL(), toy.student(), scores, toy.batch, toy.mask, top_k=k, chunk_size=4)
     s, t = _hand_teacher_topk(toy, k, ids_N_K=ids_B_L_K[toy.mask])
     torch.testing.assert_close(res.values_B_L[toy.mask], D.ReverseKL()(s, t), rtol=1e-6, atol=1e-8)
@@ -296,3 +296,19 @@ def test_empty_mask_still_backpropagates(support, fn):
     assert (res.values_B_L == 0).all()
     res.values_B_L.sum().backward()
     assert toy.student_head.grad is not None and (toy.student_head.grad == 0).all()
+
+
+def test_fake_rollout_fixture_feeds_the_token_loss(fake_rollout, opd_manager, opd_config):
+    """The fixtures opdplug ships to plugin authors produce data the real loss accepts."""
+    from opdplug.context import RunContext
+    from opdplug.types import StudentOutputs
+
+    batch, scores, hidden, head = fake_rollout(B=3, V=11, H=8)
+    manager = opd_manager()
+    ctx = RunContext(config=opd_config({}, manager), manager=manager)
+    credit = ctx.manager.hook.opd_credit(ctx=ctx, batch=batch, scores=scores)
+    out = ctx.manager.hook.opd_loss(ctx=ctx, batch=batch, scores=scores, credit=credit,
+                                    student=StudentOutputs(hidden_B_L_H=hidden, lm_head_V_H=head))
+    assert out.num_tokens == batch.num_loss_tokens and out.loss_sum > 0
+    out.loss_sum.backward()
+    assert hidden.grad is not None and head.grad.abs().sum() > 0

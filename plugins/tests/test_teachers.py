@@ -1,14 +1,14 @@
 """Privileged-context teacher, outcome verifier with reward + KL, and the degenerate filter."""
 import torch
 
-from opdplug.local import collate, score_with_model
+from opdplug_local.models import collate, score_with_model
 from opdplug.types import PRODUCER_STUDENT, Prompt
 from opdplug_token.filters import FilterOptions, degenerate_rows, repeat_fraction
 from opdplug_token.teachers import PrivilegedContext
 
 
 def test_privileged_scores_align_with_a_teacher_that_sees_the_context(tiny_models):
-    from opdplug.local import load_model
+    from opdplug_local.models import load_model
 
     model = load_model(str(tiny_models.teacher_dir), "t")
     tok = tiny_models.tokenizer

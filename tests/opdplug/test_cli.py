@@ -3,9 +3,9 @@ import json
 
 import pytest
 
-from opdplug import tiny
+from opdplug_local import tiny
 from opdplug.cli import main
-from opdplug.tasks import SumChain
+from opdplug_local.tasks import SumChain
 
 
 def write_config(path, text):

@@ -10,17 +10,18 @@ from opdplug.errors import ConfigError
 
 
 def test_defaults_and_types():
-    c = parse_config({"run": {"lr": 1, "steps": 5}, "loss": {"divergence": "jsd", "divergence_options": {"beta": 0.3}}}, {})
+    c = parse_config({"run": {"lr": 1, "steps": 5}, "teacher": {"options": {"beta": 0.3}}}, {})
     assert isinstance(c, Config)
     assert c.run.lr == 1.0 and isinstance(c.run.lr, float)
     assert c.run.steps == 5
-    assert c.loss.divergence_options == {"beta": 0.3}
+    assert c.teacher.options == {"beta": 0.3}
+    assert c.rollout.sampler == "" and c.teacher.scorer == ""  # the kernel names no component
 
 
 @pytest.mark.parametrize(
     "data, fragment",
     [
-        ({"loss": {"divergnce": "x"}}, "[loss] has unknown key 'divergnce'; allowed keys: chunk_size, divergence"),
+        ({"rollout": {"temprature": 1}}, "[rollout] has unknown key 'temprature'; allowed keys: max_new_tokens, options, sampler"),
         ({"los": {}}, "unknown table [los]; allowed tables:"),
         ({"run": {"steps": "ten"}}, "run.steps must be an integer, got str 'ten'"),
         ({"run": {"steps": 1.5}}, "run.steps must be an integer"),
@@ -58,11 +59,11 @@ def test_from_dict_component_options():
 
 
 def test_resolved_config_round_trips_through_toml(tmp_path):
-    c = parse_config({"run": {"steps": 7}, "loss": {"divergence_options": {"beta": 0.25}}, "mine": {"alpha": 1.5}}, {"mine": MyOptions})
+    c = parse_config({"run": {"steps": 7}, "teacher": {"options": {"beta": 0.25}}, "mine": {"alpha": 1.5}}, {"mine": MyOptions})
     path = tmp_path / "c.toml"
     path.write_text(dump_toml(config_to_toml_dict(c)))
     again = parse_config(load_toml(path), {"mine": MyOptions})
-    assert again.run == c.run and again.loss == c.loss and again.plugin("mine") == c.plugin("mine")
+    assert again.run == c.run and again.teacher == c.teacher and again.plugin("mine") == c.plugin("mine")
 
 
 def test_bad_toml_and_missing_file(tmp_path):

@@ -8,12 +8,12 @@ from opdplug.errors import TrainingError
 from opdplug.hookspecs import hookimpl
 from opdplug.loop import train
 from opdplug.manager import make_plugin_manager
-from opdplug.tasks import SumChain
+from opdplug_local.tasks import SumChain
 from opdplug.types import LossOutput
 
 
 def weights(model_dir):
-    from opdplug.local import load_model
+    from opdplug_local.models import load_model
 
     return dict(load_model(str(model_dir), "x").named_parameters())
 
@@ -144,19 +144,3 @@ def test_metrics_jsonl_and_tensorboard(run_config, tmp_path):
                 "clamped", "rollout/truncated", "loss", "tokens"):
         assert key in lines[0], key
     assert list((tmp_path / "tb" / "tensorboard").glob("events.out.tfevents.*"))
-
-
-def test_fake_rollout_fixture_feeds_the_builtin_loss(fake_rollout, opd_manager):
-    """The fixtures opdplug ships to plugin authors produce data the real loss accepts."""
-    from opdplug.config import Config
-    from opdplug.context import RunContext
-    from opdplug.types import StudentOutputs
-
-    batch, scores, hidden, head = fake_rollout(B=3, V=11, H=8)
-    ctx = RunContext(config=Config(), manager=opd_manager())
-    credit = ctx.manager.hook.opd_credit(ctx=ctx, batch=batch, scores=scores)
-    out = ctx.manager.hook.opd_loss(ctx=ctx, batch=batch, scores=scores, credit=credit,
-                                    student=StudentOutputs(hidden_B_L_H=hidden, lm_head_V_H=head))
-    assert out.num_tokens == batch.num_loss_tokens and out.loss_sum > 0
-    out.loss_sum.backward()
-    assert hidden.grad is not None and head.grad.abs().sum() > 0

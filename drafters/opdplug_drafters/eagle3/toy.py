@@ -14,8 +14,8 @@ from .vocab import build_vocab, full_vocab
 def toy_target(num_layers: int = 4, seed: int = 1, directory: Union[str, os.PathLike, None] = None):
     """A tiny untrained Llama (``tiny`` size, ``num_layers`` deep) with SumChain's tokenizer,
     saved to ``directory`` when given. Returns ``(model, tokenizer)``."""
-    from opdplug import tiny
-    from opdplug.tasks import SumChain
+    from opdplug_local import tiny
+    from opdplug_local.tasks import SumChain
 
     tokenizer = tiny.build_tokenizer(SumChain().words())
     model = tiny.build_model(dict(tiny.SIZES["tiny"], num_hidden_layers=num_layers), tokenizer, seed=seed).eval()

@@ -31,7 +31,7 @@ from typing import Any, Optional, Sequence, Union
 
 import torch
 
-from opdplug import local, sampling
+from opdplug_local import models as local, sampling
 from opdplug.errors import ConfigError, TrainingError
 
 from .checkpoint import HEAD_SUBDIR, save_head
@@ -289,7 +289,7 @@ def train_eagle3(
     :param options: ``Eagle3Options``.
     :param output_dir: run directory: ``head/`` (written atomically at the end), ``metrics.jsonl``
         (streamed), ``train_summary.json``.
-    :param task: prompt source (an ``opdplug.tasks.Task``); None = the built-in SumChain.
+    :param task: prompt source (an ``opdplug_local.tasks.Task``); None = the built-in SumChain.
     """
     from tqdm.auto import tqdm
 
@@ -297,7 +297,7 @@ def train_eagle3(
     target = local.load_model(str(target_dir), "target_dir").eval().requires_grad_(False)
     tokenizer = tokenizer if tokenizer is not None else local.load_tokenizer(str(target_dir))
     if task is None:
-        from opdplug.tasks import SumChain
+        from opdplug_local.tasks import SumChain
 
         task = SumChain(tokenizer)
     num_layers = int(target.config.num_hidden_layers)

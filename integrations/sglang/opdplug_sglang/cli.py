@@ -53,7 +53,7 @@ class SGLangCommand:
         return 0
 
     def _check(self, args) -> int:
-        from opdplug.local import load_tokenizer
+        from opdplug_local.models import load_tokenizer
 
         from .client import SGLangClient
         from .target import SGLangTarget

@@ -23,8 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from opdplug.errors import ConfigError, TrainingError
-from opdplug.local import collate
-from opdplug.loop import export_model
+from opdplug_local.models import collate
 from opdplug.types import PRODUCER_STUDENT
 
 from .client import MalformedResponse
@@ -50,6 +49,12 @@ class SGLangRollout(ServerOptions):
     def __post_init__(self):
         if self.max_staleness < 0:
             raise ConfigError(f"rollout.options.max_staleness must be >= 0, got {self.max_staleness}")
+
+    def setup(self, ctx) -> None:
+        """The component lifecycle: the served student must speak the trained one's vocabulary."""
+        from .target import SGLangTarget
+
+        SGLangTarget(self._client()).check_vocabulary(ctx.tokenizer)
 
     # ------------------------------------------------------------------ weight sync
     def _client(self):
@@ -86,7 +91,7 @@ class SGLangRollout(ServerOptions):
         final = root / f"step-{step:06d}"
         if acc is None or acc.is_main_process:
             root.mkdir(parents=True, exist_ok=True)
-            export_model(ctx, final)  # the loop's own export: safetensors, LoRA merged, atomic
+            ctx.manager.hook.opd_save_model(ctx=ctx, directory=final)  # the backend's own export: safetensors, LoRA merged, atomic
             client = self._client()
             for url in client.urls:
                 answer = client.post("/update_weights_from_disk",

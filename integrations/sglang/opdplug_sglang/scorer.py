@@ -63,6 +63,11 @@ class SGLangTeacher(ServerOptions):
     _state: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     # ------------------------------------------------------------------ lifecycle
+    def setup(self, ctx) -> None:
+        """The component lifecycle: connect before step 0, so a wrong URL or tokenizer is a
+        one-line error, not a failure at step 1."""
+        self.connect(ctx)
+
     def connect(self, ctx) -> SGLangTarget:
         """Build the client, check the server, and keep the target for the run."""
         if "target" in self._state:
@@ -126,10 +131,9 @@ class SGLangTeacher(ServerOptions):
         if top_k > 0:
             topk_ids = torch.zeros(B, L, top_k, dtype=torch.long)
             topk_lp = torch.full((B, L, top_k), float("-inf"))
-        extra = {}
+        chosen_lp = None
         if student_ids_B_L_K is not None:
-            extra["student_topk_ids_B_L_K"] = student_ids_B_L_K
-            extra["student_topk_logprobs_B_L_K"] = torch.full(student_ids_B_L_K.shape, float("-inf"))
+            chosen_lp = torch.full(student_ids_B_L_K.shape, float("-inf"))
         for b, first, s, c in zip(scored, starts, results, chosen or [None] * len(scored)):
             end = first + s.num_positions
             token_lp[b, first:end] = s.token_logprobs_T
@@ -145,18 +149,19 @@ class SGLangTeacher(ServerOptions):
                 index_T_K = torch.tensor(
                     [[column[t] for t in row] for row in student_ids_B_L_K[b, first:end].tolist()], dtype=torch.long
                 )
-                extra["student_topk_logprobs_B_L_K"][b, first:end] = s.chosen_logprobs_T_C.gather(1, index_T_K)
+                chosen_lp[b, first:end] = s.chosen_logprobs_T_C.gather(1, index_T_K)
         token_lp = token_lp * mask_B_L  # 0 outside the loss mask, as the data model says
         if top_k > 0:  # log(1 - top-k mass), the mass outside the top-k; clamped below 0
             tail = torch.log(-torch.expm1(torch.logsumexp(topk_lp, dim=-1).clamp(max=-1e-7)))
         return TeacherScores(
             token_logprobs_B_L=token_lp, topk_ids_B_L_K=topk_ids, topk_logprobs_B_L_K=topk_lp,
-            tail_logmass_B_L=tail, temperature=1.0, extra=extra,
+            tail_logmass_B_L=tail, temperature=1.0,
+            chosen_ids_B_L_K=student_ids_B_L_K, chosen_logprobs_B_L_K=chosen_lp,
         )
 
     def _student_topk(self, ctx, batch) -> torch.Tensor:
         """The student's top-k ids at every position ([B, L, k], long), no gradient."""
-        from opdplug.local import score_with_model
+        from opdplug_local.models import score_with_model
 
         dense = score_with_model(ctx.student_module(), batch, temperature=1.0, top_k=self.student_topk,
                                  chunk_size=ctx.config.loss.chunk_size)

@@ -1,13 +1,13 @@
 """Check, against a real SGLang server on CPU, the HTTP behaviour opdplug's SGLang client relies on.
 
-Run it with the project's main venv (it needs ``opdplug.tiny``, torch and transformers for the
+Run it with the project's main venv (it needs ``opdplug_local.tiny``, torch and transformers for the
 reference forward pass); the server runs from the separate SGLang venv made by
 ``setup_sglang_env.sh``. The HTTP side uses only the standard library (``urllib``, ``json``)::
 
     .venv/bin/python integrations/sglang/scripts/verify_sglang_cpu.py \
         [--sglang-venv .venv-sglang] [--port 30123] [--record /tmp/sglang_record.json]
 
-It builds a tiny Llama teacher with ``opdplug.tiny`` (and a perturbed copy for the weight update),
+It builds a tiny Llama teacher with ``opdplug_local.tiny`` (and a perturbed copy for the weight update),
 starts the server, runs every check, prints one line per finding, writes every request/response
 pair to ``--record``, kills the server and exits 0 if every check passed (1 otherwise, 3 with a
 ``SKIP:`` line when the SGLang venv is missing). Findings are summarised in SGLANG_CPU_NOTES.md.
@@ -151,7 +151,7 @@ class Server:
 def build_models(workdir: Path):
     import torch
 
-    from opdplug import tiny
+    from opdplug_local import tiny
 
     words = [str(i) for i in range(10)] + list("abcdefghij") + ["+", "=", ";", "sum", "is"]
     tok = tiny.build_tokenizer(words)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from opdplug.hookspecs import hookimpl
-from opdplug.local import load_model, score_with_model
+from opdplug_local.models import load_model, score_with_model
 from opdplug.loop import setup, train
 
 from opdplug_sglang.testing.servers import SERVER_KINDS, serve

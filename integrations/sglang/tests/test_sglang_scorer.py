@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from opdplug.errors import PreflightError, RemoteError
-from opdplug.local import model_rollout, score_with_model
+from opdplug_local.models import model_rollout, score_with_model
 from opdplug.loop import setup, train
 from opdplug.types import PRODUCER_STUDENT
 from opdplug_sglang.testing.fault_proxy import FaultProxy
@@ -33,7 +33,7 @@ def test_scores_match_the_local_teacher_top_k_and_student_top_k(opd_run, teacher
     scorer = ctx.component("scorers", "sglang", config.teacher.options, "teacher.scorer")
     got = scorer(ctx, batch)
 
-    from opdplug.local import load_model
+    from opdplug_local.models import load_model
 
     teacher = load_model(str(tiny_models.teacher_dir), "teacher")
     want = score_with_model(teacher, batch, temperature=1.0, top_k=4)
@@ -45,13 +45,13 @@ def test_scores_match_the_local_teacher_top_k_and_student_top_k(opd_run, teacher
     assert not got.is_dense
 
     # the teacher's log-probs on the student's own top-3 ids, at every completion position
-    s_ids = got.extra["student_topk_ids_B_L_K"]
+    s_ids = got.chosen_ids_B_L_K
     student_top = score_with_model(ctx.student_module(), batch, temperature=1.0, top_k=3).topk_ids_B_L_K
     assert torch.equal(s_ids[mask], student_top[mask])
     full = torch.log_softmax(teacher(batch.input_ids_B_L, attention_mask=batch.attention_mask_B_L).logits.float(), -1)
-    want_lp = torch.zeros_like(got.extra["student_topk_logprobs_B_L_K"])
+    want_lp = torch.zeros_like(got.chosen_logprobs_B_L_K)
     want_lp[:, 1:] = full[:, :-1].gather(-1, s_ids[:, 1:])
-    assert torch.allclose(got.extra["student_topk_logprobs_B_L_K"][mask], want_lp[mask], atol=1e-4)
+    assert torch.allclose(got.chosen_logprobs_B_L_K[mask], want_lp[mask], atol=1e-4)
 
 
 def test_cache_answers_repeated_sequences_without_the_server(opd_run, teacher_server, tmp_path):
@@ -86,8 +86,8 @@ def test_a_shifted_answer_is_caught_and_retried(opd_run, teacher_server):
 
 
 def test_a_different_vocabulary_is_refused_at_start(opd_run, teacher_server, tmp_path, tiny_models):
-    from opdplug import tiny
-    from opdplug.tasks import SumChain
+    from opdplug_local import tiny
+    from opdplug_local.tasks import SumChain
 
     tok = tiny.build_tokenizer(["apple"] + list(SumChain().words()))  # the task's words, ids shifted
     other = tmp_path / "other_student"

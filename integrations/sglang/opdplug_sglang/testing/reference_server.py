@@ -27,7 +27,7 @@ class ReferenceServer:
     """Serves ``model_dir`` on 127.0.0.1 (a free port) until ``stop``."""
 
     def __init__(self, model_dir: str):
-        from opdplug.local import load_model, load_tokenizer
+        from opdplug_local.models import load_model, load_tokenizer
 
         self.model_path = str(model_dir)
         self.model = load_model(model_dir, "model").eval()
@@ -124,7 +124,7 @@ class ReferenceServer:
         return answers if batched else answers[0]
 
     def update_weights(self, req: dict) -> dict:
-        from opdplug.local import load_model
+        from opdplug_local.models import load_model
 
         try:
             model = load_model(req["model_path"], "model_path").eval()

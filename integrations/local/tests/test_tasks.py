@@ -5,8 +5,8 @@ import itertools
 
 import pytest
 
-from opdplug import tiny
-from opdplug.tasks import SumChain, SumChainOptions, Task, register_builtin_tasks, split_of
+from opdplug_local import tiny
+from opdplug_local.tasks import SumChain, SumChainOptions, Task, register_builtin_tasks, split_of
 
 
 @pytest.fixture(scope="module")

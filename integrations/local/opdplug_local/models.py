@@ -6,15 +6,19 @@ completions, and the local scorers (``local``, ``self``, ``none``).
 from __future__ import annotations
 
 import contextlib
+import copy
+import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import torch
 
 from . import sampling
-from .config import Config, ModelOptions
-from .errors import ConfigError, PreflightError
-from .types import (
+from opdplug.config import Config, ModelOptions
+from opdplug.errors import ConfigError, PreflightError
+from opdplug.types import (
     PRODUCER_PAD,
     PRODUCER_PROMPT,
     PRODUCER_REFERENCE,
@@ -106,7 +110,7 @@ def load_adapter(model, path: str) -> None:
     """
     from safetensors.torch import load_file
 
-    from .checkpoint import latest_checkpoint
+    from opdplug.checkpoint import latest_checkpoint
 
     key = "student.adapter"
     root = Path(path)
@@ -153,6 +157,26 @@ def check_tokenizers(student_tok, teacher_tok) -> None:
                 f"teacher and student tokenizers disagree on {name} "
                 f"({getattr(teacher_tok, name)} vs {getattr(student_tok, name)}); save both with the same special tokens"
             )
+
+
+def export_model(model: torch.nn.Module, tokenizer, directory: Path) -> Path:
+    """``model`` as a plain Hugging Face directory (LoRA merged) with ``tokenizer``, written
+    under a temporary name and renamed into place: a killed run never leaves half of one."""
+    if hasattr(model, "merge_and_unload"):  # peft: serve a plain model
+        model = copy.deepcopy(model).merge_and_unload()
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}-", dir=directory.parent))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        if directory.exists():
+            shutil.rmtree(directory)
+        os.replace(tmp, directory)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return directory
 
 
 # ----------------------------------------------------------------------------- rollouts

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import torch
 
-from opdplug import tiny
-from opdplug.tasks import SumChain
+from opdplug_local import tiny
+from opdplug_local.tasks import SumChain
 
 TEXT = "a 3 b 5 c 1 d 7 = a 3 b 8 c 9 d 6 ; 6"
 

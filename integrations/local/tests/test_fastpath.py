@@ -4,9 +4,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from opdplug import fastpath, tiny
-from opdplug.sampling import _positions, final_hidden, sample
-from opdplug.tasks import SumChain
+from opdplug_local import fastpath, tiny
+from opdplug_local.sampling import _positions, final_hidden, sample
+from opdplug_local.tasks import SumChain
 
 
 def _model(tok, **overrides):
@@ -169,8 +169,8 @@ def test_snapshot_of_a_frozen_model_is_reused_until_a_weight_changes():
     (the fused AdamW kernel updates weights without bumping their version counters)."""
     import torch
 
-    from opdplug import fastpath, tiny
-    from opdplug.tasks import SumChain
+    from opdplug_local import fastpath, tiny
+    from opdplug_local.tasks import SumChain
 
     tok = tiny.build_tokenizer(SumChain.words())
     model = tiny.build_model(tiny.SIZES["tiny"], tok, seed=0).eval()
@@ -198,8 +198,8 @@ def test_fused_adamw_steps_reach_the_sampler():
     use the new weights."""
     import torch
 
-    from opdplug import fastpath, tiny
-    from opdplug.tasks import SumChain
+    from opdplug_local import fastpath, tiny
+    from opdplug_local.tasks import SumChain
 
     tok = tiny.build_tokenizer(SumChain.words())
     model = tiny.build_model(tiny.SIZES["tiny"], tok, seed=0)

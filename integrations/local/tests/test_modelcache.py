@@ -1,10 +1,10 @@
-"""``opdplug.modelcache``: self-trained models cached per recipe, moved into place atomically."""
+"""``opdplug_local.modelcache``: self-trained models cached per recipe, moved into place atomically."""
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from opdplug import modelcache
+from opdplug_local import modelcache
 
 
 @dataclass(frozen=True)

@@ -4,9 +4,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from opdplug import tiny
-from opdplug.sampling import final_hidden, forward_logprobs, lm_head_weight, sample
-from opdplug.tasks import SumChain
+from opdplug_local import tiny
+from opdplug_local.sampling import final_hidden, forward_logprobs, lm_head_weight, sample
+from opdplug_local.tasks import SumChain
 
 
 @pytest.fixture(scope="module")

@@ -22,11 +22,11 @@ from pathlib import Path
 
 import torch
 
-from . import local, tiny
-from .config import Config, parse_config
+from . import models as local, tiny
+from opdplug.config import Config, parse_config
 from .evaluate import accuracy_by_length
-from .loop import build_task, train
-from .manager import make_plugin_manager
+from opdplug.loop import build_task, train
+from opdplug.manager import make_plugin_manager
 from .modelcache import cached_model
 
 

@@ -7,7 +7,7 @@ from typing import Any, Sequence
 import torch
 
 from . import sampling
-from .context import derive_seed
+from opdplug.context import derive_seed
 
 
 @torch.no_grad()
@@ -62,6 +62,6 @@ def resolve_model_dir(path: str | Path) -> Path:
         return path
     if (path / "final" / "config.json").is_file():
         return path / "final"
-    from .errors import ConfigError
+    from opdplug.errors import ConfigError
 
     raise ConfigError(f"{str(path)!r} is neither a model directory nor a finished run directory (no config.json or final/)")

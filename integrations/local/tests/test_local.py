@@ -5,10 +5,10 @@ import dataclasses
 
 import torch
 
-from opdplug import tiny
-from opdplug.local import collate, eval_mode, model_rollout
-from opdplug.sampling import sample
-from opdplug.tasks import SumChain
+from opdplug_local import tiny
+from opdplug_local.models import collate, eval_mode, model_rollout
+from opdplug_local.sampling import sample
+from opdplug_local.tasks import SumChain
 from opdplug.types import PRODUCER_STUDENT
 
 

@@ -13,7 +13,7 @@ import random
 from dataclasses import dataclass
 from typing import Any, Callable, Literal, Optional, Protocol, Union, runtime_checkable
 
-from .types import Prompt
+from opdplug.types import Prompt
 
 Split = Literal["train", "eval"]
 

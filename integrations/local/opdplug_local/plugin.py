@@ -1,0 +1,67 @@
+"""Hook implementations of ``opdplug-local``, the backend that runs Hugging Face models in the
+process: loading the student and teacher, the student's forward pass, saving the trained
+student, the local scorers, the built-in SumChain task and the ``eval`` and ``demo`` commands."""
+from __future__ import annotations
+
+from opdplug.hookspecs import hookimpl
+from opdplug.types import LoadedModels, StudentOutputs
+
+from . import models, sampling
+from .scorers import LocalScorer, NoScorer, SelfScorer
+
+
+@hookimpl
+def opd_register_scorers(register):
+    register("local", LocalScorer, default=True)
+    register("self", SelfScorer)
+    register("none", NoScorer())
+
+
+@hookimpl
+def opd_register_tasks(register):
+    from .tasks import SumChain
+
+    register("sumchain", SumChain, default=True)
+
+
+@hookimpl
+def opd_register_commands(register):
+    from .cli import DemoCommand, EvalCommand
+
+    register("eval", EvalCommand())
+    register("demo", DemoCommand())
+
+
+@hookimpl(trylast=True)
+def opd_load_models(ctx):
+    config = ctx.config
+    task_factory = ctx.registry.get("tasks", config.task.name, "task.name")
+    student, tokenizer = models.load_student(config, task_factory)
+    teacher = None
+    if config.teacher.path:
+        teacher = models.load_model(config.teacher.path, "teacher.path")
+        models.check_tokenizers(tokenizer, models.load_tokenizer(config.teacher.path))
+        teacher = teacher.requires_grad_(False).eval().to(ctx.device)
+    return LoadedModels(student=student, tokenizer=tokenizer, teacher=teacher)
+
+
+@hookimpl(trylast=True)
+def opd_student_forward(ctx, batch):
+    """The student's shifted final hidden states (no [B, L, V] logits) and its lm_head."""
+    device = ctx.device
+    hidden = sampling.final_hidden(ctx.student, batch.input_ids_B_L.to(device), batch.attention_mask_B_L.to(device))
+    return StudentOutputs(
+        hidden_B_L_H=hidden,
+        lm_head_V_H=sampling.lm_head_weight(ctx.student),
+        temperature=ctx.config.rollout.temperature,
+    )
+
+
+@hookimpl(trylast=True)
+def opd_save_model(ctx, directory):
+    return models.export_model(ctx.student_module(), ctx.tokenizer, directory)
+
+
+@hookimpl
+def opd_preflight(ctx):
+    return {"tokenizers": "identical" if ctx.teacher is not None else "no local teacher"}
