@@ -32,6 +32,12 @@ class RunContext:
     """The prompt source (``opdplug_local.tasks.Task``)."""
     step: int = 0
     """The optimizer step in progress (0-based)."""
+    data_position: int = 0
+    """How far into the task's training stream the run has read (tasks with ``take``); saved
+    in every checkpoint, so a resumed run reads on from exactly there."""
+    next_data_position: int = 0
+    """Where the step being prepared ends in that stream; becomes ``data_position`` once the
+    step succeeded (a step redone after a server failure reads the same prompts again)."""
     scratch: dict = field(default_factory=dict)
     """Per-plugin state, keyed by plugin name."""
     _components: dict = field(default_factory=dict)
@@ -67,7 +73,7 @@ class RunContext:
     # -- the optional component lifecycle (``opdplug.types.Component``) ----------------------
     def _unique_components(self) -> list:
         seen: dict[int, Any] = {}
-        for component in self._components.values():
+        for component in [*self._components.values(), *([self.task] if self.task is not None else [])]:
             seen.setdefault(id(component), component)
         return list(seen.values())
 

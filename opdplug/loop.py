@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import json
 import math
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -98,7 +99,11 @@ def step_prompts(ctx: RunContext, step: int) -> list[list]:
     """
     run = ctx.config.run
     B, P = run.batch_size, ctx.num_processes
-    everything = ctx.task.prompts(B * P * run.grad_accum, seed=derive_seed(run.seed, "prompts", step), split="train")
+    n = B * P * run.grad_accum
+    if hasattr(ctx.task, "take"):  # a stream (a dataset): read on from the run's data position
+        everything, ctx.next_data_position = ctx.task.take(ctx.data_position, n, seed=run.seed)
+    else:  # a generator of instances: a function of the seed and the step
+        everything = ctx.task.prompts(n, seed=derive_seed(run.seed, "prompts", step), split="train")
     out = []
     for m in range(run.grad_accum):
         start = m * B * P + ctx.process_index * B
@@ -197,12 +202,31 @@ def remote_safe_step(ctx: RunContext, optimizer, scheduler, step: int) -> dict[s
 
 
 # ----------------------------------------------------------------------------- the run
-class MetricsLog:
-    """metrics.jsonl (appended across resumes) and optional TensorBoard events."""
+def _logged_step(line: str) -> int:
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return 1 << 62  # an unreadable row is not kept
 
-    def __init__(self, output_dir: Path, tensorboard: bool, enabled: bool):
+
+class MetricsLog:
+    """metrics.jsonl, one row per logged step, and optional TensorBoard events.
+
+    A run starting at ``start`` keeps only the rows of earlier steps: a fresh run (or a rerun
+    after a failure) starts an empty log, a resumed one drops the rows of steps it will redo,
+    so no step is ever logged twice."""
+
+    def __init__(self, output_dir: Path, tensorboard: bool, enabled: bool, start: int = 0):
         self.enabled = enabled
-        self.file = open(output_dir / "metrics.jsonl", "a") if enabled else None
+        self.file = None
+        if enabled:
+            path = output_dir / "metrics.jsonl"
+            kept = [line for line in (path.read_text().splitlines() if path.is_file() and start > 0 else [])
+                    if _logged_step(line) < start]
+            tmp = path.with_suffix(".jsonl.tmp")
+            tmp.write_text("".join(line + "\n" for line in kept))
+            os.replace(tmp, path)
+            self.file = open(path, "a")
         self.tb = None
         if enabled and tensorboard:
             try:
@@ -239,6 +263,7 @@ def save(ctx: RunContext, optimizer, scheduler, steps_done: int) -> None:
             scheduler_state=scheduler.state_dict(),
             config_toml=dump_toml(config_to_toml_dict(ctx.config)),
             versions=ctx.manager.versions(),
+            extra={"data_position": ctx.data_position},
             keep=ctx.config.run.keep_checkpoints,
         )
     acc.wait_for_everyone()
@@ -263,7 +288,37 @@ def resume(ctx: RunContext, optimizer, scheduler) -> int:
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     ckpt.set_rng_state(state["rng_tensors"], state["rng"])
+    ctx.data_position = ctx.next_data_position = int(state["extra"].get("data_position", 0))
+    changed = config_changes(state["config_toml"], ctx.config)
+    if changed and ctx.accelerator.is_main_process:
+        print(f"opdplug: resuming {ctx.config.run.output_dir} at step {state['step']} with a changed config "
+              f"({'; '.join(changed[:4])}{'; ...' if len(changed) > 4 else ''}); "
+              f"use another run.output_dir or run.resume = false to start over", file=sys.stderr)
     return int(state["step"])
+
+
+# Keys that may change between a run and its resumption without changing what it computes.
+RESUMABLE_CHANGES = {"run.steps", "run.stop_after", "run.progress", "run.log_every", "run.checkpoint_every",
+                     "run.keep_checkpoints", "run.tensorboard", "run.threads", "run.step_retries"}
+
+
+def config_changes(saved_toml: str, config: Config) -> list[str]:
+    """``key old -> new`` for each setting that differs from the checkpoint's config."""
+    import tomllib
+
+    def flat(d: dict, prefix: str = "") -> dict:
+        out = {}
+        for k, v in d.items():
+            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+        return out
+
+    try:
+        old = flat(tomllib.loads(saved_toml))
+    except tomllib.TOMLDecodeError:
+        return ["the checkpoint's config.toml is unreadable"]
+    new = flat(config_to_toml_dict(config))
+    return [f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new))
+            if old.get(k) != new.get(k) and k not in RESUMABLE_CHANGES]
 
 
 def train(config: Config, manager: Optional[Manager] = None, *, progress_desc: str = "train") -> TrainResult:
@@ -290,7 +345,7 @@ def _train(ctx: RunContext, progress_desc: str) -> TrainResult:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "config.toml").write_text(dump_toml(config_to_toml_dict(ctx.config)))
         (out_dir / "plugins.json").write_text(json.dumps(ctx.manager.versions(), indent=1))
-    log = MetricsLog(out_dir, run.tensorboard, enabled=acc.is_main_process)
+    log = MetricsLog(out_dir, run.tensorboard, enabled=acc.is_main_process, start=start)
     history = []
     bar = None
     if run.progress and acc.is_main_process:
@@ -303,6 +358,7 @@ def _train(ctx: RunContext, progress_desc: str) -> TrainResult:
         for step in range(start, run.steps):
             ctx.step = step
             metrics = remote_safe_step(ctx, optimizer, scheduler, step)
+            ctx.data_position = ctx.next_data_position
             metrics.update(ctx.component_metrics())
             ctx.manager.hook.opd_step_end(ctx=ctx, step=step, metrics=metrics)
             history.append(metrics)

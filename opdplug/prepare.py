@@ -3,6 +3,7 @@ models through the backend hooks, build the task, give components their lifecycl
 optimizer every run uses."""
 from __future__ import annotations
 
+import inspect
 import math
 from typing import Any
 
@@ -76,10 +77,20 @@ def build_task(registry, name: str, options: dict, tokenizer) -> Any:
         options = from_dict(options_class, options or {}, "[task.options]")
     elif options:
         raise ConfigError(f"task {name!r} takes no options, got {sorted(options)}")
+    kwargs = {"registry": registry} if "registry" in _parameters(factory) else {}
     try:
-        return factory(tokenizer=tokenizer, options=options or None)
+        return factory(tokenizer=tokenizer, options=options or None, **kwargs)
     except ValueError as exc:
         raise ConfigError(f"task {name or registry.resolve('tasks', name)!r}: {exc}") from None
+
+
+def _parameters(factory) -> set:
+    """Names a task factory accepts (a factory that asks for ``registry`` gets it: e.g. to
+    build the verifier its options name)."""
+    try:
+        return set(inspect.signature(factory).parameters)
+    except (TypeError, ValueError):
+        return set()
 
 
 def validate_components(ctx: RunContext) -> None:

@@ -40,6 +40,10 @@ class Prompt:
     """A reference completion (ground truth or teacher sample), EOS included; empty if none."""
     privileged_ids: tuple[int, ...] = ()
     """Extra context only a privileged teacher sees (e.g. the answer), placed before the prompt."""
+    privileged_prompt_ids: tuple[int, ...] = ()
+    """The whole prompt as a privileged teacher sees it, when the context has to go through a
+    chat template (e.g. a system turn holding the reference answer): replaces
+    ``privileged_ids + prompt_ids`` for that teacher. Empty: use ``privileged_ids``."""
     meta: dict = field(default_factory=dict, hash=False, compare=False)
     """Task-specific data a verifier needs (e.g. the correct answer). Never fed to a model."""
     row: int = field(default=-1, compare=False)

@@ -14,7 +14,7 @@ from typing import Literal, Sequence
 import torch
 
 from opdplug.errors import ConfigError
-from opdplug_local.models import merge_rollouts, model_rollout, reference_rollout
+from opdplug_local.models import merge_rollouts, model_rollout, pad_id_of, reference_rollout
 from opdplug.types import PRODUCER_STUDENT, PRODUCER_TEACHER, Prompt, RolloutBatch
 
 
@@ -72,7 +72,7 @@ class Reference:
     """The task's reference completions (ground truth)."""
 
     def __call__(self, ctx, prompts, step):
-        return reference_rollout(prompts, ctx.tokenizer.pad_token_id)
+        return reference_rollout(prompts, pad_id_of(ctx.tokenizer))
 
 
 @dataclass(frozen=True)
@@ -119,7 +119,7 @@ class LambdaMix:
             if self.off_policy == "teacher":
                 parts.append((off_rows, teacher_rollout(ctx, off_prompts, step)))
             else:
-                parts.append((off_rows, reference_rollout(off_prompts, ctx.tokenizer.pad_token_id)))
+                parts.append((off_rows, reference_rollout(off_prompts, pad_id_of(ctx.tokenizer))))
         if len(parts) == 1:
             return parts[0][1]
-        return merge_rollouts(prompts, parts, ctx.tokenizer.pad_token_id)
+        return merge_rollouts(prompts, parts, pad_id_of(ctx.tokenizer))

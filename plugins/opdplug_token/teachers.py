@@ -8,7 +8,7 @@ from typing import Literal
 import torch
 
 from opdplug.errors import ConfigError
-from opdplug_local.models import score_with_model
+from opdplug_local.models import pad_id_of, score_with_model
 from opdplug.types import TeacherScores
 
 
@@ -18,7 +18,9 @@ class PrivilegedContext:
 
     The teacher's input is ``BOS + context + prompt + completion`` while the student saw only
     ``prompt + completion``; scores are realigned onto the student's positions. The context is
-    the task's privileged text (e.g. the reference answer) or a fixed ``instruction``.
+    the task's privileged text (e.g. the reference answer) or a fixed ``instruction``. A task
+    that renders chat prompts gives the privileged prompt whole (``privileged_prompt_ids``: the
+    context inside the template), and the teacher sees that prompt + the completion.
     """
 
     model: Literal["teacher", "student"] = "teacher"
@@ -27,6 +29,8 @@ class PrivilegedContext:
     """``task``: each prompt's ``privileged_ids``; ``instruction``: the text below."""
     instruction: str = ""
     """Text placed before the prompt when ``context = "instruction"``."""
+    chunk_size: int = 1024
+    """Tokens per chunk of the lm-head when scoring."""
 
     def __call__(self, ctx, batch) -> TeacherScores:
         model = ctx.student_module() if self.model == "student" else ctx.teacher
@@ -39,20 +43,24 @@ class PrivilegedContext:
             shared = tok(self.instruction, add_special_tokens=False)["input_ids"]
         rows, offsets = [], []
         for i, prompt in enumerate(batch.prompts):
-            extra = list(prompt.privileged_ids) if self.context == "task" else shared
             ids = batch.input_ids_B_L[i][batch.attention_mask_B_L[i].bool()].tolist()
+            if self.context == "task" and prompt.privileged_prompt_ids:  # rendered through the template
+                rows.append(list(prompt.privileged_prompt_ids) + ids[len(prompt.prompt_ids):])
+                offsets.append(len(prompt.privileged_prompt_ids) - len(prompt.prompt_ids))
+                continue
+            extra = list(prompt.privileged_ids) if self.context == "task" else shared
             has_bos = bool(ids) and ids[0] == tok.bos_token_id
             rows.append(ids[:1] + extra + ids[1:] if has_bos else extra + ids)
             offsets.append(len(extra))
         L = max(len(r) for r in rows)
-        ids_B_L = torch.full((len(rows), L), tok.pad_token_id, dtype=torch.long)
+        ids_B_L = torch.full((len(rows), L), pad_id_of(tok), dtype=torch.long)
         attn_B_L = torch.zeros(len(rows), L, dtype=torch.long)
         for i, r in enumerate(rows):
             ids_B_L[i, : len(r)] = torch.tensor(r)
             attn_B_L[i, : len(r)] = 1
         return score_with_model(
             model, batch, temperature=ctx.config.rollout.temperature, top_k=ctx.config.teacher.top_k,
-            chunk_size=ctx.config.loss.chunk_size, input_ids_B_L=ids_B_L, attention_mask_B_L=attn_B_L,
+            chunk_size=self.chunk_size, input_ids_B_L=ids_B_L, attention_mask_B_L=attn_B_L,
             offset_B=torch.tensor(offsets),
         )
 

@@ -7,6 +7,7 @@ from typing import Any, Sequence
 import torch
 
 from . import sampling
+from .models import pad_id_of, stop_token_ids
 from opdplug.context import derive_seed
 
 
@@ -41,7 +42,7 @@ def accuracy_by_length(
             chunk = prompts[start : start + batch_size]
             out = sampling.sample(
                 model, [list(p.prompt_ids) for p in chunk], max_new_tokens=task.max_new_tokens(T),
-                temperature=temperature, eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id,
+                temperature=temperature, eos_id=stop_token_ids(tokenizer, model), pad_id=pad_id_of(tokenizer),
                 generator=torch.Generator().manual_seed(derive_seed(seed, T, start)),
             )
             for i, p in enumerate(chunk):

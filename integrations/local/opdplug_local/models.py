@@ -179,6 +179,43 @@ def export_model(model: torch.nn.Module, tokenizer, directory: Path) -> Path:
     return directory
 
 
+# ----------------------------------------------------------------------------- stopping
+END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<|end_of_text|>", "<|endoftext|>", "<end_of_turn>", "<|end|>")
+"""End-of-turn / end-of-text markers of common chat templates; a completion stops at any of them
+that the vocabulary holds as a special token."""
+
+
+def stop_token_ids(tokenizer, model=None) -> list[int]:
+    """Every id that ends a completion: the tokenizer's EOS, each id of the model's
+    ``generation_config.eos_token_id`` (an int or a list), and the end-of-turn special tokens of
+    common chat templates that the tokenizer has. EOS first (it is also the padding fallback)."""
+    ids: list[int] = []
+
+    def add(value) -> None:
+        for i in (value if isinstance(value, (list, tuple)) else [value]):
+            if isinstance(i, int) and i >= 0 and i not in ids:
+                ids.append(i)
+
+    add(tokenizer.eos_token_id)
+    config = getattr(model, "generation_config", None)
+    if config is not None:
+        add(config.eos_token_id)
+    specials = set(getattr(tokenizer, "all_special_tokens", ()) or ()) | set(getattr(tokenizer, "added_tokens_encoder", {}) or {})
+    for token in END_OF_TURN_TOKENS:
+        if token in specials:
+            add(tokenizer.convert_tokens_to_ids(token))
+    return ids
+
+
+def pad_id_of(tokenizer) -> int:
+    """The pad id, or for a tokenizer without one (common for Llama-family models) the EOS id:
+    padding is masked everywhere, any id does."""
+    for i in (tokenizer.pad_token_id, tokenizer.eos_token_id):
+        if i is not None:
+            return int(i)
+    return 0
+
+
 # ----------------------------------------------------------------------------- rollouts
 def collate(
     prompts: Sequence[Prompt],
@@ -197,7 +234,7 @@ def collate(
     rows = [list(p.prompt_ids) + list(c) for p, c in zip(prompts, completions)]
     L = max(len(r) for r in rows)
     B = len(rows)
-    ids = torch.full((B, L), pad_id, dtype=torch.long)
+    ids = torch.full((B, L), 0 if pad_id is None else pad_id, dtype=torch.long)
     attn = torch.zeros(B, L, dtype=torch.long)
     loss = torch.zeros(B, L, dtype=torch.long)
     prod = torch.full((B, L), PRODUCER_PAD, dtype=torch.long)
@@ -285,8 +322,8 @@ def model_rollout(
             max_new_tokens=max_new_tokens,
             temperature=temperature,
             top_p=top_p,
-            eos_id=tokenizer.eos_token_id,
-            pad_id=tokenizer.pad_token_id,
+            eos_id=stop_token_ids(tokenizer, model),
+            pad_id=pad_id_of(tokenizer),
             generator=generator,
             row_seeds=row_seeds,
         )

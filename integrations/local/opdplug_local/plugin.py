@@ -19,9 +19,11 @@ def opd_register_scorers(register):
 
 @hookimpl
 def opd_register_tasks(register):
+    from .dataset_task import DatasetTask
     from .tasks import SumChain
 
     register("sumchain", SumChain, default=True)
+    register("dataset", DatasetTask)
 
 
 @hookimpl

@@ -122,8 +122,8 @@ def sample(
     max_new_tokens: int | Sequence[int],
     temperature: float,
     top_p: float = 1.0,
-    eos_id: int,
-    pad_id: int,
+    eos_id: int | Sequence[int],
+    pad_id: Optional[int],
     generator: Optional[torch.Generator] = None,
     row_seeds: Optional[Sequence[int]] = None,
 ) -> SampleResult:
@@ -136,8 +136,10 @@ def sample(
     :param temperature: sampling temperature; 0 means greedy (log-probs then at temperature 1).
     :param top_p: nucleus sampling mass (1.0 = off). Only changes which tokens can be drawn;
         ``logprobs_B_L`` stays the full-vocabulary log-prob at ``temperature``.
-    :param eos_id: id that ends a completion (kept in the output, with its log-prob).
-    :param pad_id: id written after a row ends and into the right padding.
+    :param eos_id: the id, or ids, that end a completion (kept in the output, with its
+        log-prob): chat models stop on several (EOS, the template's end of turn).
+    :param pad_id: id written after a row ends and into the right padding; None (a tokenizer
+        without a pad token) writes the first stop id there, which the masks exclude anyway.
     :param generator: seeded ``torch.Generator`` for reproducible draws (any device), or None.
         One random stream serves the whole batch, so a row's tokens depend on its batch-mates.
     :param row_seeds: instead of ``generator``, one seed per prompt: row b's n-th token is drawn
@@ -158,6 +160,10 @@ def sample(
     if not prompt_ids or any(len(p) == 0 for p in prompt_ids):
         raise ValueError("sample() needs at least one prompt, each with at least one token")
     device = _device_of(model)
+    stop_ids = [int(eos_id)] if isinstance(eos_id, int) else [int(i) for i in eos_id if i is not None]
+    if not stop_ids:
+        raise ValueError("sample() needs at least one stop id (the tokenizer declares no EOS token)")
+    pad_id = stop_ids[0] if pad_id is None else pad_id
     B = len(prompt_ids)
     budgets = [int(max_new_tokens)] * B if isinstance(max_new_tokens, int) else [int(n) for n in max_new_tokens]
     if len(budgets) != B or min(budgets) < 1:
@@ -193,9 +199,9 @@ def sample(
     # made during the forward, which must not become inference tensors.
     with torch.inference_mode() if fast is not None else contextlib.nullcontext():
         tokens, logprobs, finished_B = _decode(model, fast, ids_B_P, mask_B_P, budget_B, uniforms_B_N, max_new_tokens,
-                                               temperature=temperature, top_p=top_p, eos_id=eos_id, generator=generator)
+                                               temperature=temperature, top_p=top_p, stop_ids=stop_ids, generator=generator)
     gen_B_N = torch.stack(tokens, dim=1).cpu()
-    is_eos_B_N = gen_B_N == eos_id
+    is_eos_B_N = _is_stop(gen_B_N, stop_ids)
     # A token is kept up to and including the row's first EOS.
     gen_alive_B_N = (is_eos_B_N.long().cumsum(-1) - is_eos_B_N.long()) == 0
     gen_alive_B_N &= torch.arange(gen_B_N.shape[1])[None, :] < budget_B.cpu()[:, None]  # and within budget
@@ -224,8 +230,15 @@ def sample(
     )
 
 
+def _is_stop(tokens: torch.Tensor, stop_ids: list[int]) -> torch.Tensor:
+    """Bool, same shape: where ``tokens`` is one of ``stop_ids`` (one comparison for one id)."""
+    if len(stop_ids) == 1:
+        return tokens == stop_ids[0]
+    return torch.isin(tokens, torch.tensor(stop_ids, device=tokens.device))
+
+
 def _decode(model, fast: Optional[fastpath.FastLlama], ids_B_P, mask_B_P, budget_B, uniforms_B_N, max_new_tokens: int,
-            *, temperature: float, top_p: float, eos_id: int, generator: Optional[torch.Generator]):
+            *, temperature: float, top_p: float, stop_ids: list[int], generator: Optional[torch.Generator]):
     """The prefill and decode loop of ``sample`` (through ``fast`` when given, else the model's
     own forward): ``(tokens, logprobs, finished_B)``, one ``[B]`` tensor per generated position."""
     B, P = ids_B_P.shape
@@ -262,7 +275,7 @@ def _decode(model, fast: Optional[fastpath.FastLlama], ids_B_P, mask_B_P, budget
         token_B, logprob_B = _pick(logits_B_V, temperature, top_p, generator, uniforms_B)
         tokens.append(token_B)
         logprobs.append(logprob_B)
-        finished_B |= (token_B == eos_id) & within_N_B[step]  # an EOS past the row's budget does not count
+        finished_B |= _is_stop(token_B, stop_ids) & within_N_B[step]  # an EOS past the row's budget does not count
         if bool((finished_B | spent_N_B[step]).all()):  # every row has its EOS or used its budget
             break
         mask_B_S = full_mask_B_S[..., :P + step + 1]

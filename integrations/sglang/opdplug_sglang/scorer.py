@@ -164,5 +164,5 @@ class SGLangTeacher(ServerOptions):
         from opdplug_local.models import score_with_model
 
         dense = score_with_model(ctx.student_module(), batch, temperature=1.0, top_k=self.student_topk,
-                                 chunk_size=ctx.config.loss.chunk_size)
+                                 chunk_size=1024)
         return dense.topk_ids_B_L_K.cpu()
