@@ -151,7 +151,9 @@ def check_tokenizers(student_tok, teacher_tok) -> None:
             f"teacher and student tokenizers differ ({detail}, e.g. {example!r}); token-level "
             f"distillation needs the same vocabulary: use a teacher from the student's model family"
         )
-    for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
+    # The pad token may differ (a Qwen2 tokenizer class declares one where a Llama one has
+    # none): padding is masked everywhere and never scored.
+    for name in ("bos_token_id", "eos_token_id"):
         if getattr(student_tok, name) != getattr(teacher_tok, name):
             raise PreflightError(
                 f"teacher and student tokenizers disagree on {name} "

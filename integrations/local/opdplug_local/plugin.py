@@ -18,6 +18,13 @@ def opd_register_scorers(register):
 
 
 @hookimpl
+def opd_register_verifiers(register):
+    from .verifiers import register_verifiers
+
+    register_verifiers(register)
+
+
+@hookimpl
 def opd_register_tasks(register):
     from .dataset_task import DatasetTask
     from .tasks import SumChain
@@ -28,9 +35,10 @@ def opd_register_tasks(register):
 
 @hookimpl
 def opd_register_commands(register):
-    from .cli import DemoCommand, EvalCommand
+    from .cli import DemoCommand, EvalCommand, GenerateCommand
 
     register("eval", EvalCommand())
+    register("generate", GenerateCommand())
     register("demo", DemoCommand())
 
 
