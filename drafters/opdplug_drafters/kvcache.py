@@ -8,9 +8,11 @@ cache of ``[B, S, heads, D]`` per layer in which slot ``s`` of row ``b`` holds p
 ``extend`` writes each row's new tokens right after them, and ``crop`` rolls a row back by
 lowering its length (the stale slots are masked out, then overwritten).
 
-* ``RaggedLlama``: the lean no-grad Llama forward of ``opdplug_local.fastpath`` (same weights
-  snapshot, same fused projections), with per-row cache slots and, on request, the hidden
-  states entering given layers (EAGLE-3 features).
+* ``RaggedLlama``: the lean no-grad Llama forward of ``opdplug_local.fastpath`` (its public
+  layer kernel ``FastLlama.forward_layers``: same weights snapshot, same fused projections,
+  same arithmetic as the sampler) writing into ``RaggedKV``, a ``fastpath.KVWriter`` with
+  per-row cache slots, and, on request, returning the hidden states entering given layers
+  (EAGLE-3 features).
 * ``RaggedRecompute``: any Hugging Face causal LM through its own forward, recomputing the
   whole sequence on every call. Slow but independent of the fast path: the reference the tests
   compare with, and the fallback for models the fast path does not support.
@@ -41,8 +43,43 @@ def _check_layers(layers: Optional[Sequence[int]], n_layers: int) -> tuple[int, 
     return out
 
 
-class RaggedLlama(fastpath.FastLlama):
-    """``FastLlama`` with a per-row-length KV cache: multi-token extend, crop (rollback), capture.
+class RaggedKV:
+    """A ``fastpath.KVWriter`` with one slot per row and position: ``[B, capacity, G, D]`` per
+    layer; a call writes row ``b``'s token ``j`` at slot ``positions_B_L[b, j]`` and attends slots
+    ``0 .. S - 1`` (its mask hides, per query, the slots after its own position)."""
+
+    def __init__(self, n_layers: int, batch_size: int, capacity: int, n_kv_heads: int, head_dim: int, *,
+                 dtype: torch.dtype, device: torch.device):
+        shape = (batch_size, capacity, n_kv_heads, head_dim)
+        self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layers)]
+        self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layers)]
+        self.rows_B_L: Optional[torch.Tensor] = None
+        """Set before each call: the row of every input token, ``[B, L]``."""
+        self.positions_B_L: Optional[torch.Tensor] = None
+        """Set before each call: the slot (= position) of every input token."""
+        self.S = 0
+        """Set before each call: the slots any query of the call can see."""
+
+    @property
+    def capacity(self) -> int:
+        return self.k[0].shape[1] if self.k else 0
+
+    def grow(self, capacity: int) -> None:
+        """Room for ``capacity`` positions per row (growing copies the cache)."""
+        grow = lambda c: torch.cat([c, c.new_zeros(c.shape[0], capacity - c.shape[1], *c.shape[2:])], dim=1)  # noqa: E731
+        self.k = [grow(c) for c in self.k]
+        self.v = [grow(c) for c in self.v]
+
+    def write(self, layer: int, k_B_L_G_D: torch.Tensor, v_B_L_G_D: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        k_cache, v_cache = self.k[layer], self.v[layer]
+        k_cache.index_put_((self.rows_B_L, self.positions_B_L), k_B_L_G_D)
+        v_cache.index_put_((self.rows_B_L, self.positions_B_L), v_B_L_G_D)
+        return k_cache.narrow(1, 0, self.S), v_cache.narrow(1, 0, self.S)
+
+
+class RaggedLlama:
+    """The lean forward of ``fastpath.FastLlama`` (its public layer kernel, ``forward_layers``)
+    over a ``RaggedKV`` cache: multi-token extend, crop (rollback), capture.
 
     :param model: a ``LlamaForCausalLM`` the fast path supports (``fastpath.unsupported_reason``
         is None); its current weights are snapshotted.
@@ -52,36 +89,42 @@ class RaggedLlama(fastpath.FastLlama):
     """
 
     def __init__(self, model: torch.nn.Module, capture_layers: Optional[Sequence[int]] = None):
-        super().__init__(model)
-        self.n_layers = len(self.layers)
-        self.hidden_size = self.embed_V_H.shape[1]
-        self.vocab_size = self.lm_head_V_H.shape[0]
+        self.fast = fastpath.FastLlama(model)
+        self.device, self.dtype = self.fast.device, self.fast.dtype
+        self.n_layers = len(self.fast.layers)
+        self.hidden_size = self.fast.embed_V_H.shape[1]
+        self.vocab_size = self.fast.lm_head_V_H.shape[0]
         self.capture_layers = _check_layers(capture_layers, self.n_layers)
         self.lengths: list[int] = []
         """Cached positions per row (plain ints: no tensor reduction, no sync, per call)."""
-        self.capacity = 0
+        self.cache: Optional[RaggedKV] = None
         self._rows: dict[tuple[int, int], torch.Tensor] = {}
+
+    @property
+    def capacity(self) -> int:
+        return self.cache.capacity if self.cache is not None else 0
 
     @property
     def lengths_B(self) -> torch.Tensor:
         """Cached positions per row, as a tensor."""
         return torch.tensor(self.lengths, dtype=torch.long)
 
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.fast.logits(hidden)
+
     # ------------------------------------------------------------------------------ cache
     def start(self, batch_size: int, capacity: int) -> None:
         """Empty caches for ``batch_size`` rows of up to ``capacity`` positions each."""
-        shape = (batch_size, capacity, self.n_kv_heads, self.head_dim)
-        self.k_cache = [torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in self.layers]
-        self.v_cache = [torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in self.layers]
+        f = self.fast
+        self.cache = RaggedKV(self.n_layers, batch_size, capacity, f.n_kv_heads, f.head_dim, dtype=f.dtype, device=f.device)
         self.lengths = [0] * batch_size
-        self.capacity = capacity
         self._tables(capacity)
 
     def _tables(self, capacity: int) -> None:
         """Rotary tables and the additive causal table for ``capacity`` positions: row ``p`` of
         ``causal_P_P`` is the mask of a query at position ``p`` (0 on slots ``<= p``, -inf after),
         so a step's whole mask is one gather (an additive mask is also the faster one for SDPA)."""
-        self._rope_tables(capacity)
+        self.fast.rope_tables(capacity)
         full = torch.full((capacity, capacity), float("-inf"), dtype=self.dtype, device=self.device)
         self.causal_P_P = full.triu(diagonal=1)
 
@@ -89,10 +132,7 @@ class RaggedLlama(fastpath.FastLlama):
         if needed <= self.capacity:
             return
         new = needed + CAPACITY_STEP
-        grow = lambda c: torch.cat([c, c.new_zeros(c.shape[0], new - c.shape[1], *c.shape[2:])], dim=1)  # noqa: E731
-        self.k_cache = [grow(c) for c in self.k_cache]
-        self.v_cache = [grow(c) for c in self.v_cache]
-        self.capacity = new
+        self.cache.grow(new)
         self._tables(new)
 
     def crop(self, lengths_B) -> None:
@@ -105,6 +145,9 @@ class RaggedLlama(fastpath.FastLlama):
         """Feed ``n_new_B[b]`` tokens to row ``b`` (``ids_B_L`` right-padded; the padding is
         computed but never becomes part of the cache) after its cached ones.
 
+        Query ``j`` of row ``b`` attends slots ``0 .. positions_B_L[b, j]``: the row's cached
+        prefix and its own new tokens up to itself (never an empty row, so padding is harmless).
+
         :return: ``hidden_B_L_H`` (final, normed; ``self.logits`` turns it into logits) and the
             captured ``aux_B_L_A`` (None without ``capture_layers``). Entries past a row's
             ``n_new`` are meaningless.
@@ -113,8 +156,11 @@ class RaggedLlama(fastpath.FastLlama):
         S = max(self.lengths) + L  # slots any query of this call can see
         self._ensure_capacity(S)
         positions_B_L = torch.tensor(self.lengths, dtype=torch.long, device=self.device)[:, None] + self._arange(L)
-        x_B_L_H = F.embedding(ids_B_L.to(self.device), self.embed_V_H)
-        hidden, aux = self._ragged_layers(x_B_L_H, positions_B_L, S)
+        x_B_L_H = F.embedding(ids_B_L.to(self.device), self.fast.embed_V_H)
+        cache = self.cache
+        cache.rows_B_L, cache.positions_B_L, cache.S = self._row_index(B, L), positions_B_L, S
+        mask_B_1_L_S = self.causal_P_P[positions_B_L, :S][:, None]
+        hidden, aux = self.fast.forward_layers(x_B_L_H, positions_B_L, mask_B_1_L_S, cache, capture=self.capture_layers)
         n_new = n_new_B.tolist() if torch.is_tensor(n_new_B) else n_new_B
         self.lengths = [n + m for n, m in zip(self.lengths, n_new)]
         return hidden, aux
@@ -130,49 +176,6 @@ class RaggedLlama(fastpath.FastLlama):
         if key not in self._rows:
             self._rows[key] = torch.arange(B, device=self.device)[:, None].expand(B, L)
         return self._rows[key]
-
-    def _ragged_layers(self, x_B_L_H: torch.Tensor, positions_B_L: torch.Tensor, S: int):
-        """``FastLlama._layers`` with per-row cache slots (slot = position) and capture.
-
-        Query ``j`` of row ``b`` attends slots ``0 .. positions_B_L[b, j]``: the row's cached
-        prefix and its own new tokens up to itself (never an empty row, so padding is harmless).
-        """
-        B, L, H = x_B_L_H.shape
-        Hq, Hkv, D = self.n_heads, self.n_kv_heads, self.head_dim
-        mask_B_1_L_S = self.causal_P_P[positions_B_L, :S][:, None]
-        rows_B_L = self._row_index(B, L)
-        if self.complex_rope:
-            cis = self.cis_P_D2[positions_B_L][:, :, None]
-        else:
-            cos = self.cos_P_D[positions_B_L][:, :, None]
-            sin = self.sin_P_D[positions_B_L][:, :, None]
-        captured = {}
-        x_N_H = x_B_L_H.reshape(B * L, H)
-        for i, w in enumerate(self.layers):
-            if i in self.capture_layers:
-                captured[i] = x_N_H
-            qkv = F.linear(self._norm(x_N_H, w.input_norm_H), w.qkv_weight, w.qkv_bias).view(B, L, Hq + 2 * Hkv, D)
-            qk, v = qkv.split([Hq + Hkv, Hkv], dim=2)
-            if self.complex_rope:
-                qk = torch.view_as_real(torch.view_as_complex(qk.unflatten(-1, (D // 2, 2))) * cis).flatten(-2)
-            else:
-                qk = self._rotate(qk, cos, sin)
-            q, k = qk.split([Hq, Hkv], dim=2)
-            self.k_cache[i].index_put_((rows_B_L, positions_B_L), k)
-            self.v_cache[i].index_put_((rows_B_L, positions_B_L), v)
-            k = self.k_cache[i].narrow(1, 0, S)
-            v = self.v_cache[i].narrow(1, 0, S)
-            a = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
-                                               attn_mask=mask_B_1_L_S, scale=self.scaling, enable_gqa=Hq != Hkv)
-            x_N_H = self._project_add(x_N_H, a.transpose(1, 2).reshape(B * L, Hq * D), w.o_weight, w.o_bias)
-            gate, up = F.linear(self._norm(x_N_H, w.post_norm_H), w.gate_up_weight, w.gate_up_bias).chunk(2, dim=-1)
-            x_N_H = self._project_add(x_N_H, F.silu(gate) * up, w.down_weight, w.down_bias)
-        final_N_H = self._norm(x_N_H, self.final_norm_H)
-        aux = None
-        if self.capture_layers:
-            captured[self.n_layers] = final_N_H
-            aux = torch.cat([captured[i] for i in self.capture_layers], dim=-1).view(B, L, -1)
-        return final_N_H.view(B, L, H), aux
 
 
 class RaggedRecompute:

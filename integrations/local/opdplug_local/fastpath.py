@@ -21,7 +21,7 @@ from __future__ import annotations
 import copy
 import os
 from dataclasses import dataclass
-from typing import Optional
+from typing import NamedTuple, Optional, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -79,9 +79,9 @@ def _is_passive(hook) -> bool:
 
 
 @dataclass(frozen=True)
-class _Layer:
+class LlamaLayerWeights:
     """One decoder layer's weights with q/k/v and gate/up concatenated (detached unless the
-    ``FastLlama`` is differentiable)."""
+    ``FastLlama`` is differentiable). q/k rows are permuted for the complex rotary layout."""
 
     input_norm_H: Optional[torch.Tensor]
     """None when folded into ``qkv_weight``."""
@@ -95,6 +95,49 @@ class _Layer:
     gate_up_bias: Optional[torch.Tensor]
     down_weight: torch.Tensor
     down_bias: Optional[torch.Tensor]
+
+
+class KVWriter(Protocol):
+    """Where a layer's new keys and values go, and what its attention reads: the sampler's
+    ``ContiguousKV``, or one slot per row and position (``opdplug_drafters.kvcache.RaggedKV``).
+
+    ``write`` stores layer ``layer``'s keys (rotated) and values of the call's ``L`` tokens (``G``
+    KV heads of width ``D``) and returns the ``[B, S, G, D]`` ones its queries attend (slot ``s``
+    is column ``s`` of the call's mask)."""
+
+    def write(self, layer: int, k_B_L_G_D: torch.Tensor, v_B_L_G_D: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        ...
+
+
+class ContiguousKV:
+    """The sampler's KV cache, ``[B, capacity, G, D]`` per layer: a call writes every row at the
+    same slots ``start .. start + L - 1`` (one narrow + copy) and attends slots ``0 .. start + L - 1``."""
+
+    def __init__(self, n_layers: int, batch_size: int, capacity: int, n_kv_heads: int, head_dim: int, *,
+                 dtype: torch.dtype, device: torch.device):
+        shape = (batch_size, capacity, n_kv_heads, head_dim)
+        self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layers)]
+        self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layers)]
+        self.start = 0
+        """The slot of the next call's first token."""
+
+    def write(self, layer: int, k_B_L_G_D: torch.Tensor, v_B_L_G_D: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        L, end = k_B_L_G_D.shape[1], self.start + k_B_L_G_D.shape[1]
+        k_cache, v_cache = self.k[layer], self.v[layer]
+        k_cache.narrow(1, self.start, L).copy_(k_B_L_G_D)
+        v_cache.narrow(1, self.start, L).copy_(v_B_L_G_D)
+        return k_cache.narrow(1, 0, end), v_cache.narrow(1, 0, end)
+
+
+class LayerCall(NamedTuple):
+    """What the decoder layers of one forward call share (``FastLlama.forward_layers`` makes it)."""
+
+    B: int
+    L: int
+    rope: tuple  # FastLlama.rope_at(positions_B_L)
+    mask: torch.Tensor  # [B, 1, L, S]: bool (True: attend) or additive (0 / -inf, the model's dtype)
+    kv: Optional[KVWriter]  # None: the call's own keys and values only (S = L)
+    rows_N: Optional[torch.Tensor]  # flat indices into B * L of the real tokens, when x holds only those
 
 
 def _cat_bias(*linears, keep=torch.Tensor.detach) -> Optional[torch.Tensor]:
@@ -158,7 +201,7 @@ class FastLlama:
             if self.fold_norms:  # (x_hat * w) @ W.T == x_hat @ (W * w).T: one multiply fewer per norm
                 qkv_w, gate_up_w = qkv_w * input_norm, gate_up_w * post_norm
                 input_norm = post_norm = None
-            self.layers.append(_Layer(
+            self.layers.append(LlamaLayerWeights(
                 input_norm_H=None if input_norm is None else keep(input_norm),
                 qkv_weight=keep(qkv_w),
                 qkv_bias=qkv_bias,
@@ -170,8 +213,8 @@ class FastLlama:
                 down_weight=keep(mlp.down_proj.weight),
                 down_bias=None if mlp.down_proj.bias is None else keep(mlp.down_proj.bias),
             ))
-        self.k_cache: list[torch.Tensor] = []
-        self.v_cache: list[torch.Tensor] = []
+        self.cache: Optional[ContiguousKV] = None
+        """The sampler's cache, made by ``prefill``."""
         self.cos_P_D = self.sin_P_D = None
 
     # -------------------------------------------------------------------------------- pieces
@@ -185,7 +228,7 @@ class FastLlama:
         y = F.rms_norm(x_N_H.float(), (x_N_H.shape[-1],), None, self.eps).to(x_N_H.dtype)
         return y if weight_H is None else weight_H * y
 
-    def _rope_tables(self, n_positions: int) -> None:
+    def rope_tables(self, n_positions: int) -> None:
         """cos/sin for positions 0..n-1 from the model's own rotary module (any static rope type)."""
         if self.cos_P_D is not None and self.cos_P_D.shape[0] >= n_positions:
             return
@@ -202,56 +245,73 @@ class FastLlama:
         rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
         return x * cos + rotated * sin
 
-    def _layers(self, x_B_L_H, positions_B_L, attn_mask_B_1_L_S, cache_start: Optional[int],
-                rows_N: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """Run every decoder layer. ``cache_start``: the cache slot of this input's first token
-        (attention then reads the cache up to this input's end); None: no cache.
+    def rope_at(self, positions_B_L: torch.Tensor) -> tuple:
+        """The rotary factors at ``positions_B_L`` (within ``rope_tables``), one table for all
+        heads: ``(cis_B_L_1_D2,)`` for the complex layout, else ``(cos_B_L_1_D, sin_B_L_1_D)``."""
+        if self.complex_rope:
+            return (self.cis_P_D2[positions_B_L][:, :, None],)
+        return self.cos_P_D[positions_B_L][:, :, None], self.sin_P_D[positions_B_L][:, :, None]
 
-        ``rows_N``: the flat indices (into ``B * L``) of the real tokens, for a padded input. The
-        input is then ``x_N_H`` (those tokens only) and every per-token product (projections,
-        MLP, norms) skips the padding; only attention runs on the padded ``[B, L]`` layout, with
-        one scatter and one gather per layer. The output is ``[B, L, H]`` with zeros at padding.
-        """
+    def layer(self, index: int, x_N_H: torch.Tensor, call: LayerCall) -> torch.Tensor:
+        """Decoder layer ``index`` on the residual stream ``x_N_H`` -> ``[N, H]``: the one copy of
+        the Llama layer's mathematics (sampling, scoring, training, the drafters' ragged engine).
+
+        ``x_N_H`` is 2-D so the output projections add into it (addmm): ``N = B * L`` rows, or the
+        real tokens' only with ``call.rows_N`` (per-token products skip the padding; attention
+        alone runs on ``[B, L]``, after one scatter and before one gather)."""
+        w = self.layers[index]
+        B, L, rows_N = call.B, call.L, call.rows_N
+        Hq, Hkv, D = self.n_heads, self.n_kv_heads, self.head_dim
+        qkv_N_C = F.linear(self._norm(x_N_H, w.input_norm_H), w.qkv_weight, w.qkv_bias)
+        if rows_N is not None:
+            qkv_N_C = qkv_N_C.new_zeros(B * L, qkv_N_C.shape[-1]).index_copy(0, rows_N, qkv_N_C)
+        qk, v = qkv_N_C.view(B, L, Hq + 2 * Hkv, D).split([Hq + Hkv, Hkv], dim=2)
+        if self.complex_rope:  # queries and keys rotated together
+            qk = torch.view_as_real(torch.view_as_complex(qk.unflatten(-1, (D // 2, 2))) * call.rope[0]).flatten(-2)
+        else:
+            qk = self._rotate(qk, *call.rope)
+        q, k = qk.split([Hq, Hkv], dim=2)
+        if call.kv is not None:
+            k, v = call.kv.write(index, k, v)
+        a = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                           attn_mask=call.mask, scale=self.scaling, enable_gqa=Hq != Hkv)
+        a_N_A = a.transpose(1, 2).reshape(B * L, Hq * D)
+        if rows_N is not None:
+            a_N_A = a_N_A.index_select(0, rows_N)
+        x_N_H = self._project_add(x_N_H, a_N_A, w.o_weight, w.o_bias)
+        gate, up = F.linear(self._norm(x_N_H, w.post_norm_H), w.gate_up_weight, w.gate_up_bias).chunk(2, dim=-1)
+        return self._project_add(x_N_H, F.silu(gate) * up, w.down_weight, w.down_bias)
+
+    def forward_layers(self, x_B_L_H: torch.Tensor, positions_B_L: torch.Tensor, mask: torch.Tensor,
+                       kv: Optional[KVWriter] = None, *, rows_N: Optional[torch.Tensor] = None,
+                       capture: tuple = ()) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """Every ``layer``, then the final norm: ``(hidden_B_L_H, aux_B_L_A)``, zeros at padding.
+
+        ``x_B_L_H``: the embedded tokens (``[N, H]``, the real ones only, with ``rows_N``);
+        ``positions_B_L`` within ``rope_tables``; ``mask`` ``[B, 1, L, S]`` (see ``LayerCall``; no
+        query may attend nothing); ``kv`` None: no cache. ``capture``: layer ids whose INPUT
+        hidden states ``aux`` concatenates in this order (Hugging Face ``hidden_states[i]``;
+        ``len(self.layers)`` = the final normed output); None without."""
         B, L = positions_B_L.shape
         H = x_B_L_H.shape[-1]
-        Hq, Hkv, D = self.n_heads, self.n_kv_heads, self.head_dim
-        if self.complex_rope:
-            cis = self.cis_P_D2[positions_B_L][:, :, None]  # [B, L, 1, D/2]: one table for all heads
-        else:
-            cos = self.cos_P_D[positions_B_L][:, :, None]  # [B, L, 1, D]
-            sin = self.sin_P_D[positions_B_L][:, :, None]
-        # Few, cheap operations per layer: on small models each one costs more in dispatch than
-        # in arithmetic. The residual stream stays 2-D so the output projections can add into it
-        # (addmm), and the cache is [B, S, heads, D] so writing a step is one narrow + copy.
+        call = LayerCall(B, L, self.rope_at(positions_B_L), mask, kv, rows_N)
+        captured = {}
         x_N_H = x_B_L_H.reshape(-1, H)
-        for i, w in enumerate(self.layers):
-            qkv_N_C = F.linear(self._norm(x_N_H, w.input_norm_H), w.qkv_weight, w.qkv_bias)
-            if rows_N is not None:
-                qkv_N_C = qkv_N_C.new_zeros(B * L, qkv_N_C.shape[-1]).index_copy(0, rows_N, qkv_N_C)
-            qk, v = qkv_N_C.view(B, L, Hq + 2 * Hkv, D).split([Hq + Hkv, Hkv], dim=2)
-            if self.complex_rope:  # queries and keys rotated together
-                qk = torch.view_as_real(torch.view_as_complex(qk.unflatten(-1, (D // 2, 2))) * cis).flatten(-2)
-            else:
-                qk = self._rotate(qk, cos, sin)
-            q, k = qk.split([Hq, Hkv], dim=2)
-            if cache_start is not None:
-                self.k_cache[i].narrow(1, cache_start, L).copy_(k)
-                self.v_cache[i].narrow(1, cache_start, L).copy_(v)
-                k = self.k_cache[i].narrow(1, 0, cache_start + L)
-                v = self.v_cache[i].narrow(1, 0, cache_start + L)
-            a = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
-                                               attn_mask=attn_mask_B_1_L_S, scale=self.scaling,
-                                               enable_gqa=Hq != Hkv)
-            a_N_A = a.transpose(1, 2).reshape(B * L, Hq * D)
-            if rows_N is not None:
-                a_N_A = a_N_A.index_select(0, rows_N)
-            x_N_H = self._project_add(x_N_H, a_N_A, w.o_weight, w.o_bias)
-            gate, up = F.linear(self._norm(x_N_H, w.post_norm_H), w.gate_up_weight, w.gate_up_bias).chunk(2, dim=-1)
-            x_N_H = self._project_add(x_N_H, F.silu(gate) * up, w.down_weight, w.down_bias)
+        for i in range(len(self.layers)):
+            if capture and i in capture:
+                captured[i] = x_N_H
+            x_N_H = self.layer(i, x_N_H, call)
         h_N_H = self._norm(x_N_H, self.final_norm_H)
+        aux = None
+        if capture:
+            captured[len(self.layers)] = h_N_H
+            aux = torch.cat([captured[i] for i in capture], dim=-1)
+            if rows_N is not None:
+                aux = aux.new_zeros(B * L, aux.shape[-1]).index_copy(0, rows_N, aux)
+            aux = aux.view(B, L, -1)
         if rows_N is not None:
             h_N_H = h_N_H.new_zeros(B * L, H).index_copy(0, rows_N, h_N_H)
-        return h_N_H.view(B, L, H)
+        return h_N_H.view(B, L, H), aux
 
     @staticmethod
     def _project_add(x_N_H: torch.Tensor, a_N_I: torch.Tensor, weight_H_I: torch.Tensor,
@@ -285,27 +345,25 @@ class FastLlama:
         """``hidden`` under the caller's grad mode: with a differentiable ``FastLlama`` and
         gradients enabled, a training forward (see ``training_hidden``)."""
         with torch.no_grad():  # the rotary tables are constants
-            self._rope_tables(int(position_ids_B_L.max()) + 1)
+            self.rope_tables(int(position_ids_B_L.max()) + 1)
         rows_N = None
         if not bool(attention_mask_B_L.all()):  # padding: per-token products on real tokens only
             rows_N = attention_mask_B_L.reshape(-1).nonzero().squeeze(1)
             x = F.embedding(input_ids_B_L.reshape(-1).index_select(0, rows_N), self.embed_V_H)
         else:
             x = F.embedding(input_ids_B_L, self.embed_V_H)
-        return self._layers(x, position_ids_B_L, self._prefix_mask(attention_mask_B_L), None, rows_N)
+        return self.forward_layers(x, position_ids_B_L, self._prefix_mask(attention_mask_B_L), rows_N=rows_N)[0]
 
     @torch.no_grad()
     def prefill(self, input_ids_B_P: torch.Tensor, attention_mask_B_P: torch.Tensor,
                 position_ids_B_P: torch.Tensor, max_new_tokens: int) -> torch.Tensor:
         """Start decoding: fill a cache sized for ``max_new_tokens`` more; return last logits ``[B, V]``."""
         B, P = input_ids_B_P.shape
-        S = P + max_new_tokens
-        shape = (B, S, self.n_kv_heads, self.head_dim)
-        self.k_cache = [torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in self.layers]
-        self.v_cache = [torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in self.layers]
-        self._rope_tables(int(position_ids_B_P.max()) + max_new_tokens + 1)
+        self.cache = ContiguousKV(len(self.layers), B, P + max_new_tokens, self.n_kv_heads, self.head_dim,
+                                  dtype=self.dtype, device=self.device)
+        self.rope_tables(int(position_ids_B_P.max()) + max_new_tokens + 1)
         x = F.embedding(input_ids_B_P, self.embed_V_H)
-        h = self._layers(x, position_ids_B_P, self._prefix_mask(attention_mask_B_P), 0)
+        h, _ = self.forward_layers(x, position_ids_B_P, self._prefix_mask(attention_mask_B_P), self.cache)
         return self.logits(h[:, -1])
 
     @torch.no_grad()
@@ -319,7 +377,8 @@ class FastLlama:
         S = attention_mask.shape[-1]
         mask = attention_mask if attention_mask.dim() == 4 else attention_mask.bool()[:, None, None, :]
         x = F.embedding(token_B[:, None], self.embed_V_H)
-        h = self._layers(x, position_B[:, None], mask, S - 1)
+        self.cache.start = S - 1
+        h, _ = self.forward_layers(x, position_B[:, None], mask, self.cache)
         return self.logits(h[:, -1])
 
     def additive_mask(self, attention_mask_B_S: torch.Tensor) -> torch.Tensor:
