@@ -29,13 +29,13 @@ from typing import Any, Optional
 
 from opdplug.errors import ConfigError
 
-from .envs import ENVS
+from .registries import env_class
 
 EVAL_N = 50
 """Held-out episodes per horizon by default."""
 
 
-def parse_horizons(text: str, env: Optional[str] = None) -> list[int]:
+def parse_horizons(text: str, env: Optional[str] = None, registry=None) -> list[int]:
     """``"2,4,6"`` -> ``[2, 4, 6]`` (sorted, unique), checked against the environment's range."""
     try:
         horizons = sorted({int(x) for x in text.split(",") if x.strip()})
@@ -44,16 +44,17 @@ def parse_horizons(text: str, env: Optional[str] = None) -> list[int]:
     if not horizons:
         raise ConfigError("--horizons is empty; give e.g. --horizons 2,4,6")
     if env is not None:
-        lo, hi = ENVS[env].horizon_range
+        lo, hi = env_class(env, registry, "--env").horizon_range
         bad = [h for h in horizons if not lo <= h <= hi]
         if bad:
             raise ConfigError(f"--horizons: {env} horizons must be in {lo}..{hi}, got {bad[0]}")
     return horizons
 
 
-def check_env(name: str) -> str:
-    if name not in ENVS:
-        raise ConfigError(f"--env {name!r} is unknown; known: {', '.join(sorted(ENVS))}")
+def check_env(name: str, key: str = "--env", registry=None) -> str:
+    """``name`` if a loaded plugin registers that environment (in ``registry``, default the
+    installed plugins'), else a one-line ``ConfigError`` naming ``key`` and the registered ones."""
+    env_class(name, registry, key)
     return name
 
 
@@ -102,7 +103,7 @@ def load_agent_model(path: str):
 
 def evaluate(model: Any, tokenizer: Any, env: str, horizons: list[int], n: int, *, seed: int = 1234,
              temperature: float = 0.0, max_turns: Optional[int] = None, env_options: Optional[dict] = None,
-             progress: bool = True, desc: str = "eval"):
+             progress: bool = True, desc: str = "eval", registry=None):
     """``success_by_horizon`` with its ``ValueError``s (e.g. a tokenizer without the agent
     words) as one-line ``ConfigError``s."""
     from .evaluate import success_by_horizon
@@ -111,7 +112,8 @@ def evaluate(model: Any, tokenizer: Any, env: str, horizons: list[int], n: int, 
         raise ConfigError(f"--n must be at least 1, got {n}")
     try:
         return success_by_horizon(model, tokenizer, env, horizons, n, seed=seed, temperature=temperature,
-                                  max_turns=max_turns, env_options=env_options, progress=progress, progress_desc=desc)
+                                  max_turns=max_turns, env_options=env_options, progress=progress, progress_desc=desc,
+                                  registry=registry)
     except ValueError as exc:
         raise ConfigError(f"agent eval: {exc}") from None
 
@@ -140,8 +142,8 @@ class AgentCommand:
 
         ev = sub.add_parser("eval", help="success rate by horizon of a model (or 'expert') on held-out episodes")
         ev.add_argument("path", help="a model directory, a finished run directory, or 'expert'")
-        ev.add_argument("--env", help="environment: calc_lookup, gridnav, swapsort (default: the one the model was "
-                                      "trained on, when its directory records it, else gridnav)")
+        ev.add_argument("--env", help="a registered environment ('opdplug plugins' lists them; default: the one the "
+                                      "model was trained on, when its directory records it, else gridnav)")
         ev.add_argument("--horizons", default="2,4,6", help="comma-separated horizons (default 2,4,6)")
         ev.add_argument("--n", type=int, default=EVAL_N, help=f"held-out episodes per horizon (default {EVAL_N})")
         ev.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
@@ -173,8 +175,8 @@ class AgentCommand:
         if config.task.name != "agent":
             raise ConfigError(f"{args.config}: [task] name is {config.task.name!r}; 'opdplug agent train' needs \"agent\" (use 'opdplug train')")
         options = dict(config.task.options)
-        env = check_env(options.get("env", "gridnav"))
-        horizons = parse_horizons(args.horizons, env) if args.horizons else default_horizons(options, env)
+        env = check_env(options.get("env", "gridnav"), "task.options.env", manager.registry)
+        horizons = parse_horizons(args.horizons, env, manager.registry) if args.horizons else default_horizons(options, env)
         config = with_run_overrides(config, args)
         result = train(config, manager, progress_desc=f"agent train ({env})")
         last = result.history[-1] if result.history else {}
@@ -184,7 +186,8 @@ class AgentCommand:
         if result.final_model_dir is not None:
             model, tokenizer = local.load_model(str(result.final_model_dir), "final"), local.load_tokenizer(str(result.final_model_dir))
             report = evaluate(model, tokenizer, env, horizons, args.n, max_turns=options.get("max_turns") or None,
-                              env_options=options.get("env_options"), progress=not args.json, desc="eval")
+                              env_options=options.get("env_options"), progress=not args.json, desc="eval",
+                              registry=manager.registry)
             out["success"] = {str(h): s for h, s in report.success.items()}
             (Path(result.output_dir) / "success_by_horizon.json").write_text(json.dumps(report.to_dict(), indent=1))
             if not args.json:

@@ -2,8 +2,8 @@
 
 ``agent_score`` (SCoRe, Alibaba 2025)
     1. The student plays every prompt's episode (the same draws as the ``agent`` sampler).
-    2. A locator (``opdplug_agents.locators``, option ``locator``) finds the earliest wrong
-       student turn k.
+    2. A locator (option ``locator``: any registered one, see ``opdplug_agents.locators``) finds
+       the earliest wrong student turn k.
     3. The key-step actor (the local teacher model, or the environment's expert) rewrites ONLY
        turn k: turns 0..k-1 are replayed exactly (same ids, same log-probs, through
        ``run_episodes(prefixes=...)``), the key-step actor acts at k, the student resumes after.
@@ -54,8 +54,12 @@ from opdplug.errors import ConfigError
 from opdplug.types import Prompt, RolloutBatch
 
 from . import accounting
-from .locators import LocatorDeps, build_locator
-from .rollout import PRODUCERS, Episode, ExpertActor, FixedTurn, ModelActor, episodes_to_batch, run_episodes
+from .actors import ExpertActor, ModelActor
+from .batching import episodes_to_batch
+from .episodes import PRODUCERS, Episode, FixedTurn
+from .locators import LocatorDeps
+from .registries import build_locator, episode_env
+from .rollout import run_episodes
 from .samplers import _action_budget, _specs
 
 
@@ -92,7 +96,7 @@ def correct_episodes(
     generator: Optional[torch.Generator] = None,
     repair_generator: Optional[torch.Generator] = None,
     original: Optional[Sequence[Episode]] = None,
-    envs=None,
+    registry=None,
 ) -> Correction:
     """SCoRe's loop on the episodes ``specs``.
 
@@ -102,10 +106,12 @@ def correct_episodes(
     :param locator: an object with ``locate(episodes, deps, start=...)``.
     :param original: the student's episodes if already played (else played here).
     :param max_repairs: rewrites per episode at most (0: locate only).
+    :param registry: where the environments are registered (``ctx.registry`` in a run; default:
+        the installed plugins').
     """
     if original is None:
         original = run_episodes(specs, student, tokenizer, max_action_tokens=max_action_tokens,
-                                temperature=temperature, generator=generator, envs=envs)
+                                temperature=temperature, generator=generator, registry=registry)
     current = list(original)
     n = len(current)
     keys: list[list[int]] = [[] for _ in range(n)]
@@ -123,7 +129,7 @@ def correct_episodes(
         redone = run_episodes(
             [specs[i] for i in todo], choose, tokenizer, max_action_tokens=max_action_tokens,
             temperature=temperature, generator=repair_generator,
-            prefixes=[_fixed(current[i].turns[: errors[i]]) for i in todo], envs=envs,
+            prefixes=[_fixed(current[i].turns[: errors[i]]) for i in todo], registry=registry,
         )
         for i, episode in zip(todo, redone):
             current[i] = episode
@@ -148,10 +154,8 @@ def _cut(episode: Episode, k: int) -> Episode:
     )
 
 
-def key_step_rewards(correction: Correction, how: str, envs=None) -> list[list[float]]:
+def key_step_rewards(correction: Correction, how: str, registry=None) -> list[list[float]]:
     """Per episode, per key step, its reward (``episode``, ``optimal`` or ``one``)."""
-    from .envs import ENVS
-
     out = []
     for episode, keys in zip(correction.corrected, correction.key_turns):
         if how == "one":
@@ -161,8 +165,7 @@ def key_step_rewards(correction: Correction, how: str, envs=None) -> list[list[f
         else:
             rewards = []
             for k in keys:
-                env = (envs or ENVS)[episode.env](**episode.options)
-                env.reset(seed=episode.seed)
+                env = episode_env(episode, registry)
                 env.replay([t.action_text for t in episode.turns[:k]])
                 rewards.append(1.0 if env.is_optimal(episode.turns[k].action_text) else 0.0)
             out.append(rewards)
@@ -171,7 +174,7 @@ def key_step_rewards(correction: Correction, how: str, envs=None) -> list[list[f
 
 def correction_batch(
     correction: Correction, prompts: Sequence[Prompt], *, pad_id: int, short_horizon: bool = True,
-    key_reward: str = "episode", envs=None,
+    key_reward: str = "episode", registry=None,
 ) -> RolloutBatch:
     """The rows of ``agent_score`` (module docstring) as one ``RolloutBatch``."""
     rows: list[Episode] = list(correction.corrected)
@@ -181,7 +184,7 @@ def correction_batch(
     rewards = [1.0 if e.success else 0.0 for e in correction.corrected]
     if short_horizon:
         for i, (episode, keys, kr) in enumerate(zip(correction.corrected, correction.key_turns,
-                                                    key_step_rewards(correction, key_reward, envs))):
+                                                    key_step_rewards(correction, key_reward, registry))):
             for k, r in zip(keys, kr):
                 rows.append(_cut(episode, k))
                 row_prompts.append(prompts[i])
@@ -220,7 +223,8 @@ class AgentScore:
     """``agent_score``: SCoRe correction (module docstring). Options: ``[rollout.options]``."""
 
     locator: str = "expert"
-    """Earliest-error locator: expert, teacher_logprob, teacher_rollouts, llm_judge."""
+    """A registered earliest-error locator (built in: expert, teacher_logprob, teacher_rollouts,
+    llm_judge); the plugin's ``opd_validate`` resolves it before anything loads."""
     locator_options: dict = field(default_factory=dict)
     """The locator's options (e.g. ``{threshold = -1.5}``, ``{url = "http://..."}``)."""
     key_step_actor: Literal["teacher", "expert"] = "teacher"
@@ -238,7 +242,6 @@ class AgentScore:
     def __post_init__(self):
         if self.max_repairs < 0:
             raise ValueError(f"max_repairs must be >= 0, got {self.max_repairs}")
-        build_locator(self.locator, self.locator_options, "rollout.options.locator")  # fail early
 
     def __call__(self, ctx, prompts, step):
         if not prompts:
@@ -247,20 +250,21 @@ class AgentScore:
         opts = ctx.config.rollout
         budget = _action_budget(ctx, prompts)
         key_actor = _teacher_actor(ctx, self.key_step_actor, "agent_score", self.key_step_temperature)
-        locator = build_locator(self.locator, self.locator_options, "rollout.options.locator")
+        locator = build_locator(self.locator, self.locator_options, "rollout.options.locator", ctx.registry)
         deps = LocatorDeps(
             tokenizer=ctx.tokenizer, teacher=ctx.teacher, max_action_tokens=budget, temperature=opts.temperature,
-            generator=ctx.generator("locator", step, prompts[0].prompt_ids),
+            generator=ctx.generator("locator", step, prompts[0].prompt_ids), registry=ctx.registry,
         )
         correction = correct_episodes(
             specs, _student_actor(ctx), key_actor, locator, deps, ctx.tokenizer, max_action_tokens=budget,
             temperature=opts.temperature, max_repairs=self.max_repairs,
             generator=ctx.generator("student", step, prompts[0].prompt_ids),
-            repair_generator=ctx.generator("score_repair", step, prompts[0].prompt_ids),
+            repair_generator=ctx.generator("score_repair", step, prompts[0].prompt_ids), registry=ctx.registry,
         )
         try:
             batch = correction_batch(correction, prompts, pad_id=ctx.tokenizer.pad_token_id,
-                                     short_horizon=self.short_horizon, key_reward=self.key_reward)
+                                     short_horizon=self.short_horizon, key_reward=self.key_reward,
+                                     registry=ctx.registry)
         except ValueError as exc:
             raise ConfigError(f"rollout.sampler = 'agent_score': {exc}") from None
         repairs = sum(len(k) for k in correction.key_turns)
@@ -291,7 +295,7 @@ def dagger_states(num_turns: Sequence[int], per_episode: int, generator: Optiona
 
 def dagger_episodes(
     episodes: Sequence[Episode], states: Sequence[Sequence[int]], teacher, tokenizer, *,
-    max_action_tokens: int, temperature: float, generator: Optional[torch.Generator] = None, envs=None,
+    max_action_tokens: int, temperature: float, generator: Optional[torch.Generator] = None, registry=None,
 ) -> tuple[list[Episode], list[int]]:
     """For each chosen state (episode i, turn t): the student's turns < t replayed exactly, then
     the teacher's action at t. Returns the labelled episodes and, per row, its source episode."""
@@ -302,7 +306,7 @@ def dagger_episodes(
         runs = run_episodes(
             [(episodes[i].env, episodes[i].seed, episodes[i].options) for i, _ in group], teacher, tokenizer,
             max_action_tokens=max_action_tokens, max_turns=t + 1, temperature=temperature, generator=generator,
-            prefixes=[_fixed(episodes[i].turns[:t]) for i, _ in group], envs=envs,
+            prefixes=[_fixed(episodes[i].turns[:t]) for i, _ in group], registry=registry,
         )
         out.update(zip(group, runs))
     return [out[p] for p in pairs], [i for i, _ in pairs]
@@ -329,12 +333,14 @@ class AgentDagger:
         budget = _action_budget(ctx, prompts)
         teacher = _teacher_actor(ctx, self.teacher_actor, "agent_dagger")
         episodes = run_episodes(specs, _student_actor(ctx), ctx.tokenizer, max_action_tokens=budget,
-                                temperature=opts.temperature, generator=ctx.generator("student", step, prompts[0].prompt_ids))
+                                temperature=opts.temperature, generator=ctx.generator("student", step, prompts[0].prompt_ids),
+                                registry=ctx.registry)
         states = dagger_states([e.num_turns for e in episodes], self.states_per_episode,
                                ctx.generator("dagger_states", step, prompts[0].prompt_ids))
         rows, source = dagger_episodes(episodes, states, teacher, ctx.tokenizer, max_action_tokens=budget,
                                        temperature=opts.temperature,
-                                       generator=ctx.generator("dagger_teacher", step, prompts[0].prompt_ids))
+                                       generator=ctx.generator("dagger_teacher", step, prompts[0].prompt_ids),
+                                       registry=ctx.registry)
         try:
             batch = episodes_to_batch(rows, train_on=("teacher", "expert"), pad_id=ctx.tokenizer.pad_token_id,
                                       prompts=[prompts[i] for i in source])

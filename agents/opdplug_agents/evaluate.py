@@ -13,10 +13,10 @@ The first of the model's turns that is not an optimal move in effect: an invalid
 call, a bump or wasted call, or a move that does not bring the optimal remaining cost down by
 exactly one (equally optimal alternatives count as right: another shortest path in
 ``gridnav``, another out-of-order pair in ``swapsort``, another chain order in
-``calc_lookup``). It is found by the ``expert`` locator of ``opdplug_agents.locators`` (the
-SCoRe locator interface, ``env.is_optimal``); where that module is not available, by
-``first_error_cost_to_go``, the same rule computed here by letting the expert finish the
-episode from each prefix and counting its actions. ``first_error_source`` says which was used.
+``calc_lookup``). It is found by the locator registered as ``expert`` (the SCoRe locator
+interface, ``env.is_optimal``); where no plugin registers one, by ``first_error_cost_to_go``,
+the same rule computed here by letting the expert finish the episode from each prefix and
+counting its actions. ``first_error_source`` says which was used.
 Only the model's own turns are checked, so the expert never has an error.
 """
 from __future__ import annotations
@@ -29,8 +29,10 @@ import torch
 
 from opdplug.context import derive_seed
 
-from .envs import ENVS
-from .rollout import Episode, ExpertActor, ModelActor, run_episodes
+from .actors import ExpertActor, ModelActor
+from .episodes import Episode
+from .registries import LOCATORS, build_locator, env_class, episode_env, make_env, registry_or_installed
+from .rollout import run_episodes
 from .task import AgentTask
 
 EXPERT = "expert"
@@ -111,15 +113,9 @@ class AgentEvalReport:
 
 
 # ----------------------------------------------------------------------------- first errors
-def _new_env(episode: Episode):
-    env = ENVS[episode.env](**episode.options)
-    env.reset(seed=episode.seed)
-    return env
-
-
-def episode_key(episode: Episode) -> str:
+def episode_key(episode: Episode, registry=None) -> str:
     """The environment's key of the episode (what its train/eval split hashes)."""
-    env = ENVS[episode.env](**episode.options)
+    env = make_env(episode.env, dict(episode.options), registry)
     return env.reset(seed=episode.seed)[1]["episode_key"]
 
 
@@ -138,9 +134,9 @@ def cost_to_go(env, actions: Sequence[str], limit: int = 1000) -> Optional[int]:
     return steps
 
 
-def first_error_cost_to_go(episode: Episode) -> Optional[int]:
+def first_error_cost_to_go(episode: Episode, registry=None) -> Optional[int]:
     """The 0-based turn of the episode's first error (see the module docstring), or None."""
-    env = _new_env(episode)
+    env = episode_env(episode, registry)
     actions = [t.action_text for t in episode.turns]
     before = cost_to_go(env, [])
     for t, turn in enumerate(episode.turns):
@@ -157,16 +153,17 @@ def first_error_cost_to_go(episode: Episode) -> Optional[int]:
     return None if episode.success else len(episode.turns)
 
 
-def _expert_locator(tokenizer) -> Optional[Callable[[Sequence[Episode]], list]]:
-    """``episodes -> first error turns`` by the ``expert`` locator of ``opdplug_agents.locators``
-    (the SCoRe locator interface) when that module offers it; else None."""
-    try:
-        from .locators import ExpertLocator, LocatorDeps
-    except Exception:
+def _expert_locator(tokenizer, registry) -> Optional[Callable[[Sequence[Episode]], list]]:
+    """``episodes -> first error turns`` by the locator registered as ``expert`` (the SCoRe
+    locator interface) when a plugin registers one; else None."""
+    from .locators import LocatorDeps
+
+    if EXPERT not in registry.names(LOCATORS):
         return None
+    locator = build_locator(EXPERT, {}, "locator", registry)
 
     def locate(episodes: Sequence[Episode]) -> list:
-        return ExpertLocator().locate(episodes, LocatorDeps(tokenizer=tokenizer))
+        return locator.locate(episodes, LocatorDeps(tokenizer=tokenizer, registry=registry))
 
     return locate
 
@@ -198,13 +195,14 @@ def success_by_horizon(
     first_errors: bool = True,
     progress: bool = False,
     progress_desc: str = "eval",
+    registry=None,
 ) -> AgentEvalReport:
     """Play ``n`` episodes per horizon with ``model`` acting every turn and report success.
 
     :param model: a causal LM speaking ``tokenizer`` (put in inference mode while it acts), or
         ``"expert"`` for the environment's expert.
     :param tokenizer: a tokenizer built from ``AgentTask.words()`` (the shared agent vocabulary).
-    :param env: environment name (``calc_lookup``, ``gridnav``, ``swapsort``).
+    :param env: a registered environment's name (built in: ``calc_lookup``, ``gridnav``, ``swapsort``).
     :param horizons: the horizons to evaluate (each in the environment's ``horizon_range``).
     :param n: episodes per horizon.
     :param seed: picks the episodes (the same seed gives the same episodes for every model).
@@ -216,22 +214,24 @@ def success_by_horizon(
     :param max_action_tokens: token budget of one action (0: the expert's longest + 4).
     :param first_errors: also find the first error of each episode (cheap: environment replays).
     :param progress: show a tqdm bar over episodes.
+    :param registry: where the environments and locators are registered (default: the
+        installed plugins').
     :return: an ``AgentEvalReport``.
-    :raises ValueError: unknown environment, horizon out of range, bad options.
+    :raises ConfigError: an environment no plugin registered.
+    :raises ValueError: horizon out of range, bad options.
     """
-    if env not in ENVS:
-        raise ValueError(f"unknown environment {env!r}; known: {', '.join(sorted(ENVS))}")
+    registry = registry_or_installed(registry)
+    lo, hi = env_class(env, registry, "env").horizon_range
     if n < 1 or batch < 1:
         raise ValueError(f"n and batch must be >= 1, got n={n}, batch={batch}")
-    lo, hi = ENVS[env].horizon_range
     bad = [h for h in horizons if not lo <= int(h) <= hi]
     if bad or not horizons:
         raise ValueError(f"{env} horizons must be in {lo}..{hi}, got {list(horizons)}")
     actor = _actor(model, temperature)
-    locate = _expert_locator(tokenizer) if first_errors else None
+    locate = _expert_locator(tokenizer, registry) if first_errors else None
     source = "locator:expert" if locate is not None else "cost_to_go"
     if locate is None:
-        locate = lambda episodes: [first_error_cost_to_go(e) for e in episodes]
+        locate = lambda episodes: [first_error_cost_to_go(e, registry) for e in episodes]
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -242,7 +242,8 @@ def success_by_horizon(
         for h in horizons:
             h = int(h)
             task = AgentTask(tokenizer, env=env, min_horizon=h, max_horizon=h, max_turns=max_turns or 0,
-                             env_options=dict(env_options or {}), max_action_tokens=max_action_tokens)
+                             env_options=dict(env_options or {}), max_action_tokens=max_action_tokens,
+                             registry=registry)
             prompts = task.prompts(n, seed=derive_seed(seed, "agent-eval", env, h), split=split, length=h)
             budget = task.max_new_tokens(h)
             episodes: list[Episode] = []
@@ -252,6 +253,7 @@ def success_by_horizon(
                 episodes += run_episodes(
                     specs, actor, tokenizer, max_action_tokens=budget, temperature=temperature,
                     generator=torch.Generator().manual_seed(derive_seed(seed, "agent-eval-draws", h, start)),
+                    registry=registry,
                 )
                 if bar is not None:
                     bar.update(len(chunk))
@@ -260,7 +262,7 @@ def success_by_horizon(
                 horizon=h, n=len(episodes),
                 success=sum(e.success for e in episodes) / len(episodes),
                 mean_turns=sum(e.num_turns for e in episodes) / len(episodes),
-                first_errors=errors, distinct=len({episode_key(e) for e in episodes}),
+                first_errors=errors, distinct=len({episode_key(e, registry) for e in episodes}),
             )
     finally:
         if bar is not None:

@@ -1,4 +1,8 @@
-"""The registry kinds ``opdplug-agents`` adds to the kernel (through ``opd_addhooks``)."""
+"""The registry kinds ``opdplug-agents`` adds to the kernel (through ``opd_addhooks``).
+
+The plugin registers its own environments and locators through these hooks too, so a
+third-party plugin's are found, listed and chosen by name exactly like the built-in ones.
+"""
 from __future__ import annotations
 
 from opdplug.hookspecs import Register, hookspec
@@ -6,10 +10,29 @@ from opdplug.hookspecs import Register, hookspec
 
 @hookspec
 def opd_register_environments(register: Register) -> None:
-    """Register multi-turn text environments for agent distillation (``[agent] env``).
+    """Register multi-turn text environments for agent distillation (``[task.options] env``,
+    ``opdplug agent eval --env``).
 
-    :param register: ``register(name, env_factory)``; see ``opdplug_agents.envs.base`` for what
-        an environment provides.
+    :param register: ``register(name, env_class)``; ``env_class(**options)`` builds a bare
+        environment (``horizon`` and ``split`` among the options) with the API of
+        ``opdplug_agents.envs.ToolTextEnv``: ``reset``, ``step``, ``expert_action``,
+        ``is_optimal``, ``replay``, and the class attributes ``horizon_range`` and
+        ``vocabulary()``. Subclassing ``ToolTextEnv`` gives all of it.
+    :return: nothing.
+
+    Called once when the registry is built. Not firstresult.
+    """
+
+
+@hookspec
+def opd_register_locators(register: Register) -> None:
+    """Register earliest-error locators (``[rollout.options] locator`` of ``agent_score``).
+
+    :param register: ``register(name, cls)``; ``cls`` is a frozen dataclass of the locator's
+        options (``[rollout.options] locator_options``, validated against its fields) whose
+        instances answer ``locate(episodes, deps, *, start=None) -> list[Optional[int]]``: per
+        episode, the first wrong student turn at or after ``start`` (None: none found). See
+        ``opdplug_agents.locators``.
     :return: nothing.
 
     Called once when the registry is built. Not firstresult.

@@ -1,15 +1,19 @@
-"""Hook implementations of ``opdplug-agents``: environments, the agent task, its samplers.
+"""Hook implementations of ``opdplug-agents``: environments, locators, the agent task, its samplers.
 
-* environments: each registered object is the environment class: ``registry.get("environments",
-  "gridnav")`` called with keyword options (``horizon=6, split="eval"``) builds a bare
-  ``gymnasium.Env`` whose ``expert_action()`` and ``replay()`` are directly reachable; its
-  ``gym_id`` attribute names the same environment for ``gymnasium.make``.
+* registry kinds ``environments`` and ``locators`` (``opdplug_agents.hookspecs``), which this
+  plugin fills like any other plugin would: nothing in the package reads a closed list.
+* environments (``opdplug_agents.envs.BUILTIN``): each registered object is the environment
+  class: ``registry.get("environments", "gridnav")`` called with keyword options (``horizon=6,
+  split="eval"``) builds a bare ``gymnasium.Env`` whose ``expert_action()`` and ``replay()`` are
+  directly reachable; its ``gym_id`` attribute names the same environment for ``gymnasium.make``.
+* locators (``opdplug_agents.locators.BUILTIN``): earliest-error locators by name.
 * task ``agent`` (``opdplug_agents.task``): prompts are first observations of episodes.
 * samplers ``agent``, ``agent_teacher``, ``agent_expert`` (``opdplug_agents.samplers``): who
   acts in the episodes, and whose tokens carry loss.
 * verifier ``agent``: episode success by replay.
-* samplers ``agent_score`` (SCoRe correction) and ``agent_dagger`` (``opdplug_agents.correction``),
-  with the earliest-error locators of ``opdplug_agents.locators``.
+* samplers ``agent_score`` (SCoRe correction) and ``agent_dagger`` (``opdplug_agents.correction``).
+* ``opd_validate``: the agent task's environment and ``agent_score``'s locator are resolved in
+  the run's registry before anything loads (``opdplug_agents.validation``).
 * credit schemes ``turn_level`` and ``discounted_episode`` (``opdplug_agents.credit``).
 * ``opd_score`` (a wrapper that only counts) and ``opd_step_end``: the ``agent/*`` metrics of
   ``opdplug_agents.accounting`` (teacher calls, successes, first-error positions).
@@ -19,10 +23,10 @@ from __future__ import annotations
 
 from opdplug.hookspecs import hookimpl
 
-from . import correction, credit, samplers
+from . import correction, credit, envs, locators, samplers
 from .accounting import opd_score, opd_step_end  # noqa: F401 (hooks)
-from .envs import ENVS
 from .task import AgentTask
+from .validation import opd_validate  # noqa: F401 (hook)
 
 
 @hookimpl
@@ -34,8 +38,14 @@ def opd_addhooks(pluginmanager):
 
 @hookimpl
 def opd_register_environments(register):
-    for name, cls in ENVS.items():
-        register(name, cls)
+    for cls in envs.BUILTIN:
+        register(cls.name, cls)
+
+
+@hookimpl
+def opd_register_locators(register):
+    for cls in locators.BUILTIN:
+        register(cls.name, cls)
 
 
 @hookimpl

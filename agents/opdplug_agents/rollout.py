@@ -4,191 +4,45 @@
 a fixed prefix action if it has one left (``prefixes``: replay), otherwise the actor that
 ``actors(episode_index, turn)`` chooses. All episodes a model acts for in a round go to ONE
 ``sampling.sample`` call (their exact histories, one row each). Environments then answer, and
-the observation plus the marker are appended. The token layout is ``textio``'s.
-
-``episodes_to_batch`` turns episodes into a ``RolloutBatch``: the environment's tokens are
-``PRODUCER_ENV`` and never carry loss; action tokens carry loss when their writer is in
-``train_on``.
+the observation plus the marker are appended. The token layout is ``textio``'s; environments
+are found by name in the registry (``opdplug_agents.registries``).
 
 SCoRe-style correction needs no more than this: replay the student's verified prefix
 (``prefixes``), let the teacher take turn k (``actors`` returns the teacher actor for turn k)
 and the student the rest.
+
+The episode data (``Episode``, ``Turn``, ...) lives in ``episodes``, the actors in ``actors``
+and ``episodes_to_batch`` in ``batching``; all are importable from here too.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Literal, Mapping, Optional, Sequence, Union
+from typing import Any, Optional, Sequence
 
 import torch
 
 from opdplug_local import sampling
-from opdplug.types import (
-    PRODUCER_ENV,
-    PRODUCER_PAD,
-    PRODUCER_PROMPT,
-    PRODUCER_STUDENT,
-    PRODUCER_TEACHER,
-    Prompt,
-    RolloutBatch,
-)
 
 from . import textio
-from .envs import ENVS
+from .actors import Actor, ActorChoice, ExpertActor, ModelActor, PolicyActor
+from .batching import episodes_to_batch
+from .registries import make_env, registry_or_installed
+from .episodes import (
+    PRODUCER_CODES,
+    PRODUCERS,
+    Episode,
+    EpisodeSpec,
+    FixedTurn,
+    Producer,
+    Turn,
+    check_producer,
+)
 
-Producer = Literal["student", "teacher", "expert"]
-PRODUCERS: tuple[str, ...] = ("student", "teacher", "expert")
-PRODUCER_CODES: dict[str, int] = {
-    "student": PRODUCER_STUDENT,
-    "teacher": PRODUCER_TEACHER,
-    "expert": PRODUCER_TEACHER,  # an expert is a teacher that happens to be a program
-}
-"""Turn producer name -> ``RolloutBatch.producer_B_L`` code."""
+__all__ = [
+    "PRODUCERS", "PRODUCER_CODES", "Actor", "ActorChoice", "Episode", "EpisodeSpec", "ExpertActor", "FixedTurn",
+    "ModelActor", "PolicyActor", "Producer", "Turn", "episodes_to_batch", "run_episodes",
+]
 
-
-# ----------------------------------------------------------------------------- data
-@dataclass(frozen=True)
-class Turn:
-    """One turn: the observation the actor saw, and the action it took."""
-
-    observation: str
-    """The observation's text."""
-    observation_ids: tuple[int, ...]
-    """The observation's word ids followed by the marker id (written by the environment)."""
-    action_ids: tuple[int, ...]
-    """The action's ids exactly as produced, ``<eos>`` included unless ``truncated``."""
-    action_text: str
-    """The text sent to the environment (``textio.decode_action`` of ``action_ids``)."""
-    producer: str
-    """Who wrote the action: ``"student"``, ``"teacher"`` or ``"expert"``."""
-    action_logprobs: tuple[float, ...]
-    """Per action token, its log-prob under the sampling policy at the rollout temperature
-    (0 for expert actions and replayed prefix actions without log-probs)."""
-    valid: bool
-    """Whether the environment accepted the call (``info["valid_action"]``)."""
-    truncated: bool = False
-    """The action hit the token budget without ``<eos>``; the environment closed it with one
-    ``<eos>`` of its own (``closing_ids``)."""
-    closing_ids: tuple[int, ...] = ()
-    """Environment-written ids after the action: ``(eos,)`` when ``truncated``, else empty."""
-
-    @property
-    def token_ids(self) -> tuple[int, ...]:
-        """This turn's part of the episode's ids: observation, marker, action, closing."""
-        return self.observation_ids + self.action_ids + self.closing_ids
-
-
-@dataclass(frozen=True)
-class Episode:
-    """One finished (or stopped) multi-turn episode with its exact token ids."""
-
-    env: str
-    """Environment name (a key of ``opdplug_agents.envs.ENVS``)."""
-    seed: int
-    """The seed ``env.reset`` was called with."""
-    options: dict = field(hash=False)
-    """The environment's constructor options (``horizon``, ``split``, ...)."""
-    turns: tuple[Turn, ...]
-    """The turns taken, in order."""
-    success: bool
-    """The environment reported success (``info["success"]``) after the last turn."""
-    terminated: bool
-    """The environment ended the episode (answer given, goal reached, ...)."""
-    truncated: bool
-    """The episode was cut off: the environment's turn limit, ``max_turns`` or ``max_tokens``."""
-    final_observation: str
-    """The observation after the last action (not part of ``token_ids``)."""
-    bos_ids: tuple[int, ...]
-    """``(bos,)``, or empty for a tokenizer without BOS."""
-    num_turns: int
-    """``len(turns)``."""
-    token_ids: tuple[int, ...]
-    """``bos_ids`` then every turn's ``token_ids``: the exact sequence a model saw."""
-
-    def __post_init__(self) -> None:
-        if self.num_turns != len(self.turns):
-            raise ValueError(f"num_turns = {self.num_turns} but {len(self.turns)} turns")
-        expected = self.bos_ids + sum((t.token_ids for t in self.turns), ())
-        if self.token_ids != expected:
-            raise ValueError("token_ids differ from the concatenation of the turns' ids")
-
-    @property
-    def prompt_ids(self) -> tuple[int, ...]:
-        """The first observation with BOS and marker: where the first action starts."""
-        return self.bos_ids + (self.turns[0].observation_ids if self.turns else ())
-
-    def prompt(self) -> Prompt:
-        """The ``Prompt`` this episode answers (the agent task's format)."""
-        return Prompt(
-            prompt_ids=self.prompt_ids,
-            meta={"env": self.env, "seed": self.seed, "options": dict(self.options), "length": self.options.get("horizon")},
-        )
-
-
-@dataclass(frozen=True)
-class EpisodeSpec:
-    """Which episode to run."""
-
-    env: str
-    """Environment name."""
-    seed: int
-    """Seed of ``env.reset``."""
-    options: dict = field(default_factory=dict, hash=False)
-    """Constructor options of the environment (``horizon``, ``split``, ``max_turns``, ...)."""
-
-
-@dataclass(frozen=True)
-class FixedTurn:
-    """An action replayed exactly (``prefixes`` of ``run_episodes``)."""
-
-    action_ids: tuple[int, ...]
-    """The action's ids (``<eos>`` last, or none for an action that was truncated)."""
-    producer: str
-    """Who wrote it originally: ``"student"``, ``"teacher"`` or ``"expert"``."""
-    action_logprobs: Optional[tuple[float, ...]] = None
-    """Its sampling log-probs, if known (else zeros)."""
-
-
-# ----------------------------------------------------------------------------- actors
-@dataclass(frozen=True, eq=False)
-class ModelActor:
-    """A local Hugging Face causal LM that samples actions (eq=False: one actor per object)."""
-
-    model: Any
-    """The model (plain or wrapped; only forward calls are made)."""
-    producer: str = "student"
-    """Recorded as the turns' producer: ``"student"`` or ``"teacher"``."""
-    temperature: Optional[float] = None
-    """Sampling temperature; None takes ``run_episodes``' ``temperature``."""
-    top_p: float = 1.0
-    """Nucleus mass (1 disables)."""
-
-
-@dataclass(frozen=True, eq=False)
-class ExpertActor:
-    """The environment's expert (``env.expert_action()``): log-probs 0, producer ``"expert"``."""
-
-    producer: str = "expert"
-    """Recorded as the turns' producer."""
-
-
-@dataclass(frozen=True, eq=False)
-class PolicyActor:
-    """A program that acts: ``policy(env, turn) -> action text`` (e.g. a scripted or noisy
-    student in tests and benchmarks). Log-probs 0, like the expert's; ``env`` is the running
-    bare environment (``expert_action()`` and ``is_optimal()`` are there to use)."""
-
-    policy: Callable[[Any, int], str]
-    """Called with the environment and the turn index (from 0)."""
-    producer: str = "student"
-    """Recorded as the turns' producer."""
-
-
-Actor = Union[ModelActor, ExpertActor, PolicyActor]
-ActorChoice = Union[Actor, Callable[[int, int], Actor]]
-"""One actor for every turn, or ``choose(episode_index, turn) -> Actor``."""
-
-
-# ----------------------------------------------------------------------------- running
 @dataclass
 class _Running:
     """Mutable state of one episode while it runs."""
@@ -222,11 +76,6 @@ def _fixed(item: Any) -> FixedTurn:
     return FixedTurn(tuple(int(i) for i in action_ids), producer, tuple(rest[0]) if rest and rest[0] is not None else None)
 
 
-def _check_producer(producer: str) -> None:
-    if producer not in PRODUCERS:
-        raise ValueError(f"producer must be one of {', '.join(PRODUCERS)}, got {producer!r}")
-
-
 def run_episodes(
     specs: Sequence[Any],
     actors: ActorChoice,
@@ -238,7 +87,7 @@ def run_episodes(
     generator: Optional[torch.Generator],
     prefixes: Optional[Sequence[Sequence[Any]]] = None,
     max_tokens: Optional[int] = None,
-    envs: Optional[Mapping[str, type]] = None,
+    registry=None,
 ) -> list[Episode]:
     """Run many episodes at once, keeping exact token ids.
 
@@ -257,12 +106,14 @@ def run_episodes(
         ``Turn``s) replayed exactly as its first turns, before any actor is asked.
     :param max_tokens: after a turn, stop the episode (truncated) if its history plus the next
         observation and action could exceed this many tokens (a model's context); None: no limit.
-    :param envs: name -> environment class (default ``opdplug_agents.envs.ENVS``).
+    :param registry: where the environments are registered (``ctx.registry`` in a run; default:
+        the installed plugins').
     :return: one ``Episode`` per spec, in order.
-    :raises ValueError: unknown environment, bad prefix (an ``<eos>`` before its end, an
+    :raises ConfigError: an environment no plugin registered.
+    :raises ValueError: bad environment options, bad prefix (an ``<eos>`` before its end, an
         unknown producer, more turns than the episode lasts), or an unknown observation word.
     """
-    envs = ENVS if envs is None else envs
+    registry = registry_or_installed(registry)
     if max_action_tokens < 1:
         raise ValueError(f"max_action_tokens must be at least 1, got {max_action_tokens}")
     specs = [_spec(s) for s in specs]
@@ -275,13 +126,11 @@ def run_episodes(
 
     running: list[_Running] = []
     for spec, prefix in zip(specs, prefixes):
-        if spec.env not in envs:
-            raise ValueError(f"unknown environment {spec.env!r}; known: {', '.join(sorted(envs))}")
         for fixed in prefix:
-            _check_producer(fixed.producer)
+            check_producer(fixed.producer)
             if eos in fixed.action_ids[:-1]:
                 raise ValueError("a prefix action has <eos> before its last token")
-        env = envs[spec.env](**spec.options)
+        env = make_env(spec.env, spec.options, registry, "")
         obs, _ = env.reset(seed=spec.seed)
         obs_ids = (*textio.encode_observation(tokenizer, obs, spec.env), marker)
         bos_ids = [bos] if bos is not None else []
@@ -306,12 +155,12 @@ def run_episodes(
                 continue
             actor = choose(i, len(r.turns))
             if isinstance(actor, (ExpertActor, PolicyActor)):
-                _check_producer(actor.producer)
+                check_producer(actor.producer)
                 text = r.env.expert_action() if isinstance(actor, ExpertActor) else actor.policy(r.env, len(r.turns))
                 ids = textio.encode_action(tokenizer, text, r.spec.env)
                 acted[i] = (ids, [0.0] * len(ids), actor.producer, False)
             elif isinstance(actor, ModelActor):
-                _check_producer(actor.producer)
+                check_producer(actor.producer)
                 by_model.setdefault(id(actor), (actor, []))[1].append(i)
             else:
                 raise TypeError(f"an actor must be a ModelActor, an ExpertActor or a PolicyActor, got {type(actor).__name__}")
@@ -340,9 +189,7 @@ def _sample(actor: ModelActor, histories: list[list[int]], tokenizer, max_action
     """One batched ``sampling.sample`` call: per row (action ids, log-probs, truncated)."""
     model = actor.model
     was_training = model.training
-    # Inference mode (no dropout) while sampling: the log-probs must be the policy's. Spelt
-    # train(False): the package keeps clear of the name eval (test_tools checks).
-    model.train(False)
+    model.eval()  # no dropout while sampling: the log-probs must be the policy's
     try:
         res = sampling.sample(
             model, histories, max_new_tokens=max_action_tokens,
@@ -382,76 +229,3 @@ def _advance(r: _Running, action_ids: list[int], logprobs: list[float], producer
     # The next action takes at most max_action_tokens, plus an env <eos> if it is truncated.
     if max_tokens is not None and len(r.ids) + max_action_tokens + 1 > max_tokens and not r.prefix:
         r.done, r.truncated = True, True
-
-
-# ----------------------------------------------------------------------------- batching
-def episodes_to_batch(
-    episodes: Sequence[Episode],
-    *,
-    train_on: Sequence[str] = ("student",),
-    pad_id: int = 0,
-    prompts: Optional[Sequence[Prompt]] = None,
-) -> RolloutBatch:
-    """A right-padded ``RolloutBatch`` of episodes.
-
-    :param train_on: producers whose action tokens (``<eos>`` included) carry loss:
-        ``"student"``, ``"teacher"`` and/or ``"expert"``. Environment tokens never do.
-    :param pad_id: id of the right padding.
-    :param prompts: the ``Prompt`` of each episode (e.g. the task's); default ``Episode.prompt()``.
-        Their ``prompt_ids`` must equal the episodes' ``prompt_ids``.
-    :return: ``producer_B_L`` is PROMPT on ``<bos>``, ENV on observations, markers and closing
-        ``<eos>``s, STUDENT/TEACHER on actions (experts count as TEACHER); ``turn_ids_B_L`` the
-        turn of each token (-1 on padding); ``rewards_B`` 1.0 on success; ``truncated_B`` the
-        episodes cut off by a limit; ``on_policy_B`` episodes whose every action is the student's;
-        ``prompt_lens_B`` the first observation's length with ``<bos>`` and marker.
-    """
-    if not episodes:
-        raise ValueError("episodes_to_batch needs at least one episode")
-    for name in train_on:
-        _check_producer(name)
-    if prompts is None:
-        prompts = [e.prompt() for e in episodes]
-    if len(prompts) != len(episodes):
-        raise ValueError(f"{len(prompts)} prompts for {len(episodes)} episodes")
-    for p, e in zip(prompts, episodes):
-        if tuple(p.prompt_ids) != e.prompt_ids:
-            raise ValueError(f"a prompt's ids differ from its episode's first observation ({e.env} seed {e.seed})")
-    B, L = len(episodes), max(len(e.token_ids) for e in episodes)
-    ids_B_L = torch.full((B, L), pad_id, dtype=torch.long)
-    attn_B_L = torch.zeros(B, L, dtype=torch.long)
-    loss_B_L = torch.zeros(B, L, dtype=torch.long)
-    prod_B_L = torch.full((B, L), PRODUCER_PAD, dtype=torch.long)
-    turn_B_L = torch.full((B, L), -1, dtype=torch.long)
-    lps_B_L = torch.zeros(B, L, dtype=torch.float32)
-    for b, e in enumerate(episodes):
-        n = len(e.token_ids)
-        ids_B_L[b, :n] = torch.tensor(e.token_ids, dtype=torch.long)
-        attn_B_L[b, :n] = 1
-        pos = len(e.bos_ids)
-        prod_B_L[b, :pos] = PRODUCER_PROMPT
-        turn_B_L[b, :pos] = 0
-        for t, turn in enumerate(e.turns):
-            spans = ((turn.observation_ids, PRODUCER_ENV, None), (turn.action_ids, PRODUCER_CODES[turn.producer], turn),
-                     (turn.closing_ids, PRODUCER_ENV, None))
-            for span, code, action in spans:
-                end = pos + len(span)
-                prod_B_L[b, pos:end] = code
-                turn_B_L[b, pos:end] = t
-                if action is not None:
-                    lps_B_L[b, pos:end] = torch.tensor(action.action_logprobs, dtype=torch.float32)
-                    if action.producer in train_on:
-                        loss_B_L[b, pos:end] = 1
-                pos = end
-    return RolloutBatch(
-        input_ids_B_L=ids_B_L,
-        attention_mask_B_L=attn_B_L,
-        loss_mask_B_L=loss_B_L,
-        producer_B_L=prod_B_L,
-        sampling_logprobs_B_L=lps_B_L,
-        prompt_lens_B=torch.tensor([len(e.prompt_ids) for e in episodes], dtype=torch.long),
-        turn_ids_B_L=turn_B_L,
-        rewards_B=torch.tensor([1.0 if e.success else 0.0 for e in episodes], dtype=torch.float32),
-        truncated_B=torch.tensor([e.truncated for e in episodes], dtype=torch.bool),
-        on_policy_B=torch.tensor([bool(e.turns) and all(t.producer == "student" for t in e.turns) for e in episodes]),
-        prompts=tuple(prompts),
-    )

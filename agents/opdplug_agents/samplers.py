@@ -25,7 +25,9 @@ from opdplug.errors import ConfigError
 from opdplug.types import Prompt, RolloutBatch
 
 from . import accounting
-from .rollout import ExpertActor, ModelActor, episodes_to_batch, run_episodes
+from .actors import ExpertActor, ModelActor
+from .batching import episodes_to_batch
+from .rollout import run_episodes
 
 
 def _specs(prompts: Sequence[Prompt], sampler: str):
@@ -65,6 +67,7 @@ def agent_rollout(ctx, prompts: Sequence[Prompt], step: int, actor: str, sampler
     episodes = run_episodes(
         specs, acting, ctx.tokenizer, max_action_tokens=_action_budget(ctx, prompts),
         temperature=opts.temperature, generator=ctx.generator(actor, step, prompts[0].prompt_ids),
+        registry=ctx.registry,
     )
     actions = sum(e.num_turns for e in episodes)
     accounting.record(

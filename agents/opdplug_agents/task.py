@@ -5,9 +5,16 @@
 they start: ``{"env", "seed", "options", "length"}``. The ``agent`` samplers play the episode
 on from there; ``verify`` replays a completion's actions in the environment.
 
-One tokenizer for every environment: ``AgentTask.words()`` is the vocabulary of all of them
-(the core builds a tiny student's tokenizer from the task *class*, before any option is read),
-so a model trained on one environment loads for another.
+One tokenizer for every environment: ``AgentTask.words()`` is the vocabulary of every
+registered one (the core builds a tiny student's tokenizer from the task *class*, before any
+option is read), so a model trained on one environment loads for another. Installing or
+disabling a plugin that registers environments therefore changes the words, and with them a
+fresh tiny model's ids and initialisation; a saved model keeps its own tokenizer.
+
+Environments are found by name in a registry (``opdplug_agents.registries``): the one the
+task is given (``registry=``, which the kernel passes to a task factory that asks for it), else
+the installed plugins' (what ``opdplug plugins`` lists). The plugin's ``opd_validate`` checks
+``env`` against the run's registry before anything loads.
 """
 from __future__ import annotations
 
@@ -21,7 +28,7 @@ from typing import Any, Optional, Union
 from opdplug.types import Prompt
 
 from . import textio
-from .envs import ENVS
+from .registries import env_class, env_names, make_env
 from .tools import pretokenize
 
 RESERVED_ENV_OPTIONS = ("horizon", "split", "max_turns")
@@ -36,7 +43,7 @@ class AgentTaskOptions:
     """Config of the ``agent`` task (``[task.options]``)."""
 
     env: str = "gridnav"
-    """Environment name (``opdplug_agents.envs.ENVS``: calc_lookup, gridnav, swapsort)."""
+    """A registered environment's name (built in: calc_lookup, gridnav, swapsort)."""
     min_horizon: int = 2
     """Smallest horizon drawn when ``prompts(length=None)``."""
     max_horizon: int = 2
@@ -51,18 +58,20 @@ class AgentTaskOptions:
     """Added to every seed, for a different episode stream from the same run seed."""
 
     def __post_init__(self) -> None:
-        if self.env not in ENVS:
-            raise ValueError(f"env = {self.env!r} is unknown; known: {', '.join(sorted(ENVS))}")
-        lo, hi = ENVS[self.env].horizon_range
-        if not lo <= self.min_horizon <= self.max_horizon <= hi:
-            raise ValueError(f"{self.env} needs {lo} <= min_horizon <= max_horizon <= {hi}, got {self.min_horizon}, {self.max_horizon}")
         if self.max_turns < 0 or self.max_action_tokens < 0:
             raise ValueError("max_turns and max_action_tokens must be >= 0")
         taken = sorted(set(self.env_options) & set(RESERVED_ENV_OPTIONS))
         if taken:
             raise ValueError(f"env_options must not set {taken}: the task sets them (min_horizon/max_horizon, the split, max_turns)")
+
+    def check_env(self, registry=None) -> None:
+        """The checks that need the environment (looked up in ``registry``): its horizon range,
+        and its options, by building it at both ends of the range."""
+        lo, hi = env_class(self.env, registry, "task.options.env").horizon_range
+        if not lo <= self.min_horizon <= self.max_horizon <= hi:
+            raise ValueError(f"{self.env} needs {lo} <= min_horizon <= max_horizon <= {hi}, got {self.min_horizon}, {self.max_horizon}")
         for horizon in {self.min_horizon, self.max_horizon}:
-            build_env(self.env, env_options(self, horizon, "train"))  # bad env options fail now
+            build_env(self.env, env_options(self, horizon, "train"), registry)  # bad env options fail now
 
 
 def env_options(opts: AgentTaskOptions, horizon: int, split: str) -> dict:
@@ -73,20 +82,18 @@ def env_options(opts: AgentTaskOptions, horizon: int, split: str) -> dict:
     return out
 
 
-def build_env(name: str, options: dict):
-    """``ENVS[name](**options)``; a bad option is a one-line ``ValueError`` naming the env."""
-    try:
-        return ENVS[name](**options)
-    except TypeError as exc:  # an unknown keyword
-        raise ValueError(f"{name}: {exc}") from None
+def build_env(name: str, options: dict, registry=None):
+    """The registered environment ``name`` built with ``options``; a bad option is a one-line
+    ``ValueError`` naming the env."""
+    return make_env(name, options, registry, "task.options.env")
 
 
 @functools.lru_cache(maxsize=256)
-def _expert_action_tokens(name: str, options_json: str, seeds: int = 4) -> int:
+def _expert_action_tokens(name: str, options_json: str, registry=None, seeds: int = 4) -> int:
     """Longest expert action (pre-tokens + ``<eos>``) over a few episodes of these options."""
     longest = 1
     for seed in range(seeds):
-        env = build_env(name, json.loads(options_json))
+        env = build_env(name, json.loads(options_json), registry)
         env.reset(seed=seed)
         done = False
         while not done:
@@ -103,16 +110,20 @@ class AgentTask:
     name = "agent"
     options_class = AgentTaskOptions  # the core validates [task.options] against it
 
-    def __init__(self, tokenizer: Any = None, options: Union[AgentTaskOptions, dict, None] = None, **option_kwargs: Any) -> None:
+    def __init__(self, tokenizer: Any = None, options: Union[AgentTaskOptions, dict, None] = None, *,
+                 registry=None, **option_kwargs: Any) -> None:
         """Build the task.
 
         :param tokenizer: a tokenizer knowing ``words()`` (None builds a tiny one).
         :param options: an ``AgentTaskOptions`` or a dict of its fields.
+        :param registry: where the environments are registered (default: the installed plugins').
         :param option_kwargs: fields given directly (``AgentTask(env="swapsort")``).
         """
         if isinstance(options, AgentTaskOptions):
             options = dataclasses.asdict(options)
         self.options = AgentTaskOptions(**{**(options or {}), **option_kwargs})
+        self.registry = registry
+        self.options.check_env(registry)
         if tokenizer is None:
             from opdplug_local.tiny import build_tokenizer
 
@@ -126,12 +137,13 @@ class AgentTask:
     # -- vocabulary ------------------------------------------------------------------------
     @staticmethod
     def words() -> list[str]:
-        """Every word of every environment, and the action marker (one shared tokenizer)."""
-        return textio.agent_words(sorted(ENVS))
+        """Every word of every registered environment, and the action marker (one shared
+        tokenizer)."""
+        return textio.agent_words(env_names())
 
     def env_words(self) -> list[str]:
         """The words of this task's environment only (with the marker)."""
-        return textio.agent_words([self.options.env])
+        return textio.agent_words([self.options.env], self.registry)
 
     # -- prompts ---------------------------------------------------------------------------
     def prompts(self, n: int, *, seed: int, split: str = "train", length: Optional[int] = None) -> list[Prompt]:
@@ -144,7 +156,7 @@ class AgentTask:
         if split not in ("train", "eval"):
             raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
         opts = self.options
-        lo, hi = ENVS[opts.env].horizon_range
+        lo, hi = env_class(opts.env, self.registry, "task.options.env").horizon_range
         if length is not None and not lo <= length <= hi:
             raise ValueError(f"length (the horizon of {opts.env}) must be in {lo}..{hi}, got {length}")
         # A string seed is hashed by random.Random with SHA-512: stable across processes.
@@ -154,7 +166,7 @@ class AgentTask:
             horizon = length if length is not None else rng.randint(opts.min_horizon, opts.max_horizon)
             env_seed = rng.randrange(2**31)
             options = env_options(opts, horizon, split)
-            env = build_env(opts.env, options)
+            env = build_env(opts.env, options, self.registry)
             obs, _ = env.reset(seed=env_seed)
             ids = [*textio.encode_observation(self.tokenizer, obs, opts.env), textio.marker_id(self.tokenizer)]
             if self.tokenizer.bos_token_id is not None:
@@ -171,7 +183,7 @@ class AgentTask:
         if self.options.max_action_tokens:
             return self.options.max_action_tokens
         options = env_options(self.options, int(length), "train")
-        return _expert_action_tokens(self.options.env, json.dumps(options, sort_keys=True)) + ACTION_SLACK
+        return _expert_action_tokens(self.options.env, json.dumps(options, sort_keys=True), self.registry) + ACTION_SLACK
 
     # -- scoring ---------------------------------------------------------------------------
     def verify(self, prompt: Prompt, completion_ids: Any) -> float:
@@ -182,7 +194,7 @@ class AgentTask:
         """
         try:
             meta = prompt.meta
-            env = build_env(meta["env"], dict(meta["options"]))
+            env = build_env(meta["env"], dict(meta["options"]), self.registry)
             env.reset(seed=int(meta["seed"]))
             info = {"success": False}
             for action_ids in textio.split_actions(self.tokenizer, completion_ids):

@@ -33,9 +33,9 @@ inside it (the calculator ignores them).
 from __future__ import annotations
 
 import re
-from typing import Iterable, Mapping, Optional, Sequence
+from typing import Iterable, Sequence
 
-from .envs import ENVS
+from .registries import env_class
 from .tools import pretokenize
 
 MARKER = "ACT"
@@ -45,24 +45,22 @@ vocabulary is lower case, and ``agent_words`` checks that none contains it)."""
 _WORD_EDGE = re.compile(r"\w")
 
 
-def agent_words(env_names: Iterable[str], envs: Optional[Mapping[str, type]] = None) -> list[str]:
+def agent_words(env_names: Iterable[str], registry=None) -> list[str]:
     """Every word a model needs for the environments ``env_names``: the union of their
     vocabularies (observations and expert actions), sorted, then ``MARKER``.
 
     Sorted, so the same environments always give the same token ids.
 
-    :param env_names: environment names (keys of ``envs``).
-    :param envs: name -> environment class (default: ``opdplug_agents.envs.ENVS``).
-    :raises ValueError: an unknown environment, or one whose vocabulary holds ``MARKER``.
+    :param env_names: registered environment names.
+    :param registry: where the names are registered (default: the installed plugins').
+    :raises ConfigError: an environment no plugin registered.
+    :raises ValueError: an environment whose vocabulary holds ``MARKER``.
     """
-    envs = ENVS if envs is None else envs
     words: set[str] = set()
     for name in env_names:
-        if name not in envs:
-            raise ValueError(f"unknown environment {name!r}; known: {', '.join(sorted(envs))}")
-        vocab = envs[name].vocabulary()
+        vocab = env_class(name, registry, "").vocabulary()
         if MARKER in vocab:
-            raise ValueError(f"environment {name!r} uses the action marker {MARKER!r} as a word")
+            raise ValueError(f"environment {name!r} uses the action marker {MARKER!r} as a word; rename that word")
         words.update(vocab)
     return [*sorted(words), MARKER]
 

@@ -50,7 +50,7 @@ def test_eval_a_model_prints_a_table_and_writes_a_png(agent_model_dir, tmp_path,
 
 @pytest.mark.parametrize("argv,message", [
     (["agent", "eval", "/no/such/model", "--env", "gridnav"], "neither a model directory"),
-    (["agent", "eval", "expert", "--env", "gridnva"], "--env 'gridnva' is unknown"),
+    (["agent", "eval", "expert", "--env", "gridnva"], "--env = 'gridnva': unknown environment 'gridnva'; allowed: calc_lookup"),
     (["agent", "eval", "expert", "--horizons", "2,x"], "comma-separated integers"),
     (["agent", "eval", "expert", "--env", "calc_lookup", "--horizons", "40"], "must be in 1..11"),
     (["agent", "eval", "expert", "--n", "0"], "--n must be at least 1"),

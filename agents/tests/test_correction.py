@@ -19,8 +19,9 @@ from opdplug_agents.correction import (
     dagger_episodes,
     dagger_states,
 )
-from opdplug_agents.envs import ENVS
+from opdplug_agents.envs import BUILTIN
 from opdplug_agents.locators import ExpertLocator, LocatorDeps
+from opdplug_agents.registries import env_class, installed_registry
 from opdplug_agents.rollout import ExpertActor, ModelActor, run_episodes
 from opdplug_agents.task import AgentTask
 
@@ -30,7 +31,7 @@ SPECS = [("swapsort", seed, {"horizon": 5, "max_turns": 6}) for seed in range(4)
 
 @pytest.fixture(scope="module")
 def tok():
-    return tiny.build_tokenizer(textio.agent_words(sorted(ENVS)))
+    return tiny.build_tokenizer(textio.agent_words(sorted(cls.name for cls in BUILTIN)))
 
 
 def correct(tok, student, max_repairs, specs=SPECS):
@@ -55,7 +56,7 @@ def test_score_rewrites_only_the_located_turn_and_the_student_resumes(tok):
         assert [t.action_logprobs for t in after.turns[:2]] == [t.action_logprobs for t in before.turns[:2]]
         assert [t.producer for t in after.turns] == ["student", "student", "expert", "student", "student", "student"]
         assert after.turns[2].action_text != before.turns[2].action_text  # the mistake is gone
-        env = ENVS[after.env](**after.options)
+        env = env_class(after.env)(**after.options)
         env.reset(seed=after.seed)
         for t in after.turns:  # the corrected trajectory holds no mistake at all
             assert env.is_optimal(t.action_text)
@@ -131,7 +132,7 @@ def test_dagger_rows_are_student_states_with_teacher_actions(tok):
         assert row.num_turns == t + 1 and all(x.producer == "student" for x in row.turns[:t])
         n = prefix_len(e, t)
         assert row.token_ids[:n] == e.token_ids[:n]  # the student's history, exact
-        env = ENVS[e.env](**e.options)
+        env = env_class(e.env)(**e.options)
         env.reset(seed=e.seed)
         env.replay([x.action_text for x in e.turns[:t]])
         assert row.turns[t].producer == "expert"
@@ -144,10 +145,6 @@ def test_dagger_rows_are_student_states_with_teacher_actions(tok):
 
 
 def test_agent_score_options_are_checked():
-    from opdplug.errors import ConfigError
-
-    with pytest.raises(ConfigError, match="unknown locator"):
-        AgentScore(locator="oracle")
     with pytest.raises(ValueError, match="max_repairs"):
         AgentScore(max_repairs=-1)
 
@@ -175,6 +172,23 @@ def train_config(manager, tmp_path, teacher_dir, rollout, credit=None):
         "credit": credit or {},
         "loss": {"support": "full", "divergence": "reverse_kl"},
     }, manager.plugin_tables())
+
+
+@pytest.mark.parametrize("options,message", [
+    ({"locator": "oracle"}, "rollout.options.locator = 'oracle': unknown locator 'oracle'; allowed: expert,"),
+    ({"locator": "teacher_logprob", "locator_options": {"treshold": -1}}, "unknown key 'treshold'"),
+])
+def test_a_bad_locator_fails_before_anything_loads(opd_manager, tmp_path, teacher_dir, options, message):
+    """The plugin's opd_validate resolves the locator in the run's registry: one line, no models."""
+    from opdplug.errors import ConfigError
+    from opdplug.prepare import validate
+
+    manager = opd_manager()
+    config = train_config(manager, tmp_path, teacher_dir, {"sampler": "agent_score", "options": options})
+    with pytest.raises(ConfigError) as info:
+        validate(config, manager)
+    assert message in str(info.value) and "\n" not in str(info.value)
+    assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.parametrize("rollout,credit", [
@@ -226,6 +240,7 @@ def test_every_agent_sampler_reports_teacher_calls(tok):
         config=SimpleNamespace(rollout=SimpleNamespace(temperature=1.0, top_p=1.0, max_new_tokens=0)),
         task=AgentTask(tok, env="gridnav", min_horizon=2, max_horizon=2, max_turns=3), tokenizer=tok,
         teacher=model, student_module=lambda: model, generator=lambda *parts: torch.Generator().manual_seed(0), scratch={},
+        registry=installed_registry(),
     )
     prompts = ctx.task.prompts(2, seed=0)
     samplers = {"agent": AgentOnPolicy(), "agent_teacher": AgentTeacher(), "agent_expert": AgentExpert(),

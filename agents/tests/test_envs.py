@@ -9,9 +9,12 @@ import pytest
 from gymnasium.utils.env_checker import check_env
 
 from opdplug_agents import envs as agent_envs
-from opdplug_agents.envs import ENVS, CalcLookupEnv, GridNavEnv, SwapSortEnv, split_of
+from opdplug_agents.envs import BUILTIN, CalcLookupEnv, GridNavEnv, SwapSortEnv, split_of
 from opdplug_agents.envs.base import EPISODE_OVER
 from opdplug_agents.tools import format_call, pretokenize
+
+BY_NAME = {cls.name: cls for cls in BUILTIN}
+"""The environments this plugin ships, by name (what it registers)."""
 
 # (name, a short horizon, a long horizon)
 HORIZONS = [("calc_lookup", 1, 6), ("gridnav", 2, 12), ("swapsort", 1, 10)]
@@ -54,7 +57,7 @@ def run_expert(env, seed: int, **reset_kwargs):
 @pytest.mark.parametrize("name,short,long", HORIZONS)
 def test_check_env_passes_at_two_horizons(name, short, long):
     for horizon in (short, long):
-        env = gymnasium.make(ENVS[name].gym_id, horizon=horizon)
+        env = gymnasium.make(BY_NAME[name].gym_id, horizon=horizon)
         with warnings.catch_warnings():
             warnings.simplefilter("error")  # the checker reports problems as warnings too
             check_env(env.unwrapped)
@@ -106,10 +109,10 @@ def mixed_trajectory(env, seed: int, steps: int = 8):
 @pytest.mark.parametrize("name", NAMES)
 def test_same_seed_same_trajectory(name):
     for seed in (0, 7):
-        a = mixed_trajectory(ENVS[name](horizon=4), seed)
-        b = mixed_trajectory(ENVS[name](horizon=4), seed)
+        a = mixed_trajectory(BY_NAME[name](horizon=4), seed)
+        b = mixed_trajectory(BY_NAME[name](horizon=4), seed)
         assert a == b
-    firsts = {ENVS[name](horizon=4).reset(seed=s)[0] for s in range(6)}
+    firsts = {BY_NAME[name](horizon=4).reset(seed=s)[0] for s in range(6)}
     assert len(firsts) > 1  # and different seeds differ
 
 
@@ -117,7 +120,7 @@ def test_same_seed_same_trajectory(name):
 @pytest.mark.parametrize("name,short,long", HORIZONS)
 def test_expert_succeeds_optimally(name, short, long):
     for horizon in sorted({short, (short + long) // 2, long}):
-        env = ENVS[name](horizon=horizon)
+        env = BY_NAME[name](horizon=horizon)
         for seed in SEEDS:
             actions, _, reward, terminated, truncated, info = run_expert(env, seed)
             assert terminated and not truncated and info["success"] and reward == 1.0, (horizon, seed)
@@ -128,7 +131,7 @@ def test_expert_succeeds_optimally(name, short, long):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_expert_recovers_from_mistakes(name):
-    env = ENVS[name](horizon=3, max_turns=40)
+    env = BY_NAME[name](horizon=3, max_turns=40)
     for seed in range(6):
         rng = random.Random(seed)
         env.reset(seed=seed)
@@ -154,7 +157,7 @@ def test_expert_action_outside_an_episode_raises():
 # ----------------------------------------------------------------------------- replay
 @pytest.mark.parametrize("name", NAMES)
 def test_replay_reproduces_every_prefix(name):
-    env = ENVS[name](horizon=4)
+    env = BY_NAME[name](horizon=4)
     for seed in (1, 2, 3):
         trajectory = mixed_trajectory(env, seed, steps=9)
         first_obs = trajectory[0][0]
@@ -180,7 +183,7 @@ def test_replay_leaves_the_seed_stream_alone():
 # ----------------------------------------------------------------------------- errors
 @pytest.mark.parametrize("name", NAMES)
 def test_malformed_and_invalid_calls_are_error_observations(name):
-    env = ENVS[name](horizon=2, max_turns=50)
+    env = BY_NAME[name](horizon=2, max_turns=50)
     obs0, _ = env.reset(seed=0)
     bad_values = {
         "calc_lookup": [format_call("lookup", name="zed"), format_call("calc", expr="1 / 0"),
@@ -199,7 +202,7 @@ def test_malformed_and_invalid_calls_are_error_observations(name):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_truncation_at_the_turn_limit(name):
-    env = ENVS[name](horizon=2)
+    env = BY_NAME[name](horizon=2)
     env.reset(seed=0)
     for turn in range(1, env.max_turns + 1):
         _, _, terminated, truncated, info = env.step("junk")
@@ -238,7 +241,7 @@ def test_gridnav_bumps_use_a_turn_but_are_valid():
 # ----------------------------------------------------------------------------- splits
 @pytest.mark.parametrize("name,short,long", HORIZONS)
 def test_train_and_eval_never_overlap(name, short, long):
-    env = ENVS[name](horizon=short)
+    env = BY_NAME[name](horizon=short)
     keys = {}
     for split, n in (("train", 300), ("eval", 150)):
         keys[split] = set()
@@ -250,7 +253,7 @@ def test_train_and_eval_never_overlap(name, short, long):
     assert not keys["train"] & keys["eval"]
     assert len(keys["eval"]) > 20  # many distinct eval episodes, not a handful repeated
     # The split is a property of the episode: an eval env never draws a train episode.
-    eval_env = ENVS[name](horizon=short, split="eval")
+    eval_env = BY_NAME[name](horizon=short, split="eval")
     assert eval_env.reset(seed=0)[1]["episode_key"] in keys["eval"]
 
 
@@ -281,7 +284,7 @@ def random_action(env, rng: random.Random, ending: bool = True) -> str:
 
 @pytest.mark.parametrize("name,short,long", HORIZONS)
 def test_vocabulary_covers_every_observation_and_expert_action(name, short, long):
-    cls = ENVS[name]
+    cls = BY_NAME[name]
     vocab = set(cls.vocabulary())
     assert all(pretokenize(w) == [w] for w in vocab)  # each entry is one tokenizer word
     seen = set()
@@ -315,7 +318,7 @@ def test_vocabulary_builds_a_tokenizer_without_unknowns():
     ids = {w: i for i, w in enumerate(["<unk>", *vocab])}
     tok = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab=ids, unk_token="<unk>"))
     tok.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
-    for name, cls in ENVS.items():
+    for name, cls in BY_NAME.items():
         _, observations, *_ = run_expert(cls(horizon=3), 5)
         actions, *_ = run_expert(cls(horizon=3), 5)
         for text in [*observations, *actions]:

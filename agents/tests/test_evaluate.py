@@ -7,8 +7,8 @@ import json
 import pytest
 
 from opdplug_local import tiny
+from opdplug.errors import ConfigError
 from opdplug_agents import textio
-from opdplug_agents.envs import ENVS
 from opdplug_agents.evaluate import (
     EXPERT,
     first_error_cost_to_go,
@@ -16,6 +16,7 @@ from opdplug_agents.evaluate import (
     plot_success,
     success_by_horizon,
 )
+from opdplug_agents.registries import env_class
 from opdplug_agents.rollout import ExpertActor, FixedTurn, run_episodes
 from opdplug_agents.task import AgentTask
 from opdplug_agents.tools import format_call
@@ -59,7 +60,7 @@ def test_first_error_is_the_first_non_optimal_student_turn(tok):
     # calc_lookup, 3 people: the student looks up the right person, then a distractor; the
     # expert takes over from there (and recovers). The first error is turn 1.
     spec = ("calc_lookup", 11, {"horizon": 3, "split": "eval"})
-    env = ENVS["calc_lookup"](horizon=3, split="eval")
+    env = env_class("calc_lookup")(horizon=3, split="eval")
     env.reset(seed=11)
     table = env.episode
     chain = [table.names[i] for i in table.chain()]
@@ -77,7 +78,7 @@ def test_first_error_is_the_first_non_optimal_student_turn(tok):
 
 
 def test_bad_arguments_are_value_errors(tok, model):
-    with pytest.raises(ValueError, match="unknown environment"):
+    with pytest.raises(ConfigError, match="env = 'gridnva': unknown environment"):
         success_by_horizon(model, tok, "gridnva", [2], 2)
     with pytest.raises(ValueError, match="horizons must be in"):
         success_by_horizon(model, tok, "calc_lookup", [99], 2)

@@ -13,9 +13,8 @@ from agent_stubs import bad_student, candidates
 from opdplug_local import tiny
 from opdplug.errors import ConfigError
 from opdplug_agents import textio
-from opdplug_agents.envs import ENVS
+from opdplug_agents.envs import BUILTIN
 from opdplug_agents.locators import (
-    LOCATORS,
     ExpertLocator,
     JudgeUnreachable,
     LLMJudgeLocator,
@@ -27,10 +26,11 @@ from opdplug_agents.locators import (
     parse_judge_reply,
     teacher_action_logprobs,
 )
+from opdplug_agents.registries import env_class
 from opdplug_agents.rollout import ExpertActor, ModelActor, run_episodes
 from opdplug_agents.tools import format_call
 
-ALL = sorted(ENVS)
+ALL = sorted(cls.name for cls in BUILTIN)
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +49,7 @@ def specs_for(name, n=3, horizon=5, **options):
 # ----------------------------------------------------------------------------- is_optimal
 @pytest.mark.parametrize("name", ALL)
 def test_expert_actions_are_optimal_and_mistakes_are_not(name):
-    env = ENVS[name](horizon=4)
+    env = env_class(name)(horizon=4)
     for seed in range(4):
         env.reset(seed=seed)
         done = False
@@ -66,7 +66,7 @@ def test_expert_actions_are_optimal_and_mistakes_are_not(name):
 
 
 def test_gridnav_ties_are_all_optimal():
-    env = ENVS["gridnav"](horizon=4, wall_density=0.0)
+    env = env_class("gridnav")(horizon=4, wall_density=0.0)
     tied = 0
     for seed in range(10):
         env.reset(seed=seed)
@@ -78,10 +78,10 @@ def test_gridnav_ties_are_all_optimal():
 
 
 def test_swapsort_and_calc_lookup_costs():
-    env = ENVS["swapsort"](horizon=3)
+    env = env_class("swapsort")(horizon=3)
     env.reset(seed=0)
     assert env.optimal_cost() == 4  # three swaps and done
-    env = ENVS["calc_lookup"](horizon=3)
+    env = env_class("calc_lookup")(horizon=3)
     env.reset(seed=0)
     assert env.optimal_cost() == 5  # three lookups, one calc, the answer
     chain = env.episode.chain()
@@ -115,7 +115,7 @@ def optimality_scorer(deps_envs=None):
     def score(episodes):
         out = []
         for e in episodes:
-            env = ENVS[e.env](**e.options)
+            env = env_class(e.env)(**e.options)
             env.reset(seed=e.seed)
             turns = []
             for t in e.turns:
@@ -296,7 +296,11 @@ def test_parse_judge_reply_is_strict():
 
 
 def test_locators_are_chosen_by_name_with_checked_options():
-    assert set(LOCATORS) == {"expert", "teacher_logprob", "teacher_rollouts", "llm_judge"}
+    from opdplug_agents.registries import installed_registry
+
+    registry = installed_registry()
+    assert {"expert", "teacher_logprob", "teacher_rollouts", "llm_judge"} <= set(registry.names("locators"))
+    assert {registry.owners["locators"][name] for name in ("expert", "teacher_logprob", "llm_judge")} == {"agents"}
     assert build_locator("teacher_rollouts", {"n": 3}).n == 3
     for name, options, match in (("expret", {}, "unknown locator"), ("teacher_logprob", {"treshold": -1}, "unknown key"),
                                  ("teacher_logprob", {"threshold": 0.5}, "threshold"), ("teacher_rollouts", {"margin": 0.0}, "margin"),

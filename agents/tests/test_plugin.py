@@ -14,7 +14,6 @@ from opdplug_local import tiny
 from opdplug.errors import ConfigError
 from opdplug.types import PRODUCER_STUDENT, PRODUCER_TEACHER
 from opdplug_agents import textio
-from opdplug_agents.envs import ENVS
 from opdplug_agents.rollout import ExpertActor, run_episodes
 from opdplug_agents.task import AgentTask
 
@@ -70,7 +69,7 @@ def test_only_this_plugin_can_be_selected(opd_manager, monkeypatch):
     manager = opd_manager()
     assert set(manager.infos) == {"opdplug", "agents"}
     owners = manager.registry.owners["environments"]
-    assert {name for name, owner in owners.items() if owner == "agents"} == set(ENVS)
+    assert {name for name, owner in owners.items() if owner == "agents"} == EXPECTED
 
 
 # ----------------------------------------------------------------------------- agent task

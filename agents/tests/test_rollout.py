@@ -5,9 +5,11 @@ import pytest
 import torch
 
 from opdplug_local import sampling, tiny
+from opdplug.errors import ConfigError
 from opdplug.types import PRODUCER_ENV, PRODUCER_PAD, PRODUCER_PROMPT, PRODUCER_STUDENT, PRODUCER_TEACHER
 from opdplug_agents import textio
-from opdplug_agents.envs import ENVS
+from opdplug_agents.envs import BUILTIN
+from opdplug_agents.registries import env_class
 from opdplug_agents.rollout import (
     Episode,
     ExpertActor,
@@ -18,7 +20,7 @@ from opdplug_agents.rollout import (
     run_episodes,
 )
 
-ALL = sorted(ENVS)
+ALL = sorted(cls.name for cls in BUILTIN)
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +78,7 @@ def test_batched_expert_episodes_succeed(tok, name):
         assert all(t.producer == "expert" and t.valid and not t.truncated for t in e.turns)
         assert all(t.action_ids[-1] == tok.eos_token_id and set(t.action_logprobs) == {0.0} for t in e.turns)
         # The replayed action texts give the same episode in a fresh environment.
-        env = ENVS[name](**options)
+        env = env_class(name)(**options)
         env.reset(seed=seed)
         assert env.replay([t.action_text for t in e.turns]) == e.final_observation
     batch = episodes_to_batch(episodes, train_on=("expert",))
@@ -181,7 +183,7 @@ def test_prefixes_replay_exactly_then_actors_take_over(tok, model):
 
 
 def test_bad_inputs_are_one_line_errors(tok, model):
-    with pytest.raises(ValueError, match="unknown environment"):
+    with pytest.raises(ConfigError, match="unknown environment 'nope'; allowed: calc_lookup, gridnav"):
         run_episodes([("nope", 0, {})], ExpertActor(), tok, max_action_tokens=4, temperature=1.0, generator=None)
     eos = tok.eos_token_id
     with pytest.raises(ValueError, match="before its last token"):

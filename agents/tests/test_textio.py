@@ -6,12 +6,14 @@ import json
 import pytest
 
 from opdplug_local import tiny
+from opdplug.errors import ConfigError
 from opdplug_agents import textio
-from opdplug_agents.envs import ENVS
+from opdplug_agents.envs import BUILTIN
+from opdplug_agents.registries import env_class
 from opdplug_agents.textio import MARKER
 from opdplug_agents.tools import parse_call, pretokenize
 
-ALL = sorted(ENVS)
+ALL = sorted(cls.name for cls in BUILTIN)
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +23,7 @@ def tok():
 
 def expert_actions(name: str, horizon: int, seed: int) -> tuple[list[str], list[str]]:
     """(observations, expert actions) of one expert episode."""
-    env = ENVS[name](horizon=horizon)
+    env = env_class(name)(horizon=horizon)
     obs, _ = env.reset(seed=seed)
     observations, actions, done = [obs], [], False
     while not done:
@@ -34,12 +36,12 @@ def expert_actions(name: str, horizon: int, seed: int) -> tuple[list[str], list[
 
 def test_agent_words_are_the_sorted_union_plus_the_marker():
     words = textio.agent_words(ALL)
-    assert words[-1] == MARKER and words[:-1] == sorted({w for n in ALL for w in ENVS[n].vocabulary()})
+    assert words[-1] == MARKER and words[:-1] == sorted({w for n in ALL for w in env_class(n).vocabulary()})
     assert textio.agent_words(list(reversed(ALL))) == words  # order of the names does not matter
-    assert all(MARKER not in ENVS[n].vocabulary() for n in ALL)
+    assert all(MARKER not in env_class(n).vocabulary() for n in ALL)
     assert pretokenize(MARKER) == [MARKER]  # one pre-token, so one id
     assert set(textio.agent_words(["gridnav"])) < set(words)
-    with pytest.raises(ValueError, match="unknown environment 'gridnva'"):
+    with pytest.raises(ConfigError, match="unknown environment 'gridnva'"):
         textio.agent_words(["gridnva"])
 
 
@@ -64,7 +66,7 @@ def unspaced(call):
 
 @pytest.mark.parametrize("name", ALL)
 def test_expert_actions_round_trip_through_tokens(tok, name):
-    tools = ENVS[name].tools
+    tools = env_class(name).tools
     for horizon in (1, 2, 4):
         for seed in range(4):
             actions = expert_actions(name, horizon, seed)[1]
@@ -82,7 +84,7 @@ def test_expert_actions_round_trip_through_tokens(tok, name):
                 if name != "calc_lookup":
                     assert text == json.dumps(json.loads(action), separators=(",", ":"))
             # And the decoded texts solve the episode just as the expert's did.
-            env = ENVS[name](horizon=horizon)
+            env = env_class(name)(horizon=horizon)
             env.reset(seed=seed)
             for text in decoded:
                 _, _, terminated, _, info = env.step(text)
@@ -90,7 +92,7 @@ def test_expert_actions_round_trip_through_tokens(tok, name):
 
 
 def test_compact_calls_are_accepted_and_validation_is_unchanged():
-    tools = ENVS["gridnav"].tools
+    tools = env_class("gridnav").tools
     assert not isinstance(parse_call('{"tool":"move","args":{"dir":"north"}}', tools), str)
     assert isinstance(parse_call('{"tool":"move","args":{"dir":3}}', tools), str)
     assert isinstance(parse_call('{"tool":"move","args":{}}', tools), str)
@@ -107,7 +109,7 @@ def test_decode_stops_at_eos_and_keeps_stray_specials(tok):
     assert textio.decode_action(tok, ids + ids) == '{"tool":"done","args":{}}'
     assert textio.decode_action(tok, ids[:-1]) == '{"tool":"done","args":{}}'  # no eos: all of it
     text = textio.decode_action(tok, [tok.bos_token_id, *ids])
-    assert text.startswith("<bos>") and isinstance(parse_call(text, ENVS["swapsort"].tools), str)
+    assert text.startswith("<bos>") and isinstance(parse_call(text, env_class("swapsort").tools), str)
 
 
 def test_split_actions_reads_both_layouts(tok):

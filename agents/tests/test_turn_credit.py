@@ -11,7 +11,7 @@ from opdplug.types import TeacherScores
 from opdplug_agents import textio
 from opdplug_agents.correction import correct_episodes, correction_batch
 from opdplug_agents.credit import DiscountedEpisode, TurnLevel, turns_remaining
-from opdplug_agents.envs import ENVS
+from opdplug_agents.envs import BUILTIN
 from opdplug_agents.locators import ExpertLocator, LocatorDeps
 from opdplug_agents.rollout import ExpertActor, episodes_to_batch, run_episodes
 
@@ -20,7 +20,7 @@ SPECS = [("swapsort", seed, {"horizon": 4, "max_turns": 5}) for seed in range(3)
 
 @pytest.fixture(scope="module")
 def tok():
-    return tiny.build_tokenizer(textio.agent_words(sorted(ENVS)))
+    return tiny.build_tokenizer(textio.agent_words(sorted(cls.name for cls in BUILTIN)))
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,85 @@
+"""Environments and locators by name, resolved through the opdplug registry: never through a
+closed list.
+
+This plugin registers its own environments (``opd_register_environments``) and earliest-error
+locators (``opd_register_locators``) exactly as a third-party plugin registers its own, so
+every name is looked up in a ``Registry``: the run's (``ctx.registry``) wherever there is a
+run, else the registry of the installed plugins (``installed_registry()``: the entry points
+``opdplug plugins`` lists, as ``OPDPLUG_PLUGINS`` selects them). A name no plugin registered is
+a one-line ``ConfigError`` that lists the ones that are.
+"""
+from __future__ import annotations
+
+import functools
+import os
+from typing import Any, Optional
+
+from opdplug.errors import ConfigError
+from opdplug.manager import ENV_DISABLE_AUTOLOAD, ENV_ONLY, Registry, make_plugin_manager
+
+ENVIRONMENTS = "environments"
+"""The registry kind of environments (hookspec ``opd_register_environments``)."""
+LOCATORS = "locators"
+"""The registry kind of earliest-error locators (hookspec ``opd_register_locators``)."""
+
+
+def installed_registry() -> Registry:
+    """The registry of the installed plugins, built once per selection of entry points (a test
+    that changes ``OPDPLUG_PLUGINS`` gets the registry of what it selected)."""
+    return _registry_for(os.environ.get(ENV_ONLY, ""), os.environ.get(ENV_DISABLE_AUTOLOAD, ""))
+
+
+@functools.lru_cache(maxsize=8)
+def _registry_for(only: str, disabled: str) -> Registry:
+    # The arguments are the cache key only: make_plugin_manager reads the same variables.
+    return make_plugin_manager().registry
+
+
+def registry_or_installed(registry: Optional[Registry]) -> Registry:
+    """``registry``, or the installed plugins' when None (library calls outside a run)."""
+    return installed_registry() if registry is None else registry
+
+
+def env_names(registry: Optional[Registry] = None) -> list[str]:
+    """Every registered environment's name, sorted."""
+    return registry_or_installed(registry).names(ENVIRONMENTS)
+
+
+def env_class(name: str, registry: Optional[Registry] = None, key: str = "agent.env") -> Any:
+    """The environment class (or factory) registered as ``name``.
+
+    :param key: what the user set, for the message (``"task.options.env"``, ``"--env"``).
+    :raises ConfigError: (one line) no plugin registered ``name``; the message lists those that did.
+    """
+    if not isinstance(name, str) or not name:
+        known = ", ".join(env_names(registry)) or "(none registered)"
+        raise ConfigError(f"{key or 'environment'} = {name!r} names no environment; registered: {known}")
+    return registry_or_installed(registry).get(ENVIRONMENTS, name, key)
+
+
+def make_env(name: str, options: dict, registry: Optional[Registry] = None, key: str = "agent.env") -> Any:
+    """A bare environment ``name`` built with keyword ``options``; an option it does not take is
+    a one-line ``ValueError`` naming the environment."""
+    factory = env_class(name, registry, key)
+    try:
+        return factory(**options)
+    except TypeError as exc:  # an unknown keyword
+        raise ValueError(f"{name}: {str(exc).splitlines()[0]}") from None
+
+
+def episode_env(episode: Any, registry: Optional[Registry] = None) -> Any:
+    """A fresh environment at the start of ``episode`` (anything with ``env``, ``seed`` and
+    ``options``: an ``Episode`` or an ``EpisodeSpec``)."""
+    env = make_env(episode.env, dict(episode.options), registry)
+    env.reset(seed=episode.seed)
+    return env
+
+
+def build_locator(name: str, options: Optional[dict] = None, key: str = "locator", registry: Optional[Registry] = None) -> Any:
+    """The locator registered as ``name``, built from ``options`` (validated against its
+    dataclass fields: unknown keys, wrong types and bad values are one-line ``ConfigError``s
+    naming ``key``)."""
+    if not isinstance(name, str) or not name:
+        known = ", ".join(registry_or_installed(registry).names(LOCATORS)) or "(none registered)"
+        raise ConfigError(f"{key} = {name!r} names no locator; registered: {known}")
+    return registry_or_installed(registry).build(LOCATORS, name, dict(options or {}), key)
