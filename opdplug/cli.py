@@ -24,7 +24,7 @@ def with_run_overrides(config, args) -> Any:
     overrides: dict[str, Any] = {}
     if getattr(args, "output_dir", None):
         overrides["output_dir"] = args.output_dir
-    if getattr(args, "steps", None):
+    if getattr(args, "steps", None) is not None:  # --steps 0 too: validation names it
         overrides["steps"] = args.steps
     if getattr(args, "json", False):
         overrides["progress"] = False

@@ -185,6 +185,10 @@ class ModelOptions:
     task's tokenizer (student only; or the teacher's tokenizer when a teacher path is given)."""
     init_seed: int = 0
     """Seed of a fresh ``tiny`` model's weights."""
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    """Weights' dtype when loaded (bfloat16 halves memory; on CPUs without bf16 units it is slower)."""
+    attn_implementation: str = ""
+    """transformers' attention implementation ("eager", "sdpa", "flash_attention_2", ...); empty: its default."""
     lora_r: int = 0
     """LoRA rank (0: train all weights). Needs peft."""
     lora_alpha: float = 16.0
@@ -208,6 +212,10 @@ class TeacherOptions:
     """A local Hugging Face model directory; empty for scorers that need none ("none", "self")."""
     scorer: str = ""
     """Registered scorer name (``opdplug plugins`` lists them); empty: the default one."""
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    """Weights' dtype when loaded (bfloat16 halves memory; on CPUs without bf16 units it is slower)."""
+    attn_implementation: str = ""
+    """transformers' attention implementation ("eager", "sdpa", "flash_attention_2", ...); empty: its default."""
     top_k: int = 0
     """Teacher top-k to return in sparse scores (0: only the sampled token's log-prob)."""
     options: dict = field(default_factory=dict)
@@ -250,6 +258,8 @@ class CreditOptions:
     """Options of the chosen scheme, e.g. ``gamma``."""
     verifier: str = ""
     """Registered outcome verifier whose reward is attached to rollouts ("" for none)."""
+    verifier_options: dict = field(default_factory=dict)
+    """Options of the verifier, e.g. ``pattern`` for regex."""
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import inspect
 import math
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -101,11 +102,41 @@ def validate_components(ctx: RunContext) -> None:
     ctx.component("scorers", c.teacher.scorer, c.teacher.options, "teacher.scorer")
     ctx.component("credit_schemes", c.credit.scheme, c.credit.options, "credit.scheme")
     if c.credit.verifier:
-        ctx.component("verifiers", c.credit.verifier, {}, "credit.verifier")
+        ctx.component("verifiers", c.credit.verifier, c.credit.verifier_options, "credit.verifier")
     ctx.registry.get("tasks", c.task.name, "task.name")
-    for key, value in (("run.steps", c.run.steps), ("run.batch_size", c.run.batch_size), ("run.grad_accum", c.run.grad_accum)):
-        if value < 1:
-            raise ConfigError(f"{key} must be at least 1, got {value}")
+    check_numbers(c)
+    out = Path(c.run.output_dir)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"run.output_dir = {c.run.output_dir!r} is a file, not a directory; choose another path")
+
+
+def check_numbers(c: Config) -> None:
+    """Values no run can use, as one line naming the key (before anything loads)."""
+    run, rollout = c.run, c.rollout
+    rules = [
+        ("run.steps", run.steps, run.steps >= 1, "at least 1"),
+        ("run.batch_size", run.batch_size, run.batch_size >= 1, "at least 1"),
+        ("run.grad_accum", run.grad_accum, run.grad_accum >= 1, "at least 1"),
+        ("run.lr", run.lr, run.lr > 0, "greater than 0"),
+        ("run.weight_decay", run.weight_decay, run.weight_decay >= 0, "0 or more"),
+        ("run.min_lr_ratio", run.min_lr_ratio, 0 <= run.min_lr_ratio <= 1, "between 0 and 1"),
+        ("run.warmup_steps", run.warmup_steps, run.warmup_steps >= 0, "0 or more"),
+        ("run.max_grad_norm", run.max_grad_norm, run.max_grad_norm >= 0, "0 (off) or more"),
+        ("run.checkpoint_every", run.checkpoint_every, run.checkpoint_every >= 0, "0 (only at the end) or more"),
+        ("run.keep_checkpoints", run.keep_checkpoints, run.keep_checkpoints >= 1, "at least 1"),
+        ("run.log_every", run.log_every, run.log_every >= 1, "at least 1"),
+        ("run.stop_after", run.stop_after, run.stop_after >= 0, "0 (never) or more"),
+        ("rollout.top_p", rollout.top_p, 0 < rollout.top_p <= 1, "in (0, 1]"),
+        ("rollout.max_new_tokens", rollout.max_new_tokens, rollout.max_new_tokens >= 0, "0 (the task's budget) or more"),
+    ]
+    for key, value, ok, want in rules:
+        if not ok:
+            raise ConfigError(f"{key} must be {want}, got {value}")
+    if not rollout.temperature > 0:
+        raise ConfigError(
+            f"rollout.temperature must be greater than 0, got {rollout.temperature}: the loss compares the "
+            f"distributions at the sampling temperature (greedy decoding is for evaluation: opdplug eval --temperature 0)"
+        )
 
 
 def make_optimizer(ctx: RunContext):

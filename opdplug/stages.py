@@ -12,7 +12,7 @@ def opd_rollout(ctx, prompts, step):
     sampler = ctx.component("samplers", opts.sampler, opts.options, "rollout.sampler")
     batch = sampler(ctx, prompts, step)
     if ctx.config.credit.verifier:  # outcome rewards travel with the rollout
-        verifier = ctx.component("verifiers", ctx.config.credit.verifier, {}, "credit.verifier")
+        verifier = ctx.component("verifiers", ctx.config.credit.verifier, ctx.config.credit.verifier_options, "credit.verifier")
         batch = batch.replace(rewards_B=verifier(ctx, batch))
     return batch
 

@@ -31,13 +31,14 @@ def accuracy_by_length(
     """
     model.eval()
     results: dict[int, float] = {}
+    # Every length's prompts first: a length the task does not have fails before any output.
+    by_length = {T: task.prompts(n, seed=derive_seed(seed, "eval", T), split="eval", length=T) for T in lengths}
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=n * len(lengths), desc="eval", dynamic_ncols=True)
-    for T in lengths:
-        prompts = task.prompts(n, seed=derive_seed(seed, "eval", T), split="eval", length=T)
+    for T, prompts in by_length.items():
         correct = 0.0
         for start in range(0, n, batch_size):
             chunk = prompts[start : start + batch_size]

@@ -47,17 +47,22 @@ def eval_mode(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
 def load_tokenizer(path: str):
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(path, local_files_only=True)
+    try:
+        return AutoTokenizer.from_pretrained(path, local_files_only=True)
+    except Exception as exc:  # a missing or broken tokenizer beside the weights
+        raise ConfigError(f"the tokenizer of {path!r} could not be loaded: {type(exc).__name__}: "
+                          f"{(str(exc).splitlines() or [''])[0]}") from None
 
 
-def load_model(path: str, key: str):
+def load_model(path: str, key: str, dtype: str = "float32", attn_implementation: str = ""):
     """A causal LM from a local directory; a missing or broken directory is a one-line error."""
     from transformers import AutoModelForCausalLM
 
     if not Path(path).is_dir():
         raise ConfigError(f"{key} = {path!r} is not a directory; point it at a local Hugging Face model")
+    kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
     try:
-        return AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=torch.float32)
+        return AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=getattr(torch, dtype), **kwargs)
     except Exception as exc:
         raise ConfigError(f"{key} = {path!r} could not be loaded: {type(exc).__name__}: {str(exc).splitlines()[0]}") from None
 
@@ -71,14 +76,15 @@ def load_student(config: Config, task_factory: Any):
     if bool(opts.path) == bool(opts.tiny):
         raise ConfigError("[student] needs exactly one of path (a model directory) or tiny (a size name)")
     if opts.path:
-        model, tokenizer = load_model(opts.path, "student.path"), load_tokenizer(opts.path)
+        model = load_model(opts.path, "student.path", opts.dtype, opts.attn_implementation)
+        tokenizer = load_tokenizer(opts.path)
     else:
         from . import tiny
 
         if opts.tiny not in tiny.SIZES:
             raise ConfigError(f"student.tiny = {opts.tiny!r} is unknown; allowed: {', '.join(tiny.SIZES)}")
         tokenizer = load_tokenizer(config.teacher.path) if config.teacher.path else tiny.build_tokenizer(task_factory.words())
-        model = tiny.build_model(opts.tiny, tokenizer, seed=opts.init_seed)
+        model = tiny.build_model(opts.tiny, tokenizer, seed=opts.init_seed).to(getattr(torch, opts.dtype))
     return maybe_lora(model, opts), tokenizer
 
 

@@ -49,7 +49,8 @@ def opd_load_models(ctx):
     student, tokenizer = models.load_student(config, task_factory)
     teacher = None
     if config.teacher.path:
-        teacher = models.load_model(config.teacher.path, "teacher.path")
+        teacher = models.load_model(config.teacher.path, "teacher.path", config.teacher.dtype,
+                                    config.teacher.attn_implementation)
         models.check_tokenizers(tokenizer, models.load_tokenizer(config.teacher.path))
         teacher = teacher.requires_grad_(False).eval().to(ctx.device)
     return LoadedModels(student=student, tokenizer=tokenizer, teacher=teacher)

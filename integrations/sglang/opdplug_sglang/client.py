@@ -173,7 +173,7 @@ class SGLangClient:
                     raise RemoteError(
                         f"SGLang server {target} failed {method} {path} for {now - first_failure:.0f} s "
                         f"({attempt + 1} tries; last: {exc}); check that it is up, or raise the retry "
-                        f"budget ([sglang] retry_budget_s)", url=target,
+                        f"budget (retry_budget_s in [teacher.options] or [rollout.options])", url=target,
                     ) from None
                 time.sleep(min(pause, self.policy.backoff_max_s) * (0.5 + random.random()))
                 pause *= 2

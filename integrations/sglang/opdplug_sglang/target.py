@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from typing import Optional, Sequence
 
-from opdplug.errors import PreflightError, TrainingError
+from opdplug.errors import PreflightError, RemoteError, TrainingError
 
 from .cache import ScoreCache
 from .client import MalformedResponse, SGLangClient
@@ -111,10 +111,12 @@ class SGLangTarget:
             try:
                 answer = self.client.post("/generate", payload, url=url, failover=False)
                 entries = answer["meta_info"]["input_token_logprobs"][-len(chunk):]
+            except RemoteError:  # unreachable, not a vocabulary problem: say so as it is
+                raise
             except TrainingError as exc:  # the server refused an id: its vocabulary is smaller
                 raise PreflightError(
                     f"SGLang server {url} refused token ids {chunk[0]}..{chunk[-1]} of the student's vocabulary "
-                    f"({str(exc).splitlines()[0][-160:]}); {fix}"
+                    f"({str(exc).splitlines()[0]}); {fix}"
                 ) from None
             except (KeyError, TypeError):
                 raise PreflightError(f"SGLang server {url} answered a vocabulary probe without log-probs; is it SGLang?") from None

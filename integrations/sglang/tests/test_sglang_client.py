@@ -173,3 +173,31 @@ def test_urls_are_checked():
     with pytest.raises(ConfigError, match="no SGLang server URL"):
         SGLangClient([])
     assert SGLangClient(["127.0.0.1:30000/"]).urls == ["http://127.0.0.1:30000"]
+
+
+def _closed_port_url():
+    import socket
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    url = f"http://127.0.0.1:{s.getsockname()[1]}"
+    s.close()
+    return url
+
+
+def test_the_retry_hint_names_options_the_config_accepts():
+    client = SGLangClient([_closed_port_url()], RetryPolicy(timeout_s=0.5, budget_s=0.3, backoff_s=0.02, backoff_max_s=0.05))
+    with pytest.raises(RemoteError) as err:
+        client.post("/generate", {"x": 1})
+    assert "retry_budget_s in [teacher.options] or [rollout.options]" in str(err.value)
+    assert "[sglang]" not in str(err.value)
+
+
+def test_an_unreachable_rollout_server_is_not_a_vocabulary_problem(tiny_models):
+    from opdplug_sglang.target import SGLangTarget
+
+    client = SGLangClient([_closed_port_url()], RetryPolicy(timeout_s=0.5, budget_s=0.3, backoff_s=0.02, backoff_max_s=0.05))
+    with pytest.raises(RemoteError) as err:
+        SGLangTarget(client).check_vocabulary(tiny_models.tokenizer)
+    message = str(err.value)
+    assert "vocabulary" not in message and "refused token ids" not in message and "check that it is up" in message
