@@ -12,9 +12,11 @@
 
 ``target`` builds (or loads from the cache) the built-in SumChain target of ``target.py`` and
 copies it to ``OUTPUT_DIR/target``, where ``configs/drafter_*.toml`` look for it. ``train`` runs
-a ``[drafter]`` config: ``kind = "standalone"`` is DistillSpec through the ordinary OPD loop,
-``kind = "eagle3"`` calls ``opdplug_drafters.eagle3.train_eagle3``; both end with
-``acceptance_vs_steps.png`` in the run directory and the exact acceptance of the result.
+a ``[drafter]`` config through the registered kind it names (``kinds``): ``standalone`` is
+DistillSpec through the ordinary OPD loop, ``eagle3`` calls ``eagle3.train_eagle3``, a plugin's
+kind its own ``train``; each ends with the exact acceptance of the result, and the run directory
+keeps the config (``eval`` and ``export`` find the target there). ``eval`` and ``export`` load
+and write through the kind too (``--kind auto``: the kind that recognises the directory).
 ``eval`` prints the speculative-decoding report (acceptance length with the bonus token,
 per-position acceptance measured and predicted by 1 - TVD, tokens/s and speed-up over
 target-only decoding) at every batch size and temperature asked. ``export`` writes what SGLang
@@ -28,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import shutil
 import tomllib
 from pathlib import Path
@@ -36,7 +37,7 @@ from typing import Any, Optional
 
 from opdplug.errors import ConfigError
 
-from .evaluation import LEGEND, evaluate, format_table
+from .evaluation import LEGEND, evaluate, format_table, report_dicts
 
 
 def parse_list(text: str, kind: type, flag: str) -> list:
@@ -97,14 +98,13 @@ def task_for(drafter: Path, target_dir: Path, tokenizer, manager) -> Any:
 
 
 def load_drafter(path: Path, kind: str, target, manager):
-    from .kinds import detect_kind
+    """``(drafter, kind name)``: ``path`` loaded for ``target`` by the registered kind ``kind``
+    (``auto``: the kind that recognises the directory)."""
+    from .kinds import KIND, detect_kind, get_kind
 
-    kinds = manager.registry.components.get("drafter_kinds", {})
     if kind == "auto":
-        kind = detect_kind(path, kinds)
-    if kind not in kinds:
-        raise ConfigError(f"--kind {kind!r} is unknown; registered drafter kinds: {', '.join(sorted(kinds))}")
-    return kinds[kind].load(path, target), kind
+        kind = detect_kind(path, manager.registry.components.get(KIND, {}))
+    return get_kind(manager.registry, kind, "--kind").load(path, target), kind
 
 
 def load_setup(args) -> tuple:
@@ -124,10 +124,6 @@ def load_setup(args) -> tuple:
     return path, target_dir, target, tokenizer, drafter, kind, task_for(path, target_dir, tokenizer, manager)
 
 
-def report_dicts(reports) -> list[dict]:
-    return [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.to_dict().items()} for r in reports]
-
-
 class DrafterCommand:
     help = "speculative-decoding drafters: build the built-in target, train (DistillSpec, EAGLE-3), evaluate, export for SGLang"
 
@@ -141,7 +137,7 @@ class DrafterCommand:
         tr = sub.add_parser("train", help="train the drafter a [drafter] config describes, then measure its acceptance")
         tr.add_argument("config", help="a TOML config with a [drafter] table (configs/drafter_*.toml)")
         tr.add_argument("--output-dir", help="override run.output_dir")
-        tr.add_argument("--steps", type=int, help="override run.steps (or drafter.eagle3.steps)")
+        tr.add_argument("--steps", type=int, help="override the number of training steps")
         tr.add_argument("--json", action="store_true", help="print one JSON object only")
 
         ev = sub.add_parser("eval", help="exact speculative decoding with the target: acceptance length and speed-up")
@@ -162,7 +158,7 @@ class DrafterCommand:
         ex.add_argument("path", help="a drafter: model directory, DistillSpec run directory, EAGLE-3 run directory or head/")
         ex.add_argument("output_dir", help="where the exported drafter goes (must not exist or be empty)")
         ex.add_argument("--target", help="the target model directory (default: the one the drafter's run records)")
-        ex.add_argument("--kind", default="auto", help="standalone | eagle3 (default: recognised from the directory)")
+        ex.add_argument("--kind", default="auto", help="a registered drafter kind (default: recognised from the directory)")
         ex.add_argument("--overwrite", action="store_true", help="replace a non-empty OUTPUT_DIR")
         ex.add_argument("--json", action="store_true", help="print one JSON object only")
 
@@ -198,75 +194,32 @@ class DrafterCommand:
 
     # -- train ------------------------------------------------------------------------------
     def _train(self, args) -> int:
-        from opdplug.cli import load_config, with_run_overrides
+        from opdplug.cli import load_config
+        from opdplug.config import config_to_toml_dict, dump_toml
         from opdplug.manager import make_plugin_manager
+
+        from .kinds import TrainRequest, get_kind, kind_options
 
         manager = make_plugin_manager()
         config = load_config(args.config, manager)
         options = config.plugin("drafter")
-        if options.kind == "eagle3":
-            return self._train_eagle3(args, config, manager, options)
-        config = with_run_overrides(config, args)
+        kind = get_kind(manager.registry, options.kind)
+        request_options = kind_options(kind, options)  # before anything is loaded
+        train = getattr(kind, "train", None)
+        if train is None:
+            raise ConfigError(f"drafter.kind = {options.kind!r} has no train entry point: opdplug cannot train it")
         if not config.teacher.path:
-            raise ConfigError(f"{args.config}: a DistillSpec run needs [teacher] path (the target)")
-        from .distillspec import read_eval, train_distillspec
-
-        result = train_distillspec(config, manager)
-        rows = read_eval(result.output_dir)
-        out = {"kind": "standalone", "output_dir": str(result.output_dir), "steps": result.steps_done,
-               "final_model": str(result.final_model_dir) if result.final_model_dir else None,
-               "last_loss": result.history[-1].get("loss") if result.history else None,
-               "acceptance": {key: value["accept_len"] for key, value in rows[-1].items() if key.startswith("T")} if rows else None,
-               "png": str(Path(result.output_dir) / "acceptance_vs_steps.png") if rows else None}
-        if not args.json and rows:
-            print(f"held-out acceptance length (k = {options.draft_tokens}, bonus incl.) by step:")
-            for row in rows:
-                print(f"  step {row['step']:>5}: " + "  ".join(f"T={key[1:]} {value['accept_len']:.2f}"
-                                                          for key, value in row.items() if key.startswith("T")))
-        print(json.dumps(out))
-        return 0
-
-    def _train_eagle3(self, args, config, manager, options) -> int:
-        import dataclasses
-
-        from opdplug_local import models as local
-        from opdplug.loop import build_task
-
-        from .options import eagle3_options
-
-        try:
-            from .eagle3 import plot_metrics, train_eagle3
-        except ImportError as exc:
-            raise ConfigError(f"drafter.kind = \"eagle3\" needs opdplug_drafters.eagle3.train_eagle3, which is not available: {exc}") from None
-        if not config.teacher.path:
-            raise ConfigError(f"{args.config}: an EAGLE-3 run needs [teacher] path (the target)")
-        eagle = eagle3_options(options.eagle3)
-        changes: dict[str, Any] = {}
-        if args.steps:
-            changes["steps"] = args.steps
-        if args.json:
-            changes["progress"] = False
-        eagle = dataclasses.replace(eagle, **changes)
+            raise ConfigError(f"{args.config}: a drafter run needs [teacher] path (the target)")
         output_dir = Path(args.output_dir or config.run.output_dir)
-        tokenizer = local.load_tokenizer(config.teacher.path) if Path(config.teacher.path).is_dir() else None
-        if tokenizer is None:
-            raise ConfigError(f"teacher.path = {config.teacher.path!r} is not a directory; build it with 'opdplug drafter target'")
-        task = build_task(manager.registry, config.task.name, config.task.options, tokenizer)
-        result = train_eagle3(config.teacher.path, tokenizer, eagle, output_dir, task=task)
-        png = plot_metrics(result.output_dir, Path(result.output_dir) / "acceptance_vs_steps.png")
-        # The training proxy is teacher-forced; measure the head the way it will be served.
-        target = local.load_model(config.teacher.path, "teacher.path")
-        drafter, _ = load_drafter(Path(result.output_dir), "eagle3", target, manager)
-        reports = evaluate(target, drafter, task, eos_id=tokenizer.eos_token_id, k=options.draft_tokens,
-                           n_prompts=options.eval_prompts, batch_sizes=(options.eval_batch_size,),
-                           temperatures=tuple(options.eval_temperatures), time_it=False, seed=options.eval_seed)
-        out = {"kind": "eagle3", "output_dir": str(result.output_dir), "head_dir": str(result.head_dir),
-               "steps": result.steps_done, "train_accept_len_proxy": result.final_eval.get("accept_len"),
-               "acceptance": {f"T{r.temperature:g}": r.acceptance_length for r in reports}, "png": str(png)}
-        (Path(result.output_dir) / "drafter_eval.json").write_text(json.dumps(report_dicts(reports), indent=1))
-        if not args.json:
-            print(format_table(reports))
-        print(json.dumps(out))
+        outcome = train(TrainRequest(config=config, manager=manager, options=request_options, output_dir=output_dir,
+                                     steps=args.steps, quiet=args.json))
+        run_dir = Path(outcome.output_dir)
+        if run_dir.is_dir() and not (run_dir / "config.toml").exists():
+            # 'drafter eval|export RUN' find the target and the task here.
+            (run_dir / "config.toml").write_text(dump_toml(config_to_toml_dict(config)))
+        if not args.json and outcome.text:
+            print(outcome.text)
+        print(json.dumps(outcome.to_json(options.kind)))
         return 0
 
     # -- eval -------------------------------------------------------------------------------
@@ -302,21 +255,17 @@ class DrafterCommand:
         from opdplug.manager import make_plugin_manager
 
         from .export import export_drafter
-        from .kinds import detect_kind
+        from .kinds import KIND, detect_kind, get_kind
 
         path = Path(args.path)
         if not path.exists():
             raise ConfigError(f"{args.path!r} does not exist")
-        manager = make_plugin_manager()
-        kind = detect_kind(path, manager.registry.components.get("drafter_kinds", {})) if args.kind == "auto" else args.kind
+        registry = make_plugin_manager().registry
+        name = detect_kind(path, registry.components.get(KIND, {})) if args.kind == "auto" else args.kind
+        kind = get_kind(registry, name, "--kind")
         target_dir = find_target(path, args.target)
-        source = path
-        if kind == "standalone":
-            from opdplug_local.evaluate import resolve_model_dir
-
-            source = resolve_model_dir(path)
-        out = export_drafter(kind, source, args.output_dir, target_dir=target_dir, overwrite=args.overwrite)
-        print(json.dumps({"kind": kind, "source": str(source), "target": str(target_dir), "output_dir": str(out)}))
+        out = export_drafter(kind, path, args.output_dir, target_dir=target_dir, overwrite=args.overwrite)
+        print(json.dumps({"kind": name, "source": str(path), "target": str(target_dir), "output_dir": str(out)}))
         return 0
 
     # -- sglang-accept ------------------------------------------------------------------------

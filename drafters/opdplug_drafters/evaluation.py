@@ -49,6 +49,11 @@ def evaluate(
     return reports
 
 
+def report_dicts(reports: Sequence[SpecReport]) -> list[dict]:
+    """The reports as JSON-able dicts (NaN as None)."""
+    return [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.to_dict().items()} for r in reports]
+
+
 NAME = 24
 """Width of the drafter-name column."""
 

@@ -1,6 +1,7 @@
 """Export a trained drafter as a directory SGLang loads unmodified, after an audit.
 
-``export_drafter(kind, source_dir, output_dir, *, target_dir)``:
+``export_drafter(kind, source_dir, output_dir, *, target_dir)`` checks what every kind shares and
+calls the registered kind's ``export``; the built-in kinds' are here:
 
 * ``"eagle3"``: ``config.json`` (``architectures: ["LlamaForCausalLMEagle3"]``, one layer, the
   target's vocabulary and hidden size, ``draft_vocab_size``, explicit
@@ -22,7 +23,7 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Optional, Union
+from typing import Any, Optional, Union
 
 import torch
 from safetensors import safe_open
@@ -34,14 +35,13 @@ from .eagle3.checkpoint import CONFIG, WEIGHTS, config_from_dict, read_head_file
 from .eagle3.model import ARCHITECTURE, aux_layers_of, check_aux_layers, config_json, tensor_specs
 from .eagle3.vocab import check_vocab_maps
 
-KINDS = ("eagle3", "standalone")
 TARGET_EMBED_KEY = "model.embed_tokens.weight"
 # config.json switches that make SGLang build parameters (or outputs) this head does not have.
 _UNSUPPORTED_FLAGS = ("fc_norm", "use_aux_norm", "norm_before_fc", "bias", "attention_bias", "mlp_bias", "norm_output")
 
 
 def export_drafter(
-    kind: str,
+    kind: Any,
     source_dir: Union[str, os.PathLike],
     output_dir: Union[str, os.PathLike],
     *,
@@ -52,20 +52,27 @@ def export_drafter(
     ``output_dir`` in the layout SGLang loads (``--speculative-algorithm EAGLE3`` or
     ``STANDALONE`` with ``--speculative-draft-model-path output_dir``). Returns ``output_dir``.
 
-    :param kind: ``"eagle3"`` (``source_dir``: a ``train_eagle3`` run directory or its ``head/``)
-        or ``"standalone"`` (``source_dir``: a Hugging Face causal LM directory).
+    :param kind: a registered drafter kind (``kinds.DrafterKind``) or its name, looked up in the
+        installed plugins' registry: ``"eagle3"`` (``source_dir``: a ``train_eagle3`` run directory
+        or its ``head/``), ``"standalone"`` (a Hugging Face causal LM directory or a DistillSpec
+        run directory), or any kind with an ``export``.
     :param overwrite: replace an existing non-empty ``output_dir`` (atomically) instead of refusing.
     """
-    if kind not in KINDS:
-        raise ConfigError(f"unknown drafter kind {kind!r}; export knows {', '.join(KINDS)}")
+    if isinstance(kind, str):
+        from opdplug.manager import make_plugin_manager
+
+        from .kinds import get_kind
+
+        kind = get_kind(make_plugin_manager().registry, kind, "kind")
+    export = getattr(kind, "export", None)
+    if export is None:
+        raise ConfigError(f"drafter kind {getattr(kind, 'name', kind)!r} has no export (nothing SGLang would serve)")
     output_dir = Path(output_dir)
     if output_dir.exists() and (not output_dir.is_dir() or any(output_dir.iterdir())) and not overwrite:
         raise ConfigError(f"{str(output_dir)!r} already exists and is not empty; choose another directory or pass overwrite=True")
     if not Path(target_dir).is_dir():
         raise ConfigError(f"target_dir = {str(target_dir)!r} is not a directory; point it at the target model SGLang serves")
-    if kind == "eagle3":
-        return _export_eagle3(Path(source_dir), output_dir, Path(target_dir))
-    return _export_standalone(Path(source_dir), output_dir, Path(target_dir))
+    return export(Path(source_dir), output_dir, Path(target_dir))
 
 
 # ----------------------------------------------------------------------------- target files
@@ -177,7 +184,8 @@ def audit_eagle3(
         )
 
 
-def _export_eagle3(source_dir: Path, output_dir: Path, target_dir: Path) -> Path:
+def export_eagle3(source_dir: Path, output_dir: Path, target_dir: Path) -> Path:
+    """The ``eagle3`` kind's export: the head of a run directory (or ``head/``), audited, to ``output_dir``."""
     target_config = _target_config(target_dir)
     target_embed = read_target_tensor(target_dir, TARGET_EMBED_KEY)
     data, tensors = read_head_files(source_dir)
@@ -276,7 +284,8 @@ def audit_standalone(model_dir: Path, target_dir: Path) -> None:
     _check_same_tokenizer(model_dir, target_dir)
 
 
-def _export_standalone(source_dir: Path, output_dir: Path, target_dir: Path) -> Path:
+def export_standalone(source_dir: Path, output_dir: Path, target_dir: Path) -> Path:
+    """The ``standalone`` kind's export: a causal LM directory, audited, copied to ``output_dir``."""
     if not (source_dir / CONFIG).is_file():
         raise ConfigError(f"{str(source_dir)!r} has no config.json; a standalone drafter is a Hugging Face causal LM directory")
     audit_standalone(source_dir, target_dir)  # before writing anything

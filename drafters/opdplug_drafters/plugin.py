@@ -1,7 +1,9 @@
 """Hook implementations of ``opdplug-drafters``.
 
-* config table ``[drafter]`` (``options.DrafterOptions``);
-* drafter kinds ``standalone`` and ``eagle3`` (``kinds``);
+* registry kind ``drafter_kinds`` (``hookspecs``), filled here with ``standalone`` and
+  ``eagle3`` (``builtin_kinds``); other distributions register theirs the same way;
+* config table ``[drafter]`` (``options.DrafterOptions``), whose kind and kind options
+  ``opd_validate`` resolves against the registry;
 * ``opd_configure`` / ``opd_step_end``: acceptance measured while a DistillSpec run trains
   (``distillspec``; only when ``[drafter] eval_every > 0``);
 * command ``drafter`` (``cli``): ``opdplug drafter target|train|eval|export``.
@@ -10,8 +12,9 @@ from __future__ import annotations
 
 from opdplug.hookspecs import hookimpl
 
+from .builtin_kinds import EAGLE3, STANDALONE
 from .distillspec import opd_configure, opd_step_end  # noqa: F401 (hooks)
-from .kinds import EAGLE3, STANDALONE
+from .kinds import get_kind, kind_options
 from .options import DrafterOptions
 
 
@@ -25,6 +28,13 @@ def opd_addhooks(pluginmanager):
 @hookimpl
 def opd_add_options(register):
     register("drafter", DrafterOptions)
+
+
+@hookimpl
+def opd_validate(ctx):
+    options = ctx.config.plugins.get("drafter")
+    if options is not None:
+        kind_options(get_kind(ctx.registry, options.kind), options)
 
 
 @hookimpl

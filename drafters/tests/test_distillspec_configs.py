@@ -10,7 +10,8 @@ from opdplug.config import parse_config
 from opdplug.errors import ConfigError
 from opdplug.prepare import validate
 from opdplug.manager import make_plugin_manager
-from opdplug_drafters.options import DrafterOptions, eagle3_options
+from opdplug_drafters.builtin_kinds import eagle3_options
+from opdplug_drafters.options import DrafterOptions
 
 CONFIGS = Path(__file__).parents[2] / "configs"
 
@@ -27,7 +28,7 @@ def test_shipped_drafter_configs_validate(name):
         expected = {"drafter_distillspec.toml": ("on_policy", "tvd"), "drafter_distillspec_offpolicy.toml": ("teacher", "forward_kl")}
         assert (config.rollout.sampler, config.loss.divergence) == expected[name]
     else:
-        eagle = eagle3_options(options.eagle3)
+        eagle = eagle3_options(options.kind_table()[1])
         assert eagle.steps == 300 and eagle.ttt_steps == 7
 
 
@@ -39,18 +40,24 @@ def test_drafter_table_defaults_leave_other_runs_alone():
 
 
 @pytest.mark.parametrize("table, needle", [
-    ({"kind": "medusa"}, "drafter.kind"),
+    ({"kind": "medusa"}, "drafter.kind = 'medusa': unknown drafter kind 'medusa'; allowed: eagle3, "),
     ({"draft_tokens": 0}, "draft_tokens"),
     ({"eval_temperatures": [-1.0]}, "eval_temperatures"),
-    ({"kind": "eagle3", "eagle3": {"stepz": 3}}, "stepz"),
+    ({"kind": "eagle3", "eagle3": {"stepz": 3}}, "[drafter.eagle3] has unknown key 'stepz'"),
+    ({"kind": "eagle3", "options": {"stepz": 3}}, "[drafter.options] has unknown key 'stepz'"),
     ({"kind": "eagle3", "eagle3": {"steps": "many"}}, "steps"),
     ({"kind": "eagle3", "eagle3": {"aux_layers": ["a"]}}, "aux_layers"),
+    ({"kind": "eagle3", "eagle3": {"steps": 1}, "options": {"steps": 2}}, "once"),
+    ({"eagle3": {"steps": 1}}, "drafter.kind = 'standalone'"),
+    ({"options": {"steps": 1}}, "takes no options"),
     ({"unknown": 1}, "unknown"),
 ])
 def test_bad_drafter_tables_are_one_line_errors(table, needle):
+    """Shape errors when the table is read; the kind and its options against the registry, by
+    ``opd_validate``, before anything is loaded."""
     manager = make_plugin_manager()
     with pytest.raises(ConfigError) as err:
-        parse_config({"drafter": table}, manager.plugin_tables())
+        validate(parse_config({"drafter": table}, manager.plugin_tables()), manager)
     assert needle in str(err.value) and "\n" not in str(err.value)
 
 
