@@ -181,9 +181,9 @@ def _config(recipe: TeacherRecipe, output_dir: Path, progress: bool, **sections)
 
 def has_sampler(name: str) -> bool:
     """Whether a sampler of that name is registered by the installed plugins."""
-    from opdplug.manager import make_plugin_manager
+    from .registries import installed_registry
 
-    return name in make_plugin_manager().registry.components.get("samplers", {})
+    return name in installed_registry().names("samplers")
 
 
 def train_teacher(recipe: TeacherRecipe, *, progress: bool = True, verbose: bool = True) -> Path:

@@ -45,10 +45,11 @@ def env_names(registry: Optional[Registry] = None) -> list[str]:
     return registry_or_installed(registry).names(ENVIRONMENTS)
 
 
-def env_class(name: str, registry: Optional[Registry] = None, key: str = "agent.env") -> Any:
+def env_class(name: str, registry: Optional[Registry] = None, key: str = "") -> Any:
     """The environment class (or factory) registered as ``name``.
 
-    :param key: what the user set, for the message (``"task.options.env"``, ``"--env"``).
+    :param key: what the user set, for the message (``"task.options.env"``, ``"--env"``; ""
+        when the name comes from no setting, e.g. a recorded episode).
     :raises ConfigError: (one line) no plugin registered ``name``; the message lists those that did.
     """
     if not isinstance(name, str) or not name:
@@ -57,7 +58,7 @@ def env_class(name: str, registry: Optional[Registry] = None, key: str = "agent.
     return registry_or_installed(registry).get(ENVIRONMENTS, name, key)
 
 
-def make_env(name: str, options: dict, registry: Optional[Registry] = None, key: str = "agent.env") -> Any:
+def make_env(name: str, options: dict, registry: Optional[Registry] = None, key: str = "") -> Any:
     """A bare environment ``name`` built with keyword ``options``; an option it does not take is
     a one-line ``ValueError`` naming the environment."""
     factory = env_class(name, registry, key)

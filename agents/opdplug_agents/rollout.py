@@ -130,7 +130,7 @@ def run_episodes(
             check_producer(fixed.producer)
             if eos in fixed.action_ids[:-1]:
                 raise ValueError("a prefix action has <eos> before its last token")
-        env = make_env(spec.env, spec.options, registry, "")
+        env = make_env(spec.env, spec.options, registry)
         obs, _ = env.reset(seed=spec.seed)
         obs_ids = (*textio.encode_observation(tokenizer, obs, spec.env), marker)
         bos_ids = [bos] if bos is not None else []

@@ -58,7 +58,7 @@ def agent_words(env_names: Iterable[str], registry=None) -> list[str]:
     """
     words: set[str] = set()
     for name in env_names:
-        vocab = env_class(name, registry, "").vocabulary()
+        vocab = env_class(name, registry).vocabulary()
         if MARKER in vocab:
             raise ValueError(f"environment {name!r} uses the action marker {MARKER!r} as a word; rename that word")
         words.update(vocab)

@@ -22,7 +22,7 @@ from opdplug_agents.correction import (
 from opdplug_agents.envs import BUILTIN
 from opdplug_agents.locators import ExpertLocator, LocatorDeps
 from opdplug_agents.registries import env_class, installed_registry
-from opdplug_agents.rollout import ExpertActor, ModelActor, run_episodes
+from opdplug_agents.rollout import ExpertActor, run_episodes
 from opdplug_agents.task import AgentTask
 
 SPECS = [("swapsort", seed, {"horizon": 5, "max_turns": 6}) for seed in range(4)]

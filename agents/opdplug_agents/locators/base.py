@@ -46,7 +46,7 @@ class LocatorDeps:
     """Where the environments are registered (``ctx.registry`` in a run; None: the installed
     plugins')."""
     stats: Counter = field(default_factory=Counter)
-    """Counters (see the module docstring)."""
+    """Counters (listed in the docstring of ``opdplug_agents.locators``)."""
     notes: list = field(default_factory=list)
     """One line per problem met (e.g. why a judge reply was unusable)."""
 
@@ -59,8 +59,6 @@ class LocatorDeps:
         self.stats["episodes"] += len(found)
         self.stats["located"] += sum(k is not None for k in found)
         return found
-
-
 
 
 def start_turns(start: Start, n: int) -> list[int]:
