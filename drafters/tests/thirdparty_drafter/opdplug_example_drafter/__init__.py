@@ -1,0 +1,126 @@
+"""An example third-party drafter kind, ``bigram``: the next token's distribution given the
+previous one, counted on completions the target samples itself.
+
+It uses only public API: ``opdplug.hookimpl``, ``opdplug.config.from_dict`` and
+``opdplug.errors``; ``opdplug_drafters``' kind protocol (``DrafterKind``, ``TrainRequest``,
+``TrainOutcome``, ``acceptance_of``); ``opdplug_local.sampling.sample``. A config chooses it::
+
+    [drafter]
+    kind = "bigram"
+    [drafter.options]
+    prompts = 64
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+
+from opdplug import hookimpl
+from opdplug.config import from_dict
+from opdplug.errors import ConfigError
+from opdplug_drafters import DrafterKind, TrainOutcome, TrainRequest, acceptance_of
+
+TABLE = "bigram.json"
+
+
+@dataclass(frozen=True)
+class BigramOptions:
+    """``[drafter.options]`` of ``kind = "bigram"``."""
+
+    prompts: int = 64
+    """Training prompts; the target completes each once."""
+    max_new_tokens: int = 32
+    """Budget of each completion."""
+    temperature: float = 1.0
+    """Temperature the target samples its completions at."""
+    smoothing: float = 0.01
+    """Count added to every (previous, next) pair."""
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.prompts < 1 or self.max_new_tokens < 1 or self.temperature < 0 or self.smoothing <= 0:
+            raise ConfigError("bigram needs prompts, max_new_tokens >= 1, temperature >= 0 and smoothing > 0")
+
+
+class BigramDrafter:
+    """A ``opdplug_drafters.base.Drafter``: drafts from ``logp_V_V[previous token]``."""
+
+    feature_layers = None
+
+    def __init__(self, counts_V_V: torch.Tensor, smoothing: float):
+        self.logp_V_V = torch.log_softmax(torch.log(counts_V_V.float() + smoothing), dim=-1)
+
+    def reset(self) -> None:
+        pass
+
+    @torch.no_grad()
+    def propose(self, sequences: Sequence[Sequence[int]], features, k: int, *, temperature: float,
+                generator: Optional[torch.Generator]) -> tuple[torch.Tensor, torch.Tensor]:
+        previous_B = torch.tensor([s[-1] for s in sequences], dtype=torch.long)
+        drafts, probs = [], []
+        for _ in range(k):
+            logp_B_V = self.logp_V_V[previous_B]
+            if temperature == 0:
+                token_B = logp_B_V.argmax(-1)
+                p_B_V = torch.nn.functional.one_hot(token_B, logp_B_V.shape[-1]).float()
+            else:
+                p_B_V = torch.softmax(logp_B_V / temperature, dim=-1)
+                token_B = torch.multinomial(p_B_V, 1, generator=generator).squeeze(-1)
+            drafts.append(token_B)
+            probs.append(p_B_V)
+            previous_B = token_B
+        return torch.stack(drafts, dim=1), torch.stack(probs, dim=1)
+
+
+def _validate(table: dict) -> BigramOptions:
+    return from_dict(BigramOptions, table, "[drafter.options]")
+
+
+def _train(request: TrainRequest) -> TrainOutcome:
+    from opdplug_local.sampling import sample
+
+    options: BigramOptions = request.options
+    target, tokenizer = request.load_target()
+    task = request.task(tokenizer)
+    V = target.get_output_embeddings().weight.shape[0]
+    prompts = task.prompts(options.prompts, seed=options.seed, split="train")
+    result = sample(target, [list(p.prompt_ids) for p in prompts], max_new_tokens=options.max_new_tokens,
+                    temperature=options.temperature, eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id,
+                    generator=torch.Generator().manual_seed(options.seed))
+    counts_V_V = torch.zeros(V, V)
+    for row, mask in zip(result.input_ids_B_L.tolist(), result.attention_mask_B_L.tolist()):
+        tokens = [t for t, m in zip(row, mask) if m]
+        for a, b in zip(tokens, tokens[1:]):
+            counts_V_V[a, b] += 1
+    out = Path(request.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / TABLE).write_text(json.dumps({"kind": "bigram", "options": asdict(options), "counts": counts_V_V.tolist()}))
+    reports = request.measure(target, tokenizer, task, BigramDrafter(counts_V_V, options.smoothing))
+    return TrainOutcome(output_dir=out, steps=1, acceptance=acceptance_of(reports),
+                        summary={"pairs": int(counts_V_V.sum())})
+
+
+def _recognises(path: Path) -> bool:
+    return (Path(path) / TABLE).is_file()
+
+
+def _load(path: Path, target) -> BigramDrafter:
+    data = json.loads((Path(path) / TABLE).read_text())
+    counts_V_V = torch.tensor(data["counts"])
+    V = target.get_output_embeddings().weight.shape[0]
+    if counts_V_V.shape != (V, V):
+        raise ConfigError(f"{str(path)!r}: the bigram table is {tuple(counts_V_V.shape)}, the target's vocabulary {V}")
+    return BigramDrafter(counts_V_V, data["options"]["smoothing"])
+
+
+BIGRAM = DrafterKind("bigram", "next token given the previous one, counted on the target's samples",
+                     load=_load, recognises=_recognises, train=_train, validate_options=_validate)
+
+
+@hookimpl
+def opd_register_drafter_kinds(register):
+    register(BIGRAM.name, BIGRAM)
