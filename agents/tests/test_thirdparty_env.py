@@ -119,15 +119,20 @@ def test_training_on_it_through_the_cli_with_its_locator(tmp_path, capsys):
     assert json.loads((out_dir / "success_by_horizon.json").read_text())["env"] == "numberline"
 
 
-def test_a_misspelt_environment_in_a_config_fails_before_anything_loads(tmp_path, capsys):
-    config = tmp_path / "typo.toml"
+@pytest.mark.parametrize("task_options,message", [
+    ('env = "numbreline"', "task.options.env = 'numbreline': unknown environment 'numbreline'; allowed: calc_lookup, gridnav, numberline,"),
+    ('env = "numberline"\nmax_horizon = 31', "task 'agent': numberline needs 1 <= min_horizon <= max_horizon <= 30"),
+    ('env = "numberline"\nenv_options = {size = 4}', "task 'agent': numberline: "),
+])
+def test_a_bad_agent_task_fails_before_anything_loads(tmp_path, capsys, task_options, message):
+    config = tmp_path / "bad.toml"
     config.write_text(
         f'[run]\noutput_dir = "{tmp_path / "run"}"\nsteps = 1\n[student]\ntiny = "tiny"\n[teacher]\nscorer = "none"\n'
-        '[task]\nname = "agent"\n[task.options]\nenv = "numbreline"\n[rollout]\nsampler = "agent_expert"\n'
+        f'[task]\nname = "agent"\n[task.options]\n{task_options}\n[rollout]\nsampler = "agent_expert"\n'
         '[loss]\nsupport = "sampled"\nestimator = "nll"\n'
     )
     rc, _, err = run(["train", str(config)], capsys)
     lines = [line for line in err.splitlines() if line.startswith("opdplug: error:")]
-    assert rc != 0 and len(lines) == 1 and "task.options.env = 'numbreline': unknown environment" in lines[0]
-    assert "numberline" in lines[0] and not (tmp_path / "run").exists()
+    assert rc != 0 and len(lines) == 1 and message in lines[0], err
+    assert not (tmp_path / "run").exists() and "Traceback" not in err
     assert env_class("numberline").horizon_range == (1, 30)
