@@ -1,107 +1,93 @@
-"""The command line: plugin listing, one-line errors with nothing written, check, eval."""
+"""The command line on the toy plugin, installed as a distribution: plugin listing, one-line
+errors with nothing written, check, train."""
 import json
 
 import pytest
 
-from opdplug_local import tiny
 from opdplug.cli import main
-from opdplug_local.tasks import SumChain
+from opdplug.manager import ENV_ONLY
 
 
-def write_config(path, text):
-    path.write_text(text)
+def write_config(tmp_path, extra: str = "") -> str:
+    """A toy run's config; ``extra`` is appended (keys before its first table land in [run])."""
+    path = tmp_path / "c.toml"
+    path.write_text(f"""
+[run]
+output_dir = "{tmp_path / 'out'}"
+progress = false
+device = "cpu"
+{extra}
+""")
     return str(path)
 
 
-def base_toml(tmp_path, tiny_models, trained_teacher, extra=""):
-    return f"""
-[run]
-output_dir = "{tmp_path / 'out'}"
-steps = 2
-batch_size = 4
-progress = false
-[student]
-path = "{tiny_models.student_dir}"
-[teacher]
-path = "{trained_teacher}"
-[task.options]
-max_len = 3
-{extra}
-"""
-
-
-def test_plugins_json_lists_every_plugin(capsys):
+def test_plugins_json_lists_every_plugin(toy_entry_points, capsys):
     assert main(["plugins", "--json"]) == 0
     listing = {p["name"]: p for p in json.loads(capsys.readouterr().out)}
-    assert {"opdplug", "token", "example"} <= set(listing)
-    example = listing["example"]
-    assert example["distribution"] == "opdplug-example-divergence" and example["version"] == "0.0.1"
-    assert example["hooks"] == ["opd_register_divergences"] and example["provides"] == {"divergences": ["jeffreys"]}
-    assert "reverse_kl" in listing["token"]["provides"]["divergences"]
-    assert "on_policy" in listing["token"]["provides"]["samplers"]
-    assert "train" in listing["opdplug"]["provides"]["commands"]
+    assert set(listing) == {"opdplug", "toy", "toy_backend"}
+    toy = listing["toy"]
+    assert toy["distribution"] == "opdplug-toy" and toy["version"] == "0.3" and "error" not in toy
+    assert "opd_loss" in toy["hooks"] and "opd_register_samplers" in toy["hooks"]
+    assert toy["provides"] == {"tasks": ["count"], "samplers": ["sample", "reference"], "scorers": ["bigram"],
+                               "credit_schemes": ["uniform"], "verifiers": ["exact"]}
+    assert listing["toy_backend"]["hooks"] == ["opd_load_models", "opd_save_model", "opd_student_forward"]
+    assert sorted(listing["opdplug"]["provides"]["commands"]) == ["check", "plugins", "train"]
 
 
-def test_plugins_table(capsys):
+def test_plugins_table_shows_failures(toy_entry_points, monkeypatch, capsys):
+    toy_entry_points.install("opdplug-fake-broken", {"broken": "fake_broken"}, modules={"fake_broken": "1 / 0\n"})
+    monkeypatch.setenv(ENV_ONLY, "toy,toy_backend,broken")
     assert main(["plugins"]) == 0
     out = capsys.readouterr().out
-    assert "example  (opdplug-example-divergence 0.0.1)" in out and "divergences: jeffreys" in out
+    assert "toy  (opdplug-toy 0.3)" in out and "    samplers: reference, sample" in out
+    assert "broken  (opdplug-fake-broken 0.3)\n    FAILED TO LOAD: ZeroDivisionError: division by zero" in out
 
 
 @pytest.mark.parametrize(
     "extra, message",
     [
-        ('[loss]\ndivergence = "revrse_kl"', "loss.divergence = 'revrse_kl': unknown divergence 'revrse_kl'; allowed: akl, alpha,"),
-        ("[loss]\ntop_k = \"many\"", "loss.top_k must be an integer, got str 'many'"),
-        ("[loss]\nbogus = 1", "[loss] has unknown key 'bogus'"),
-        ('[loss]\ndivergence = "jsd"\n[loss.divergence_options]\nbeta = "half"', "beta must be a number"),
-        ("[token.filter]\nenabeld = true", "[token.filter] has unknown key 'enabeld'"),
-        ('[rollout]\nsampler = "lambda_mix"\n[rollout.options]\nlmbda = 2.0', "lmbda must be in [0, 1]"),
+        ('[rollout]\nsampler = "smaple"', "rollout.sampler = 'smaple': unknown sampler 'smaple'; allowed: reference, sample"),
+        ('[credit]\nverifier = "exakt"', "credit.verifier = 'exakt': unknown verifier 'exakt'; allowed: exact"),
+        ('steps = "many"', "run.steps must be an integer, got str 'many'"),
+        ("batch_size = 0", "run.batch_size must be at least 1, got 0"),
+        ("[loss]\ntop_k = 1", "unknown table [loss]; allowed tables: credit, rollout, run, student, task, teacher, toy"),
+        ("[toy]\nhiden = 4", "[toy] has unknown key 'hiden'; allowed keys: hidden, teacher_seed"),
+        ("[rollout.options]\nwidth = 2", "has unknown key 'width'; allowed keys: (none: this component takes no options)"),
+        ("[task.options]\nprompt_len = 0", "task 'count': prompt_len must be at least 1"),
     ],
 )
-def test_bad_config_is_one_line_and_writes_nothing(tmp_path, tiny_models, trained_teacher, capsys, extra, message):
-    cfg = write_config(tmp_path / "c.toml", base_toml(tmp_path, tiny_models, trained_teacher, extra))
-    assert main(["train", cfg]) == 2
+def test_bad_config_is_one_line_and_writes_nothing(toy_entry_points, tmp_path, capsys, extra, message):
+    assert main(["train", write_config(tmp_path, extra)]) == 2
     err = capsys.readouterr().err
     assert message in err, err
     assert err.count("\n") == 1 and err.startswith("opdplug: error: ")
     assert not (tmp_path / "out").exists()
 
 
-def test_mismatched_tokenizers_fail_before_training(tmp_path, tiny_models, capsys):
-    other_tok = tiny.build_tokenizer(SumChain().words() + ["extra"])
-    other = tmp_path / "other_teacher"
-    tiny.save_pretrained_pair(tiny.build_model("tiny", other_tok, seed=3), other_tok, other)
-    cfg = write_config(tmp_path / "c.toml", base_toml(tmp_path, tiny_models, other))
-    assert main(["train", cfg]) == 2
+def test_missing_backend_and_missing_file_are_one_line(toy_entry_points, monkeypatch, tmp_path, capsys):
+    assert main(["train", str(tmp_path / "nope.toml")]) == 2
+    assert capsys.readouterr().err == f"opdplug: error: config file {str(tmp_path / 'nope.toml')!r} does not exist\n"
+    monkeypatch.setenv(ENV_ONLY, "toy")  # no backend
+    assert main(["train", write_config(tmp_path)]) == 2
     err = capsys.readouterr().err
-    assert "teacher and student tokenizers differ (0 tokens only in the student's, 1 only in the teacher's" in err
-    assert err.count("\n") == 1
+    assert "no loaded plugin loads models (hook opd_load_models)" in err and err.count("\n") == 1
     assert not (tmp_path / "out").exists()
 
 
-def test_check_reports_self_loss_near_zero(tmp_path, tiny_models, trained_teacher, capsys):
-    cfg = write_config(tmp_path / "c.toml", base_toml(tmp_path, tiny_models, trained_teacher, '[loss]\ndivergence = "jsd"'))
-    assert main(["check", cfg]) == 0
-    report = json.loads(capsys.readouterr().out)
-    assert report["tokenizers"] == "identical" and abs(report["self_loss_per_token"]) < 1e-5
+def test_check_runs_every_preflight(toy_entry_points, tmp_path, capsys):
+    assert main(["check", write_config(tmp_path)]) == 0
+    assert json.loads(capsys.readouterr().out) == {"config": "ok", "toy_vocab": 13}
+    assert not (tmp_path / "out").exists()
 
 
-def test_train_then_eval_run_dir_and_checkpoint(tmp_path, tiny_models, trained_teacher, capsys):
-    cfg = write_config(tmp_path / "c.toml", base_toml(tmp_path, tiny_models, trained_teacher))
-    assert main(["train", cfg]) == 0
-    capsys.readouterr()
-    assert main(["eval", str(tmp_path / "out"), "--lengths", "1,2", "-n", "10", "--json"]) == 0
-    from_run = json.loads(capsys.readouterr().out)["accuracy"]
-    ckpt = tmp_path / "out" / "checkpoints" / "step-000002"
-    assert main(["eval", str(ckpt), "--lengths", "1,2", "-n", "10", "--json"]) == 0
-    from_ckpt = json.loads(capsys.readouterr().out)["accuracy"]
-    assert set(from_run) == {"1", "2"} and from_run == from_ckpt
-    # the resolved config and plugin versions travel with the checkpoint
-    assert "[loss]" in (ckpt / "config.toml").read_text()
-    assert json.loads((ckpt / "state.json").read_text())["versions"]["token"] == "opdplug-token==0.1.0"
-
-
-def test_eval_of_nonsense_path(tmp_path, capsys):
-    assert main(["eval", str(tmp_path)]) == 2
-    assert "neither a model directory nor a finished run directory" in capsys.readouterr().err
+def test_train_prints_a_summary_and_checkpoints_record_config_and_versions(toy_entry_points, tmp_path, capsys):
+    cfg = write_config(tmp_path, "steps = 2\nbatch_size = 4\n[toy]\nhidden = 4")
+    assert main(["train", cfg, "--steps", "3", "--output-dir", str(tmp_path / "elsewhere")]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["steps"] == 3 and summary["processes"] == 1 and summary["output_dir"] == str(tmp_path / "elsewhere")
+    assert summary["final_model"] == str(tmp_path / "elsewhere" / "final") and summary["last_loss"] > 0
+    ckpt = tmp_path / "elsewhere" / "checkpoints" / "step-000003"
+    assert "[toy]\nhidden = 4" in (ckpt / "config.toml").read_text()
+    assert json.loads((ckpt / "state.json").read_text())["versions"] == {
+        "opdplug": "opdplug==0.1.0", "toy": "opdplug-toy==0.3", "toy_backend": "opdplug-toy==0.3"}
+    assert not (tmp_path / "out").exists()

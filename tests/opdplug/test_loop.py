@@ -1,146 +1,124 @@
-"""The training loop: global normalization, exact resume, failures that write nothing."""
+"""The training loop on the toy plugin: global normalization, exact resume, failures that write
+nothing, retried steps, the run directory."""
+import json
 import types
 
 import pytest
 import torch
 
-from opdplug.errors import TrainingError
+import toy_backend
+from opdplug.errors import ConfigError, RemoteError, TrainingError
 from opdplug.hookspecs import hookimpl
 from opdplug.loop import train
-from opdplug.manager import make_plugin_manager
-from opdplug_local.tasks import SumChain
 from opdplug.types import LossOutput
 
 
-def weights(model_dir):
-    from opdplug_local.models import load_model
-
-    return dict(load_model(str(model_dir), "x").named_parameters())
-
-
-class FixedPool(SumChain):
-    """Prompts drawn in order from one fixed pool, whatever the seed: two runs that split the
-    same global batch differently see exactly the same sequences."""
-
-    def __init__(self, tokenizer=None, options=None):
-        super().__init__(tokenizer, options)
-        self.pool = SumChain.prompts(self, 64, seed=0, split="train")
-        self.next = 0
-
-    def prompts(self, n, *, seed, split, length=None):
-        if split != "train":
-            return super().prompts(n, seed=seed, split=split, length=length)
-        out = self.pool[self.next : self.next + n]
-        self.next += n
-        return out
+def plugin(name: str, **hooks):
+    module = types.ModuleType(name)
+    for hook, fn in hooks.items():
+        setattr(module, hook, hookimpl(fn))
+    return module
 
 
-fixed_pool_plugin = types.ModuleType("fixed_pool_plugin")
-fixed_pool_plugin.opd_register_tasks = hookimpl(lambda register: register("fixed_pool", FixedPool))
-
-
-def test_loss_invariant_to_micro_batching(run_config, tmp_path):
-    finals = []
-    for batch_size, accum in ((8, 1), (4, 2), (2, 4)):
-        config, manager = run_config(
-            make_plugin_manager([fixed_pool_plugin]),
-            run={"output_dir": str(tmp_path / f"mb{batch_size}"), "batch_size": batch_size, "grad_accum": accum, "steps": 2, "lr": 1e-2},
-            task={"name": "fixed_pool", "options": {"min_len": 1, "max_len": 4}},
-            rollout={"sampler": "reference"},
-        )
-        result = train(config, manager)
-        finals.append((weights(result.final_model_dir), result.history))
-    (w0, h0), rest = finals[0], finals[1:]
-    for w, h in rest:
-        assert [m["tokens"] for m in h] == [m["tokens"] for m in h0]
-        for name in w0:
-            # Adam amplifies float32 summation-order noise where a gradient is ~0 (e.g. the
-            # embedding row of a rare token): a few 1e-5 on single elements after 2 steps.
-            torch.testing.assert_close(w[name], w0[name], rtol=0, atol=5e-5)
-        assert h[0]["loss"] == pytest.approx(h0[0]["loss"], rel=1e-5)
-
-
-def test_on_policy_run_is_a_function_of_the_global_batch(run_config, tmp_path):
-    """The built-in task and sampler: how a global batch of 8 is cut into micro-batches changes
-    neither the prompts nor the student's samples (per-row seeds) nor the update."""
+@pytest.mark.parametrize("sampler", ["reference", "sample"])
+def test_a_run_is_a_function_of_the_global_batch(toy_run, tmp_path, sampler):
+    """However a global batch of 8 is cut (8 x 1, 4 x 2, 2 x 4 micro-batches), the prompts, the
+    samples (one seed per global row) and the update are the same: the loss is normalized by
+    the step's global token count."""
     runs = []
     for batch_size, accum in ((8, 1), (4, 2), (2, 4)):
-        config, manager = run_config(run={"output_dir": str(tmp_path / f"op{batch_size}"), "batch_size": batch_size,
-                                          "grad_accum": accum, "steps": 2, "lr": 1e-3})
+        config, manager = toy_run(run={"output_dir": str(tmp_path / f"mb{batch_size}"), "batch_size": batch_size,
+                                       "grad_accum": accum, "steps": 3, "lr": 1e-2}, rollout={"sampler": sampler})
         result = train(config, manager)
-        runs.append((weights(result.final_model_dir), result.history))
+        runs.append((toy_backend.load_weights(result.final_model_dir), result.history))
     (w0, h0), rest = runs[0], runs[1:]
+    start = toy_backend.Bigram(hidden=8, seed=0).state_dict()
+    assert max(float((w0[n] - w).abs().max()) for n, w in start.items()) > 1e-3  # far above the tolerance
     for w, h in rest:
         for key in ("tokens", "rollout/sequence_tokens_total", "rollout/truncated"):
-            assert [m[key] for m in h] == [m[key] for m in h0], key  # the same samples
+            assert [m[key] for m in h] == [m[key] for m in h0], key  # the same sequences
         assert [m["loss"] for m in h] == pytest.approx([m["loss"] for m in h0], rel=1e-5)
         for name in w0:
-            torch.testing.assert_close(w[name], w0[name], rtol=0, atol=1e-5)
+            torch.testing.assert_close(w[name], w0[name], rtol=0, atol=1e-6)
 
 
-def test_killed_run_resumes_to_the_same_weights(run_config, tmp_path):
+def test_killed_run_resumes_to_the_same_weights(toy_run, tmp_path):
     common = {"steps": 6, "checkpoint_every": 2, "lr": 1e-2}
-    config, manager = run_config(run={**common, "output_dir": str(tmp_path / "straight")})
+    config, manager = toy_run(run={**common, "output_dir": str(tmp_path / "straight")})
     straight = train(config, manager)
 
-    config, manager = run_config(run={**common, "output_dir": str(tmp_path / "killed"), "stop_after": 3})
+    config, manager = toy_run(run={**common, "output_dir": str(tmp_path / "killed"), "stop_after": 3})
     killed = train(config, manager)
     assert killed.final_model_dir is None and killed.steps_done == 3  # step 3 was lost: last checkpoint is 2
-    config, manager = run_config(run={**common, "output_dir": str(tmp_path / "killed")})
+    assert not (tmp_path / "killed" / "final").exists()
+    config, manager = toy_run(run={**common, "output_dir": str(tmp_path / "killed")})
     resumed = train(config, manager)
     assert [m["step"] for m in resumed.history] == [2, 3, 4, 5]
-    a, b = weights(straight.final_model_dir), weights(resumed.final_model_dir)
+    a, b = toy_backend.load_weights(straight.final_model_dir), toy_backend.load_weights(resumed.final_model_dir)
     for name in a:
         assert torch.equal(a[name], b[name]), name
     assert [m["loss"] for m in straight.history[2:]] == [m["loss"] for m in resumed.history]
+    assert sorted(p.name for p in (tmp_path / "killed" / "checkpoints").glob("step-*")) == ["step-000004", "step-000006"]
 
 
-def test_nan_loss_stops_without_checkpoint(run_config, tmp_path):
-    plugin = types.ModuleType("nan_plugin")
-
-    @hookimpl
-    def opd_loss(ctx, batch, scores, credit, student):
-        if not torch.is_grad_enabled():
-            return None  # the pre-flight self-test (no grad) sees the real loss
-        return LossOutput(loss_sum=student.hidden_B_L_H.sum() * float("nan"), num_tokens=1)
-
-    plugin.opd_loss = opd_loss
-    config, manager = run_config(make_plugin_manager([plugin]), run={"checkpoint_every": 1, "output_dir": str(tmp_path / "nan")},
-                                 loss={"support": "sampled", "estimator": "k2"})
+def test_nan_loss_stops_without_checkpoint(toy_run, toy_manager, tmp_path):
+    nan = plugin("nan_plugin", opd_loss=lambda ctx, batch, scores, credit, student: LossOutput(
+        loss_sum=student.hidden_B_L_H.sum() * float("nan"), num_tokens=1))
+    config, manager = toy_run(toy_manager(nan), run={"checkpoint_every": 1, "output_dir": str(tmp_path / "nan")})
     with pytest.raises(TrainingError, match="the loss is not finite at step 0"):
         train(config, manager)
     assert not (tmp_path / "nan" / "checkpoints").exists()
 
 
-def test_third_party_divergence_chosen_by_name(run_config):
-    config, manager = run_config(loss={"divergence": "jeffreys", "divergence_options": {"scale": 0.5}})
-    result = train(config, manager)
-    assert manager.registry.owners["divergences"]["jeffreys"] == "example"
-    assert result.history[-1]["loss"] > 0
-    # the reported per-token loss is the plugin's divergence: half of forward + reverse KL
-    m = result.history[-1]
-    assert m["loss"] == pytest.approx(0.5 * (m["forward_kl"] + m["reverse_kl"]), rel=1e-4)
+def test_a_run_without_a_backend_is_one_line_naming_opd_load_models(toy_run, toy_manager, tmp_path):
+    config, manager = toy_run(toy_manager(backend=False))
+    with pytest.raises(ConfigError) as err:
+        train(config, manager)
+    msg = str(err.value)
+    assert "no loaded plugin loads models (hook opd_load_models)" in msg and "\n" not in msg
+    assert not (tmp_path / "run").exists()
 
 
-def test_lora_student_checkpoints_only_the_adapter(run_config, tmp_path):
-    from safetensors.torch import load_file
-
-    config, manager = run_config(student={"lora_r": 4}, run={"output_dir": str(tmp_path / "lora")})
-    result = train(config, manager)
-    saved = load_file(str(tmp_path / "lora" / "checkpoints" / "step-000002" / "model.safetensors"))
-    assert saved and all("lora_" in k for k in saved)
-    merged = weights(result.final_model_dir)
-    assert not any("lora" in k for k in merged)  # exported merged, a plain causal LM
+def test_a_stage_nobody_runs_is_named(toy_run, toy_manager):
+    backend = plugin("forwardless_backend", opd_load_models=toy_backend.opd_load_models,
+                     opd_save_model=toy_backend.opd_save_model)  # no opd_student_forward
+    config, manager = toy_run(toy_manager(backend, backend=False))
+    with pytest.raises(TrainingError, match=r"^no plugin ran the student's forward pass \(opd_student_forward returned None\)$"):
+        train(config, manager)
 
 
-def test_metrics_jsonl_and_tensorboard(run_config, tmp_path):
-    import json
+def test_a_step_a_server_fails_is_redone_whole_then_checkpointed(toy_run, toy_manager, tmp_path):
+    failures = {"left": 1}
 
-    config, manager = run_config(run={"output_dir": str(tmp_path / "tb"), "tensorboard": True})
+    def flaky(ctx, prompts, step):
+        if failures["left"]:
+            failures["left"] -= 1
+            raise RemoteError("teacher unreachable", url="http://127.0.0.1:1")
+
+    config, manager = toy_run(toy_manager(plugin("flaky", opd_rollout=flaky)), run={"output_dir": str(tmp_path / "a")})
+    assert train(config, manager).steps_done == 2  # the first step failed once and was redone
+
+    failures["left"] = 100
+    config, manager = toy_run(toy_manager(plugin("flaky", opd_rollout=flaky)),
+                              run={"output_dir": str(tmp_path / "b"), "step_retries": 1})
+    with pytest.raises(RemoteError, match=r"teacher unreachable \(checkpoint written at step 0; rerun the same command to resume\)"):
+        train(config, manager)
+    assert (tmp_path / "b" / "checkpoints" / "step-000000").is_dir()
+
+
+def test_run_directory_metrics_and_tensorboard(toy_run, tmp_path):
+    pytest.importorskip("tensorboard")
+    config, manager = toy_run(run={"output_dir": str(tmp_path / "tb"), "tensorboard": True},
+                              rollout={"sampler": "reference"}, credit={"verifier": "exact"})
     train(config, manager)
-    lines = [json.loads(l) for l in (tmp_path / "tb" / "metrics.jsonl").read_text().splitlines()]
+    lines = [json.loads(line) for line in (tmp_path / "tb" / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in lines] == [0, 1]
-    for key in ("reverse_kl", "forward_kl", "student_entropy", "teacher_entropy", "topk_overlap", "tail_mass",
-                "clamped", "rollout/truncated", "loss", "tokens"):
+    for key in ("loss", "reverse_kl", "tokens", "processes", "lr", "grad_norm", "rollout/completion_tokens",
+                "rollout/truncated", "rollout/on_policy", "rollout/sequence_tokens_total", "time/step_s"):
         assert key in lines[0], key
+    assert lines[0]["rollout/reward"] == 1.0 and lines[0]["rollout/on_policy"] == 0.0  # the references are right
+    assert lines[0]["loss"] == pytest.approx(lines[0]["reverse_kl"])
     assert list((tmp_path / "tb" / "tensorboard").glob("events.out.tfevents.*"))
+    recorded = (tmp_path / "tb" / "config.toml").read_text()
+    assert 'sampler = "reference"' in recorded and 'scorer = "bigram"' in recorded  # defaults resolved
+    assert json.loads((tmp_path / "tb" / "plugins.json").read_text())["toy_plugin"].startswith("toy_plugin==")
