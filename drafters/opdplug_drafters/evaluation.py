@@ -10,7 +10,8 @@ from typing import Any, Optional, Sequence
 
 from opdplug.context import derive_seed
 
-from .specdec import SpecReport, measure
+from .acceptance import SpecReport
+from .specdec import measure
 
 
 def held_out(task: Any, n: int, seed: int) -> tuple[list[list[int]], list[int]]:

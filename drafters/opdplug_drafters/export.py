@@ -6,7 +6,7 @@ calls the registered kind's ``export``; the built-in kinds' are here:
 * ``"eagle3"``: ``config.json`` (``architectures: ["LlamaForCausalLMEagle3"]``, one layer, the
   target's vocabulary and hidden size, ``draft_vocab_size``, explicit
   ``eagle_config.eagle_aux_hidden_state_layer_ids``) and ``model.safetensors`` holding exactly the
-  tensors SGLang's ``LlamaForCausalLMEagle3.load_weights`` maps (``model.eagle3.tensor_specs``),
+  tensors SGLang's ``LlamaForCausalLMEagle3.load_weights`` maps (``eagle3.config.tensor_specs``),
   ``embed_tokens.weight`` included (a copy of the target's table; SGLang swaps in the target's own
   at serving time, so every parameter it builds is still set from the file).
 * ``"standalone"``: a plain causal LM directory (config, safetensors weights, tokenizer files,
@@ -32,7 +32,7 @@ from safetensors.torch import load_file, save_file
 from opdplug.errors import ConfigError
 
 from .eagle3.checkpoint import CONFIG, WEIGHTS, config_from_dict, read_head_files, write_dir_atomically
-from .eagle3.model import ARCHITECTURE, aux_layers_of, check_aux_layers, config_json, tensor_specs
+from .eagle3.config import ARCHITECTURE, aux_layers_of, check_aux_layers, config_json, tensor_specs
 from .eagle3.vocab import check_vocab_maps
 
 TARGET_EMBED_KEY = "model.embed_tokens.weight"

@@ -6,9 +6,10 @@ import torch
 
 from opdplug.errors import ConfigError
 from opdplug_drafters.eagle3 import tensor_specs
-from opdplug_drafters.eagle3.model import check_aux_layers, default_aux_layers, draft_config, sglang_layer_ids
+from opdplug_drafters.eagle3.config import check_aux_layers, default_aux_layers, draft_config, sglang_layer_ids
 from opdplug_drafters.eagle3.toy import toy_head, toy_target
-from opdplug_drafters.eagle3.train import Eagle3Options, generate, target_batch
+from opdplug_drafters.eagle3.train import Eagle3Options
+from opdplug_drafters.eagle3.ttt import generate, target_batch
 
 from eagle3_reference import chain_step, feature_entries
 

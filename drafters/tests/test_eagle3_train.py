@@ -9,7 +9,7 @@ from opdplug.errors import ConfigError
 from opdplug_local.tasks import SumChain
 from opdplug_drafters.eagle3 import Eagle3Drafter, Eagle3Options, plot_metrics, read_metrics, train_eagle3
 from opdplug_drafters.eagle3.toy import toy_head, toy_target
-from opdplug_drafters.eagle3.train import generate, target_batch, ttt_loss
+from opdplug_drafters.eagle3.ttt import generate, target_batch, ttt_loss
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,8 @@ Public API::
 """
 from .checkpoint import load_head, save_head
 from .drafter import Eagle3Drafter
-from .model import ARCHITECTURE, Eagle3Head, default_aux_layers, draft_config, sglang_layer_ids, tensor_specs
+from .config import ARCHITECTURE, default_aux_layers, draft_config, sglang_layer_ids, tensor_specs
+from .model import Eagle3Head
 from .train import Eagle3Options, Eagle3Result, plot_metrics, read_metrics, train_eagle3
 from .vocab import build_vocab, check_vocab_maps, count_tokens
 

@@ -20,7 +20,8 @@ from safetensors.torch import load_file, save_file
 
 from opdplug.errors import ConfigError
 
-from .model import Eagle3Head, config_json, tensor_specs
+from .config import config_json, tensor_specs
+from .model import Eagle3Head
 
 HEAD_SUBDIR = "head"
 """Where ``train_eagle3`` puts the head inside its output directory."""
@@ -139,7 +140,7 @@ def load_head(path: Union[str, os.PathLike], target: torch.nn.Module) -> Eagle3H
 
 def check_against_target(config: transformers.PretrainedConfig, target_config) -> None:
     """One-line ``ConfigError`` unless the head's shape fits ``target_config`` (a HF config)."""
-    from .model import aux_layers_of, check_aux_layers
+    from .config import aux_layers_of, check_aux_layers
 
     if target_config is None:
         raise ConfigError("the target has no config; pass the Hugging Face model the head was trained against")

@@ -17,22 +17,15 @@ What SGLang 0.5.23 builds (``sglang/srt/models/llama_eagle3.py``) and what this 
 * ``d2t`` [draft_vocab] (int64 offsets, ``target_id = draft_id + d2t[draft_id]``; SGLang turns it
   into ``hot_token_id``) and ``t2d`` [vocab] (bool; SGLang skips it, kept for the audit).
 
-Auxiliary layer convention. ``aux_layers`` here are Hugging Face ``output_hidden_states`` indices:
-index ``i`` is the residual stream ENTERING decoder layer ``i`` (0 = the token embeddings). SGLang's
-config key ``eagle_config.eagle_aux_hidden_state_layer_ids`` is one less: for an id ``k`` it
-captures the stream entering layer ``k + 1`` (``set_eagle3_layers_to_capture`` adds 1; the capture
-happens in the attention prologue of that layer, before its input norm). So
-``eagle_aux_hidden_state_layer_ids = [i - 1 for i in aux_layers]``, and ``i`` ranges over
-``0 .. L-1`` (``L`` itself, the final output, is never captured by SGLang).
-
 Positions follow SGLang's draft worker: the pair (token ``x_{t+1}``, feature ``f_t``) sits at
 position ``t``; draft step ``j`` of a chain rooted at ``t`` sits at position ``t + j`` and sees the
 feature-based entries at positions ``<= t`` plus its own chain's entries.
+
+The head's config, its auxiliary layers and the exported tensor names are in ``config.py``.
 """
 from __future__ import annotations
 
 import copy
-from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -41,153 +34,7 @@ from torch import nn
 
 from opdplug.errors import ConfigError
 
-ARCHITECTURE = "LlamaForCausalLMEagle3"
-"""The ``architectures`` entry SGLang's model registry maps to its EAGLE-3 Llama head."""
-
-
-# ----------------------------------------------------------------------------- aux layers
-def default_aux_layers(num_layers: int) -> tuple[int, ...]:
-    """Low, middle and high target layers (HF hidden-state indices) for a target of ``num_layers``.
-
-    SGLang's own default capture (entering layers ``2, L//2, L-3``) when those are distinct, as on
-    every real target; on shallow targets they collide (L = 4 gives 2, 2, 1) and the fallback is
-    ``1, L//2, L-1`` (L = 4 gives 1, 2, 3). Targets of fewer than 3 layers use every index
-    ``0 .. L-1`` (index 0 being the token embeddings).
-    """
-    if num_layers < 1:
-        raise ConfigError(f"the target has {num_layers} layers; an EAGLE-3 head needs at least 1")
-    sglang_default = (2, num_layers // 2, num_layers - 3)
-    if len(set(sglang_default)) == 3 and sorted(sglang_default) == list(sglang_default) and sglang_default[-1] <= num_layers - 1:
-        return sglang_default
-    fallback = (1, num_layers // 2, num_layers - 1)
-    if len(set(fallback)) == 3 and list(fallback) == sorted(fallback):
-        return fallback
-    return tuple(range(num_layers))
-
-
-def check_aux_layers(aux_layers: Sequence[int], num_layers: int) -> tuple[int, ...]:
-    """``aux_layers`` as a tuple, or a one-line ``ConfigError`` if SGLang could not capture them.
-
-    They must be distinct and ascending (SGLang captures in layer order, so the fc's input columns
-    follow that order, and a repeated id is captured once, breaking the fc's width) and within
-    ``0 .. num_layers - 1`` (SGLang never captures the final layer's output).
-    """
-    layers = tuple(aux_layers)
-    if not layers or not all(isinstance(i, int) and not isinstance(i, bool) for i in layers):
-        raise ConfigError(f"aux_layers must be a non-empty list of integers, got {list(aux_layers)!r}")
-    bad = [i for i in layers if not 0 <= i <= num_layers - 1]
-    if bad:
-        raise ConfigError(
-            f"aux_layers {list(layers)} has {bad} outside 0..{num_layers - 1} for a {num_layers}-layer target "
-            f"(index i = hidden state entering layer i; SGLang cannot capture the final output)"
-        )
-    if len(set(layers)) != len(layers) or list(layers) != sorted(layers):
-        raise ConfigError(
-            f"aux_layers {list(layers)} must be distinct and ascending (SGLang captures each layer once, "
-            f"in order); e.g. {list(default_aux_layers(num_layers))}"
-        )
-    return layers
-
-
-def sglang_layer_ids(aux_layers: Sequence[int]) -> list[int]:
-    """``eagle_aux_hidden_state_layer_ids`` for HF hidden-state indices ``aux_layers`` (each minus one)."""
-    return [int(i) - 1 for i in aux_layers]
-
-
-def aux_layers_of(config: transformers.PretrainedConfig) -> tuple[int, ...]:
-    """The HF hidden-state indices a head config reads (its SGLang layer ids plus one)."""
-    eagle = getattr(config, "eagle_config", None) or {}
-    ids = eagle.get("eagle_aux_hidden_state_layer_ids") if isinstance(eagle, dict) else None
-    if not ids:
-        raise ConfigError(
-            "the head's config.json has no eagle_config.eagle_aux_hidden_state_layer_ids; "
-            "SGLang would fall back to layers that collide on shallow targets: write them explicitly"
-        )
-    return tuple(int(i) + 1 for i in ids)
-
-
-# ----------------------------------------------------------------------------- config
-def draft_config(
-    target_config: transformers.PretrainedConfig,
-    *,
-    draft_vocab_size: int,
-    aux_layers: Sequence[int],
-    intermediate_size: Optional[int] = None,
-) -> transformers.LlamaConfig:
-    """The head's config, i.e. the ``config.json`` SGLang reads: the target's Llama shape
-    (hidden size, heads, head_dim, rope, norm eps, vocab) with one layer, the draft vocabulary and
-    the explicit capture layers."""
-    if getattr(target_config, "model_type", None) != "llama":
-        raise ConfigError(
-            f"an EAGLE-3 head is built for Llama targets; this target is {getattr(target_config, 'model_type', None)!r}"
-        )
-    layers = check_aux_layers(aux_layers, target_config.num_hidden_layers)
-    data = target_config.to_dict()
-    for key in ("_name_or_path", "transformers_version", "auto_map", "quantization_config"):
-        data.pop(key, None)
-    data.update(
-        architectures=[ARCHITECTURE],
-        num_hidden_layers=1,
-        vocab_size=int(target_config.vocab_size),
-        draft_vocab_size=int(draft_vocab_size),
-        intermediate_size=int(intermediate_size or target_config.intermediate_size),
-        tie_word_embeddings=False,  # SGLang would alias lm_head to the full-vocabulary embedding
-        attention_bias=False,  # SGLang's EAGLE-3 q/k/v carry no bias
-        mlp_bias=False,
-        use_cache=True,
-        eagle_config={"eagle_aux_hidden_state_layer_ids": sglang_layer_ids(layers), "use_aux_hidden_state": True},
-    )
-    data.pop("layer_types", None)  # per-layer lists sized for the target's depth
-    return transformers.LlamaConfig(**data)
-
-
-def config_json(config: transformers.PretrainedConfig, dtype: torch.dtype) -> dict:
-    """The ``config.json`` contents of a head config: its non-default fields (as
-    ``save_pretrained`` writes them) plus ``dtype``, the float type of the saved weights."""
-    data = config.to_diff_dict()
-    data.pop("_name_or_path", None)
-    # What SGLang and the audit read, written even where it equals LlamaConfig's default (a real
-    # 8B target has hidden_size 4096, the default, which to_diff_dict would drop).
-    full = config.to_dict()
-    for key in ("architectures", "model_type", "hidden_size", "intermediate_size", "num_hidden_layers",
-                "num_attention_heads", "num_key_value_heads", "head_dim", "vocab_size", "draft_vocab_size",
-                "max_position_embeddings", "rms_norm_eps", "hidden_act", "rope_parameters",
-                "tie_word_embeddings", "eagle_config"):
-        if key in full:
-            data[key] = full[key]
-    data["dtype"] = str(dtype).removeprefix("torch.")
-    return data
-
-
-def tensor_specs(config: transformers.PretrainedConfig) -> dict[str, tuple[tuple[int, ...], str]]:
-    """Every tensor an exported head holds: name -> (shape, kind), kind one of ``float``,
-    ``int64`` (``d2t``) or ``bool`` (``t2d``). These names are what SGLang's ``load_weights`` maps
-    (``midlayer`` -> ``model.layers.0``, q/k/v -> ``qkv_proj``, gate/up -> ``gate_up_proj``,
-    everything else under ``model.`` except ``lm_head``)."""
-    H = config.hidden_size
-    heads, kv_heads = config.num_attention_heads, config.num_key_value_heads
-    D = getattr(config, "head_dim", None) or H // heads
-    inter = config.intermediate_size
-    n_aux = len(aux_layers_of(config))
-    V, Vd = config.vocab_size, config.draft_vocab_size
-    return {
-        "embed_tokens.weight": ((V, H), "float"),
-        "fc.weight": ((H, n_aux * H), "float"),
-        "midlayer.input_layernorm.weight": ((H,), "float"),
-        "midlayer.hidden_norm.weight": ((H,), "float"),
-        "midlayer.self_attn.q_proj.weight": ((heads * D, 2 * H), "float"),
-        "midlayer.self_attn.k_proj.weight": ((kv_heads * D, 2 * H), "float"),
-        "midlayer.self_attn.v_proj.weight": ((kv_heads * D, 2 * H), "float"),
-        "midlayer.self_attn.o_proj.weight": ((H, heads * D), "float"),
-        "midlayer.post_attention_layernorm.weight": ((H,), "float"),
-        "midlayer.mlp.gate_proj.weight": ((inter, H), "float"),
-        "midlayer.mlp.up_proj.weight": ((inter, H), "float"),
-        "midlayer.mlp.down_proj.weight": ((H, inter), "float"),
-        "norm.weight": ((H,), "float"),
-        "lm_head.weight": ((Vd, H), "float"),
-        "d2t": ((Vd,), "int64"),
-        "t2d": ((V,), "bool"),
-    }
+from .config import aux_layers_of
 
 
 # ----------------------------------------------------------------------------- modules

@@ -7,7 +7,8 @@ from typing import Optional, Sequence, Union
 
 import torch
 
-from .model import Eagle3Head, default_aux_layers, draft_config
+from .config import default_aux_layers, draft_config
+from .model import Eagle3Head
 from .vocab import build_vocab, full_vocab
 
 
