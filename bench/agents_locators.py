@@ -53,6 +53,8 @@ locator's, None = no error):
 Outputs: a table whose last line is the headline; ``runs/bench/agents_locators.json`` (with
 every episode's actions and located turns under ``episode_details``) and
 ``runs/bench/agents_locators.png`` (accuracy per locator per environment; first-error histograms).
+The metrics and the threshold sweep are in ``bench/agents_locators_metrics.py``, the table, headline
+and plot in ``bench/agents_locators_report.py``; this script builds the models and runs the locators.
 
 Measured (this machine, 2 shared cores, 1 thread, students and teachers cached; 244-246 s, of which
 ``teacher_rollouts`` 228 s), 48 episodes per environment and horizon (h = 3, 4)::
@@ -102,12 +104,14 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from agents_horizon import METHODS as HORIZON_METHODS
 from agents_horizon import REDUCED as HORIZON_WARM
+from agents_locators_metrics import JUDGE_NOT_MEASURED  # noqa: F401  (part of this script's interface: the smoke test reads it)
+from agents_locators_metrics import histogram, locator_rows, threshold_sweep
+from agents_locators_report import headline, plot, table_lines
 
 from opdplug.cli import quiet_transformers
 
 SCORE_LOCATOR_OPTIONS: dict = dict(HORIZON_METHODS["SCoRe"]["rollout"]["options"]["locator_options"])
 """The ``teacher_logprob`` options SCoRe trains with in ``bench/agents_horizon.py``."""
-JUDGE_NOT_MEASURED = "not measured (needs an OpenAI-compatible endpoint; pass --judge-url URL)"
 
 
 @dataclass(frozen=True)
@@ -160,59 +164,6 @@ def student_recipe(cfg: LocatorBenchConfig, env: str, quick: bool):
     )
 
 
-# ----------------------------------------------------------------------------- metrics
-def score(pred: list, labels: list) -> dict:
-    """Accuracy of located first errors ``pred`` against the expert's ``labels`` (module docstring)."""
-    n = len(labels)
-    err = [i for i, k in enumerate(labels) if k is not None]
-    clean = [i for i, k in enumerate(labels) if k is None]
-    flagged = [i for i, p in enumerate(pred) if p is not None]
-
-    def frac(num, den):
-        return num / den if den else None
-
-    def near(p, k):
-        return (p is None and k is None) or (p is not None and k is not None and abs(p - k) <= 1)
-
-    tp = sum(labels[i] is not None for i in flagged)
-    return {
-        "n": n, "n_error": len(err), "n_clean": len(clean), "n_flagged": len(flagged),
-        "exact": frac(sum(p == k for p, k in zip(pred, labels)), n),
-        "within_one": frac(sum(near(p, k) for p, k in zip(pred, labels)), n),
-        "exact_on_errors": frac(sum(pred[i] == labels[i] for i in err), len(err)),
-        "within_one_on_errors": frac(sum(pred[i] is not None and abs(pred[i] - labels[i]) <= 1 for i in err), len(err)),
-        "early": frac(sum(pred[i] is not None and pred[i] < labels[i] for i in err), len(err)),
-        "late": frac(sum(pred[i] is not None and pred[i] > labels[i] for i in err), len(err)),
-        "missed": frac(sum(pred[i] is None for i in err), len(err)),
-        "false_alarm": frac(sum(pred[i] is not None for i in clean), len(clean)),
-        "precision": frac(tp, len(flagged)),
-        "recall": frac(tp, len(err)),
-    }
-
-
-def histogram(first_errors) -> dict:
-    """``{"0": k0, "1": k1, ..., "none": k}`` of first-error turn indices."""
-    counts = Counter(first_errors)
-    out = {str(t): counts[t] for t in sorted(t for t in counts if t is not None)}
-    out["none"] = counts.get(None, 0)
-    return out
-
-
-def short_label(name: str, options: dict) -> str:
-    """A locator's name with its options, short enough for the table."""
-    if name == "teacher_logprob" and options:
-        return f"teacher_logprob {options.get('reduce', 'mean')}<{options.get('threshold', -1.0)}"
-    if name == "teacher_rollouts" and options:
-        return f"teacher_rollouts n={options.get('n', 2)} m={options.get('margin', 0.5)}"
-    if name == "llm_judge" and options:
-        return f"llm_judge {options.get('model', 'default')}"
-    return name
-
-
-def _fmt(x: float | None) -> str:
-    return "  -  " if x is None else f"{x:5.2f}"
-
-
 # ----------------------------------------------------------------------------- the run
 def locate_all(name: str, locator, groups: dict, deps_for, bar, chunk: int) -> tuple[dict, Counter, float]:
     """Run ``locator`` over every group's episodes in chunks: per group the located turns, the
@@ -234,50 +185,6 @@ def locate_all(name: str, locator, groups: dict, deps_for, bar, chunk: int) -> t
             bar.update(len(part))
         out[key] = found
     return out, stats, seconds
-
-
-def plot(results: dict, path: Path) -> None:
-    """Accuracy per locator per environment (left); the expert's first-error histograms (right)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    envs = list(results["config"]["envs"])
-    rows = [(name, info) for name, info in results["locators"].items() if info.get("measured")]
-    fig, (ax, bx) = plt.subplots(1, 2, figsize=(12, 4.5))
-    width = 0.8 / max(len(rows), 1)
-    cols = envs + ["all"]
-    for i, (name, info) in enumerate(rows):
-        exact = [info["by_env"][e]["exact"] if e != "all" else info["all"]["exact"] for e in cols]
-        near = [info["by_env"][e]["within_one"] if e != "all" else info["all"]["within_one"] for e in cols]
-        xs = [c + (i - (len(rows) - 1) / 2) * width for c in range(len(cols))]
-        bars = ax.bar(xs, exact, width * 0.95, label=f"{name} exact")
-        ax.bar(xs, [b - a for a, b in zip(exact, near)], width * 0.95, bottom=exact, color=bars[0].get_facecolor(),
-               alpha=0.35, hatch="//", label=f"{name} within one step")
-    ax.set_xticks(range(len(cols)))
-    ax.set_xticklabels(cols)
-    ax.set_ylim(0, 1.35)
-    ax.set_yticks([0, 0.2, 0.4, 0.6, 0.8, 1.0])
-    ax.set_ylabel("accuracy vs the expert's first error (all episodes)")
-    ax.set_title("earliest-error locators (solid: exact step; hatched: within one step)", fontsize=10)
-    ax.legend(fontsize=7, loc="upper center", ncol=2)
-    hists = [(f"{e} h={h}", results["episodes"][e][str(h)]["first_error_histogram"])
-             for e in envs for h in results["config"]["horizons"]]
-    bins = sorted({k for _, hist in hists for k in hist if k != "none"}, key=int) + ["none"]
-    width = 0.8 / max(len(hists), 1)
-    for i, (label, hist) in enumerate(hists):
-        xs = [b + (i - (len(hists) - 1) / 2) * width for b in range(len(bins))]
-        bx.bar(xs, [hist.get(k, 0) for k in bins], width * 0.95, label=label)
-    bx.set_xticks(range(len(bins)))
-    bx.set_xticklabels(bins)
-    bx.set_xlabel("the expert's first wrong student turn (none: no error)")
-    bx.set_ylabel("episodes")
-    bx.set_title("where first errors fall (weak BC student, sampled)", fontsize=10)
-    bx.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def main(argv=None) -> dict:
@@ -413,110 +320,22 @@ def _run(cfg: LocatorBenchConfig, args) -> dict:
             for i, e in enumerate(groups[(env, h)])] for h in cfg.horizons}
 
     # (d) metrics
-    keys = [(env, h) for env in cfg.envs for h in cfg.horizons]
-
-    def gather(table, which):
-        return [k for key in keys if which(key) for k in table[key]]
-
-    for name, options in runs:
-        if name in failed:
-            results["locators"][name] = {"options": options, "measured": False, "note": failed[name]}
-            continue
-        cost = dict(stats[name])
-        calls = cost.get("teacher_actions", 0) + cost.get("teacher_scorings", 0) + cost.get("judge_calls", 0)
-        n_all = len(gather(labels, lambda k: True))
-        results["locators"][name] = {
-            "options": options, "measured": True,
-            "by_env": {env: score(gather(preds[name], lambda k, e=env: k[0] == e), gather(labels, lambda k, e=env: k[0] == e))
-                       for env in cfg.envs},
-            "by_env_horizon": {f"{env} h={h}": score(preds[name][(env, h)], labels[(env, h)]) for env, h in keys},
-            "all": score(gather(preds[name], lambda k: True), gather(labels, lambda k: True)),
-            "cost": {**cost, "teacher_calls": calls, "teacher_calls_per_episode": calls / n_all, "seconds": seconds[name]},
-            "cost_by_env": env_stats[name],
-        }
-    if "llm_judge" not in results["locators"]:
-        results["locators"]["llm_judge"] = {"options": {}, "measured": False, "note": JUDGE_NOT_MEASURED}
+    results["locators"] = locator_rows(cfg, runs, failed, preds, labels, stats, env_stats, seconds)
 
     # (e) the teacher_logprob threshold sweep (offline: the scorer replays one scoring pass)
-    for reduce in ("min", "mean"):
-        for threshold in cfg.sweep_thresholds:
-            locator = build_locator("teacher_logprob", {**cfg.logprob, "reduce": reduce, "threshold": threshold})
-            got = {}
-            for key, episodes in all_groups.items():
-                table = {id(e): lp for e, lp in zip(episodes, sweep_lps[key])}
-                deps = LocatorDeps(tokenizer=None, scorer=lambda eps, table=table: [table[id(e)] for e in eps])
-                got[key] = locator.locate(episodes, deps)
-            for scope in [*cfg.envs, "all"]:
-                sel = (lambda k: True) if scope == "all" else (lambda k, s=scope: k[0] == s)
-                row = {"reduce": reduce, "threshold": threshold,
-                       **score(gather(got, sel), gather(labels, sel))}
-                results["sweep"].setdefault(scope, []).append(row)
+    results["sweep"] = threshold_sweep(cfg, all_groups, sweep_lps, labels)
     main_row = next(r for r in results["sweep"]["all"]
                     if r["reduce"] == cfg.logprob.get("reduce", "mean") and r["threshold"] == cfg.logprob.get("threshold", -1.0))
     results["sweep_matches_reported_row"] = main_row["exact"] == results["locators"]["teacher_logprob"]["all"]["exact"]
 
     # (f) table, headline, files
-    lines = []
-    lines.append(f"held-out student episodes (sampled at T={cfg.temperature}), labels = the expert locator's first error:")
-    for env in cfg.envs:
-        for h in cfg.horizons:
-            ep = results["episodes"][env][str(h)]
-            hist = " ".join(f"{k}:{v}" for k, v in ep["first_error_histogram"].items())
-            lines.append(f"  {env:<12} h={h}  n={ep['n']:<4} success {ep['success']:.2f}  failing {ep['failing']:<3} "
-                         f"with an error {ep['with_error']:<3} mean turns {ep['mean_turns']:.1f}   first error at turn: {hist}")
-    lines.append("")
-    head = (f"{'env':<12} {'locator':<27} {'exact':>5} {'+-1':>5} | on error episodes: {'exact':>5} {'+-1':>5} "
-            f"{'early':>5} {'late':>5} {'miss':>5} | {'prec':>5} {'recall':>6} {'f.a.':>5} | {'calls/ep':>8} {'sec':>6}")
-    lines.append(head)
-    lines.append("-" * len(head))
-    for scope in [*cfg.envs, "all"]:
-        for name, info in results["locators"].items():
-            label = short_label(name, info["options"])
-            if not info["measured"]:
-                lines.append(f"{scope:<12} {label:<27} {info['note']}")
-                continue
-            m = info["all"] if scope == "all" else info["by_env"][scope]
-            cost = info["cost"]
-            if scope != "all":
-                used = info["cost_by_env"][scope]
-                calls = used.get("teacher_actions", 0) + used.get("teacher_scorings", 0) + used.get("judge_calls", 0)
-                cost = {"teacher_calls_per_episode": calls / m["n"], "seconds": used["seconds"]}
-            cost_text = f"{cost['teacher_calls_per_episode']:>8.1f} {cost['seconds']:>6.1f}"
-            lines.append(f"{scope:<12} {label:<27} {_fmt(m['exact'])} {_fmt(m['within_one'])} |                    "
-                         f"{_fmt(m['exact_on_errors'])} {_fmt(m['within_one_on_errors'])} {_fmt(m['early'])} "
-                         f"{_fmt(m['late'])} {_fmt(m['missed'])} | {_fmt(m['precision'])} {_fmt(m['recall']):>6} "
-                         f"{_fmt(m['false_alarm'])} | {cost_text}")
-        lines.append("")
-    lines.append("teacher_logprob threshold sweep (offline, one scoring pass; exact / +-1 / recall / false alarm, all episodes):")
-    lines.append(f"  {'threshold':>9}   " + "   ".join(f"{'reduce=' + r:^23}" for r in ("min", "mean")))
-    for threshold in cfg.sweep_thresholds:
-        cells = []
-        for reduce in ("min", "mean"):
-            r = next(r for r in results["sweep"]["all"] if r["reduce"] == reduce and r["threshold"] == threshold)
-            cells.append(f"{_fmt(r['exact'])} {_fmt(r['within_one'])} {_fmt(r['recall'])} {_fmt(r['false_alarm'])}")
-        mark = "  <- reported row" if threshold == cfg.logprob.get("threshold") else ""
-        lines.append(f"  {threshold:>9.2f}   " + "   ".join(cells) + mark)
-    best = max(results["sweep"]["all"], key=lambda r: r["exact"])
-    results["sweep_best"] = best
-    lines.append(f"  best on these labels (optimistic, picked after the fact): reduce={best['reduce']} "
-                 f"threshold={best['threshold']}: exact {best['exact']:.2f}, within one {best['within_one']:.2f}")
+    results["sweep_best"] = max(results["sweep"]["all"], key=lambda r: r["exact"])
+    lines = table_lines(results, cfg)
     results["wall_seconds"] = time.perf_counter() - t0
     results["build_seconds"] = build_seconds
-    lp, tr = results["locators"]["teacher_logprob"], results["locators"]["teacher_rollouts"]
-    n_all, n_err = lp["all"]["n"], lp["all"]["n_error"]
-    judge = results["locators"]["llm_judge"]
-    judge_text = (f"llm_judge {judge['all']['exact']:.2f}" if judge["measured"] else "llm_judge not measured (no endpoint)")
-    results["headline"] = {"teacher_logprob_exact": lp["all"]["exact"], "teacher_rollouts_exact": tr["all"]["exact"],
-                           "teacher_logprob_within_one": lp["all"]["within_one"],
-                           "teacher_rollouts_within_one": tr["all"]["within_one"],
-                           "llm_judge_exact": judge["all"]["exact"] if judge["measured"] else None,
-                           "episodes": n_all, "with_error": n_err}
-    headline = (f"headline: teacher_logprob exact-step accuracy {lp['all']['exact']:.2f} (within one step "
-                f"{lp['all']['within_one']:.2f}), teacher_rollouts {tr['all']['exact']:.2f} ({tr['all']['within_one']:.2f}), "
-                f"{judge_text}, vs expert labels over {n_all} episodes ({n_err} with an error; "
-                f"{'+'.join(cfg.envs)}, h={','.join(map(str, cfg.horizons))})  [{results['wall_seconds']:.0f} s]")
+    results["headline"], last = headline(results, cfg)
     lines.append("")
-    lines.append(headline)
+    lines.append(last)
     print()
     print("\n".join(lines))
     (out / "agents_locators.json").write_text(json.dumps(results, indent=1, default=list))
