@@ -15,6 +15,11 @@ student's forward with gradients. Both are used only where exact and safe: a pla
 rotary embedding and no dropout in train mode. Anything else goes through ``model(...)``, so
 correctness never depends on this file.
 Set ``OPDPLUG_DISABLE_FASTPATH=1`` to force the model's own forward everywhere.
+
+The layer's mathematics exists once, public: ``FastLlama.layer`` (one decoder layer) and
+``FastLlama.forward_layers`` (all of them, then the final norm), writing keys and values through
+a ``KVWriter``: the sampler's ``ContiguousKV`` (``prefill``/``decode``), none (``hidden``), or
+another engine's own (``opdplug_drafters.kvcache`` keeps a slot per row and position).
 """
 from __future__ import annotations
 
@@ -122,11 +127,11 @@ class ContiguousKV:
         """The slot of the next call's first token."""
 
     def write(self, layer: int, k_B_L_G_D: torch.Tensor, v_B_L_G_D: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        L, end = k_B_L_G_D.shape[1], self.start + k_B_L_G_D.shape[1]
+        start, L = self.start, k_B_L_G_D.shape[1]
         k_cache, v_cache = self.k[layer], self.v[layer]
-        k_cache.narrow(1, self.start, L).copy_(k_B_L_G_D)
-        v_cache.narrow(1, self.start, L).copy_(v_B_L_G_D)
-        return k_cache.narrow(1, 0, end), v_cache.narrow(1, 0, end)
+        k_cache.narrow(1, start, L).copy_(k_B_L_G_D)
+        v_cache.narrow(1, start, L).copy_(v_B_L_G_D)
+        return k_cache.narrow(1, 0, start + L), v_cache.narrow(1, 0, start + L)
 
 
 class LayerCall(NamedTuple):
@@ -258,23 +263,24 @@ class FastLlama:
 
         ``x_N_H`` is 2-D so the output projections add into it (addmm): ``N = B * L`` rows, or the
         real tokens' only with ``call.rows_N`` (per-token products skip the padding; attention
-        alone runs on ``[B, L]``, after one scatter and before one gather)."""
+        alone runs on ``[B, L]``, after one scatter and before one gather). Few, cheap operations:
+        on small models each one costs more in dispatch than in arithmetic."""
         w = self.layers[index]
-        B, L, rows_N = call.B, call.L, call.rows_N
+        B, L, rope, mask, kv, rows_N = call
         Hq, Hkv, D = self.n_heads, self.n_kv_heads, self.head_dim
         qkv_N_C = F.linear(self._norm(x_N_H, w.input_norm_H), w.qkv_weight, w.qkv_bias)
         if rows_N is not None:
             qkv_N_C = qkv_N_C.new_zeros(B * L, qkv_N_C.shape[-1]).index_copy(0, rows_N, qkv_N_C)
         qk, v = qkv_N_C.view(B, L, Hq + 2 * Hkv, D).split([Hq + Hkv, Hkv], dim=2)
         if self.complex_rope:  # queries and keys rotated together
-            qk = torch.view_as_real(torch.view_as_complex(qk.unflatten(-1, (D // 2, 2))) * call.rope[0]).flatten(-2)
+            qk = torch.view_as_real(torch.view_as_complex(qk.unflatten(-1, (D // 2, 2))) * rope[0]).flatten(-2)
         else:
-            qk = self._rotate(qk, *call.rope)
+            qk = self._rotate(qk, *rope)
         q, k = qk.split([Hq, Hkv], dim=2)
-        if call.kv is not None:
-            k, v = call.kv.write(index, k, v)
+        if kv is not None:
+            k, v = kv.write(index, k, v)
         a = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
-                                           attn_mask=call.mask, scale=self.scaling, enable_gqa=Hq != Hkv)
+                                           attn_mask=mask, scale=self.scaling, enable_gqa=Hq != Hkv)
         a_N_A = a.transpose(1, 2).reshape(B * L, Hq * D)
         if rows_N is not None:
             a_N_A = a_N_A.index_select(0, rows_N)
@@ -295,12 +301,13 @@ class FastLlama:
         B, L = positions_B_L.shape
         H = x_B_L_H.shape[-1]
         call = LayerCall(B, L, self.rope_at(positions_B_L), mask, kv, rows_N)
-        captured = {}
+        captured = {} if capture else None
         x_N_H = x_B_L_H.reshape(-1, H)
+        layer = self.layer
         for i in range(len(self.layers)):
             if capture and i in capture:
                 captured[i] = x_N_H
-            x_N_H = self.layer(i, x_N_H, call)
+            x_N_H = layer(i, x_N_H, call)
         h_N_H = self._norm(x_N_H, self.final_norm_H)
         aux = None
         if capture:
