@@ -356,11 +356,13 @@ def as_json(report: Report) -> dict:
 def print_text(report: Report) -> None:
     kernel = next((d for d in report.distributions if d.name == KERNEL), None)
     print(f"kernel {', '.join(p + '/' for p in kernel.packages) if kernel else '(none)'}: {report.kernel_lines} lines")
-    print(f"\n{'distribution':<28} {'root':<24} {'package':>8} {'tests+scripts':>14}")
+    w1 = max([len("(repo-wide tests, bench)")] + [len(d.name) for d in report.distributions])
+    w2 = max(len(d.root) + 1 for d in report.distributions) if report.distributions else 4
+    print(f"\n{'distribution':<{w1}} {'root':<{w2}} {'package':>8} {'tests+scripts':>14}")
     for d in report.distributions:
-        print(f"{d.name:<28} {d.root + '/':<24} {d.package_lines:>8} {d.other_lines:>14}")
+        print(f"{d.name:<{w1}} {d.root + '/':<{w2}} {d.package_lines:>8} {d.other_lines:>14}")
     repo_wide = sum(m.lines for m in report.modules if not m.owner)
-    print(f"{'(repo-wide tests, bench)':<28} {'':<24} {'':>8} {repo_wide:>14}")
+    print(f"{'(repo-wide tests, bench)':<{w1}} {'':<{w2}} {'':>8} {repo_wide:>14}")
     print("\ncross-distribution imports (import statements; * = from tests or scripts only):")
     in_package = {m.path: m.in_package for m in report.modules}
     for src in sorted({s for s, _ in report.edges}):
