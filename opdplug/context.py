@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from typing import Any, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 import torch
 
 from .config import Config
-from .manager import Manager, Registry
+if TYPE_CHECKING:  # pragma: no cover: annotations only (the manager builds contexts, not the reverse)
+    from .manager import Manager, Registry
 
 
 @dataclass
@@ -18,7 +19,7 @@ class RunContext:
 
     config: Config
     """The validated config."""
-    manager: Manager
+    manager: "Manager"
     """The plugin manager (``manager.hook`` calls hooks)."""
     accelerator: Any = None
     """The ``accelerate.Accelerator`` (device, processes, gradient sync)."""
@@ -42,9 +43,10 @@ class RunContext:
     """Per-plugin state, keyed by plugin name."""
     _components: dict = field(default_factory=dict)
     _live: bool = False
+    _set_up: set = field(default_factory=set)
 
     @property
-    def registry(self) -> Registry:
+    def registry(self) -> "Registry":
         return self.manager.registry
 
     @property
@@ -66,9 +68,15 @@ class RunContext:
         if cache_key not in self._components:
             component = self.registry.build(kind, name, options or {}, key)
             self._components[cache_key] = component
-            if self._live and hasattr(component, "setup"):
-                component.setup(self)
+            if self._live:
+                self._setup(component)
         return self._components[cache_key]
+
+    def _setup(self, component: Any) -> None:
+        # Once per object: a registered instance may be asked for under several keys.
+        if hasattr(component, "setup") and id(component) not in self._set_up:
+            self._set_up.add(id(component))
+            component.setup(self)
 
     # -- the optional component lifecycle (``opdplug.types.Component``) ----------------------
     def _unique_components(self) -> list:
@@ -82,8 +90,7 @@ class RunContext:
         built): the models are loaded."""
         self._live = True
         for component in self._unique_components():
-            if hasattr(component, "setup"):
-                component.setup(self)
+            self._setup(component)
 
     def component_metrics(self) -> dict:
         """Every component's ``metrics()``, merged (called once per optimizer step)."""

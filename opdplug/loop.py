@@ -17,7 +17,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import torch
 
@@ -25,7 +25,8 @@ from . import checkpoint as ckpt
 from .config import Config, config_to_toml_dict, dump_toml
 from .context import RunContext, derive_seed
 from .errors import ConfigError, RemoteError, TrainingError
-from .manager import Manager, make_plugin_manager
+if TYPE_CHECKING:  # pragma: no cover
+    from .manager import Manager
 from .prepare import build_task, make_optimizer, setup, teardown, trainable_state  # noqa: F401 (re-exported)
 
 
@@ -321,9 +322,8 @@ def config_changes(saved_toml: str, config: Config) -> list[str]:
             if old.get(k) != new.get(k) and k not in RESUMABLE_CHANGES]
 
 
-def train(config: Config, manager: Optional[Manager] = None, *, progress_desc: str = "train") -> TrainResult:
+def train(config: Config, manager: "Manager", *, progress_desc: str = "train") -> TrainResult:
     """Run (or resume) the training described by ``config``."""
-    manager = manager or make_plugin_manager()
     ctx = setup(config, manager)
     try:
         return _train(ctx, progress_desc)

@@ -15,7 +15,6 @@ not registered (it may have been the failed plugin's).
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import importlib.metadata
 import os
 from dataclasses import dataclass, field
@@ -23,11 +22,10 @@ from typing import Any, Iterable
 
 import pluggy
 
-from . import hookspecs
+from . import hookspecs, stages
 from .errors import ConfigError, PluginError
 
 ENTRY_POINT_GROUP = "opdplug"
-KERNEL_PLUGIN = "opdplug.stages"
 ENV_DISABLE_AUTOLOAD = "OPDPLUG_DISABLE_PLUGIN_AUTOLOAD"
 ENV_ONLY = "OPDPLUG_PLUGINS"
 
@@ -60,9 +58,7 @@ def make_plugin_manager(plugins: Iterable[Any] = (), *, autoload: bool | None = 
     # Historic: every plugin registered from now on adds its own hookspecs as it arrives.
     pm.hook.opd_addhooks.call_historic(kwargs={"pluginmanager": pm})
     manager = Manager(pm)
-    # The kernel's own plugin is loaded by name, as pytest loads its essential plugins: it
-    # registers the kernel's commands, which build managers of their own.
-    manager.register(importlib.import_module(KERNEL_PLUGIN), "opdplug", distribution="opdplug")
+    manager.register(stages, "opdplug", distribution="opdplug")
     if autoload is None:
         autoload = not _env_flag(ENV_DISABLE_AUTOLOAD)
     if autoload:

@@ -6,17 +6,18 @@ from __future__ import annotations
 import inspect
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from .config import Config, from_dict
 from .context import RunContext
 from .errors import ConfigError
-from .manager import Manager
+if TYPE_CHECKING:  # pragma: no cover
+    from .manager import Manager
 
 
-def setup(config: Config, manager: Manager) -> RunContext:
+def setup(config: Config, manager: "Manager") -> RunContext:
     """Build the context: validate every component name, load models, check tokenizers.
 
     Nothing is written to disk here, so a bad config leaves no trace.
@@ -35,12 +36,16 @@ def setup(config: Config, manager: Manager) -> RunContext:
         )
     ctx.tokenizer, ctx.student, ctx.teacher = models.tokenizer, models.student, models.teacher
     ctx.task = build_task(ctx.registry, ctx.config.task.name, ctx.config.task.options, ctx.tokenizer)
-    ctx.setup_components()
-    manager.hook.opd_configure(ctx=ctx)
+    try:
+        ctx.setup_components()
+        manager.hook.opd_configure(ctx=ctx)
+    except BaseException:  # what was set up before the failure is closed again
+        teardown(ctx)
+        raise
     return ctx
 
 
-def validate(config: Config, manager: Manager) -> RunContext:
+def validate(config: Config, manager: "Manager") -> RunContext:
     """A context for ``config`` whose every component name (the kernel's and every plugin's,
     through ``opd_validate``) is resolved; nothing loaded, nothing written."""
     ctx = RunContext(config=resolve_defaults(config, manager), manager=manager)
@@ -57,7 +62,7 @@ def teardown(ctx: RunContext) -> None:
         ctx.manager.hook.opd_unconfigure(ctx=ctx)
 
 
-def resolve_defaults(config: Config, manager: Manager) -> Config:
+def resolve_defaults(config: Config, manager: "Manager") -> Config:
     """``config`` with every empty component name of the kernel's tables replaced by the name
     of the kind's default, so the run directory records what actually ran."""
     registry = manager.registry

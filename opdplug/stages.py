@@ -33,7 +33,7 @@ def opd_credit(ctx, batch, scores):
 
 @hookimpl
 def opd_register_commands(register):
-    from . import cli
+    from .commands import KERNEL_COMMANDS
 
-    for name, command in cli.KERNEL_COMMANDS.items():
+    for name, command in KERNEL_COMMANDS.items():
         register(name, command)

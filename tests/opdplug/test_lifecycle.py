@@ -87,8 +87,6 @@ def test_close_is_called_when_the_run_fails(toy_run, toy_manager):
     assert seen[-1] == ("unconfigure", ["close"], ["close"])
 
 
-@pytest.mark.xfail(strict=True, reason="kernel: loop.train calls prepare.setup outside its try/finally, so a "
-                   "setup() or opd_configure that raises leaves the components already set up unclosed")
 def test_close_is_called_when_setup_of_another_component_fails(toy_run, toy_manager):
     class Refuses(Probe):
         def setup(self, ctx):
@@ -105,8 +103,6 @@ def test_close_is_called_when_setup_of_another_component_fails(toy_run, toy_mana
     assert probe.events[-1] == "close"
 
 
-@pytest.mark.xfail(strict=True, reason="kernel: RunContext.component calls setup() again on a registered instance "
-                   "that a second key asks for after setup_components (opdplug/context.py)")
 def test_an_instance_asked_for_under_two_keys_is_set_up_once(toy_run, toy_manager):
     probe, seen = Probe("probe"), []
     plugin = lifecycle_plugin(probe, probe, seen)  # "late" is the same object as "probe"
