@@ -13,13 +13,11 @@ student's forward with gradients. Both are used only where exact and safe: a pla
 ``LlamaForCausalLM`` (under DDP / accelerate wrappers) whose projections are ordinary
 ``nn.Linear`` (no peft adapter, no quantised layer, no accelerate device-map hooks), a static
 rotary embedding and no dropout in train mode. Anything else goes through ``model(...)``, so
-correctness never depends on this file.
-Set ``OPDPLUG_DISABLE_FASTPATH=1`` to force the model's own forward everywhere.
+correctness never depends on this file. ``OPDPLUG_DISABLE_FASTPATH=1`` forces ``model(...)`` everywhere.
 
-The layer's mathematics exists once, public: ``FastLlama.layer`` (one decoder layer) and
-``FastLlama.forward_layers`` (all of them, then the final norm), writing keys and values through
-a ``KVWriter``: the sampler's ``ContiguousKV`` (``prefill``/``decode``), none (``hidden``), or
-another engine's own (``opdplug_drafters.kvcache`` keeps a slot per row and position).
+The layer's mathematics exists once, public: ``FastLlama.layer`` and ``forward_layers`` (every
+layer, then the final norm), writing keys and values through a ``KVWriter``: the sampler's
+``ContiguousKV``, none (``hidden``), or another engine's (``opdplug_drafters.kvcache``).
 """
 from __future__ import annotations
 
@@ -37,11 +35,8 @@ SNAPSHOT_CACHE_BYTES = 256 << 20
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    """The module inside (Distributed)DataParallel wrappers, whose forward only calls it.
-
-    Other modules with a ``.module`` attribute are NOT unwrapped: their forward may change the
-    result (e.g. a logit bias), so the fast path must step aside for them.
-    """
+    """The module inside (Distributed)DataParallel wrappers, whose forward only calls it. Other
+    modules with a ``.module`` are NOT unwrapped: their forward may change the result (a logit bias)."""
     wrappers = (torch.nn.parallel.DistributedDataParallel, torch.nn.DataParallel)
     while isinstance(model, wrappers):
         model = model.module
@@ -64,8 +59,7 @@ def unsupported_reason(model: torch.nn.Module) -> Optional[str]:
     if inner.training and getattr(cfg, "attention_dropout", 0.0) > 0:
         return "attention dropout in train mode"
     for module in inner.modules():
-        # Plain dict lookups: this runs before every sampling call, and hasattr on a module
-        # goes through nn.Module.__getattr__ and an exception when the attribute is absent.
+        # Plain dict lookups: runs before every sampling call (hasattr would raise inside __getattr__).
         attrs = module.__dict__
         if "_hf_hook" in attrs or (
             (attrs["_forward_hooks"] or attrs["_forward_pre_hooks"])
@@ -88,14 +82,12 @@ class LlamaLayerWeights:
     """One decoder layer's weights with q/k/v and gate/up concatenated (detached unless the
     ``FastLlama`` is differentiable). q/k rows are permuted for the complex rotary layout."""
 
-    input_norm_H: Optional[torch.Tensor]
-    """None when folded into ``qkv_weight``."""
+    input_norm_H: Optional[torch.Tensor]  # None when folded into qkv_weight
     qkv_weight: torch.Tensor
     qkv_bias: Optional[torch.Tensor]
     o_weight: torch.Tensor
     o_bias: Optional[torch.Tensor]
-    post_norm_H: Optional[torch.Tensor]
-    """None when folded into ``gate_up_weight``."""
+    post_norm_H: Optional[torch.Tensor]  # None when folded into gate_up_weight
     gate_up_weight: torch.Tensor
     gate_up_bias: Optional[torch.Tensor]
     down_weight: torch.Tensor
@@ -103,20 +95,16 @@ class LlamaLayerWeights:
 
 
 class KVWriter(Protocol):
-    """Where a layer's new keys and values go, and what its attention reads: the sampler's
-    ``ContiguousKV``, or one slot per row and position (``opdplug_drafters.kvcache.RaggedKV``).
+    """Where a layer's keys and values go: ``write`` stores layer ``layer``'s rotated keys and values
+    ``[B, L, G, D]`` of the call's tokens and returns the ``[B, S, G, D]`` ones its queries attend
+    (slot ``s`` = column ``s`` of the call's mask)."""
 
-    ``write`` stores layer ``layer``'s keys (rotated) and values of the call's ``L`` tokens (``G``
-    KV heads of width ``D``) and returns the ``[B, S, G, D]`` ones its queries attend (slot ``s``
-    is column ``s`` of the call's mask)."""
-
-    def write(self, layer: int, k_B_L_G_D: torch.Tensor, v_B_L_G_D: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        ...
+    def write(self, layer: int, k_B_L_G_D: torch.Tensor, v_B_L_G_D: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
 
 
 class ContiguousKV:
-    """The sampler's KV cache, ``[B, capacity, G, D]`` per layer: a call writes every row at the
-    same slots ``start .. start + L - 1`` (one narrow + copy) and attends slots ``0 .. start + L - 1``."""
+    """The sampler's KV cache, ``[B, capacity, G, D]`` per layer: a call writes every row at slots
+    ``start .. start + L - 1`` (one narrow + copy) and attends slots ``0 .. start + L - 1``."""
 
     def __init__(self, n_layers: int, batch_size: int, capacity: int, n_kv_heads: int, head_dim: int, *,
                  dtype: torch.dtype, device: torch.device):
@@ -124,7 +112,6 @@ class ContiguousKV:
         self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layers)]
         self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layers)]
         self.start = 0
-        """The slot of the next call's first token."""
 
     def write(self, layer: int, k_B_L_G_D: torch.Tensor, v_B_L_G_D: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         start, L = self.start, k_B_L_G_D.shape[1]
@@ -134,15 +121,12 @@ class ContiguousKV:
         return k_cache.narrow(1, 0, start + L), v_cache.narrow(1, 0, start + L)
 
 
-class LayerCall(NamedTuple):
-    """What the decoder layers of one forward call share (``FastLlama.forward_layers`` makes it)."""
-
-    B: int
-    L: int
-    rope: tuple  # FastLlama.rope_at(positions_B_L)
-    mask: torch.Tensor  # [B, 1, L, S]: bool (True: attend) or additive (0 / -inf, the model's dtype)
-    kv: Optional[KVWriter]  # None: the call's own keys and values only (S = L)
-    rows_N: Optional[torch.Tensor]  # flat indices into B * L of the real tokens, when x holds only those
+LayerCall = NamedTuple("LayerCall", [("B", int), ("L", int), ("rope", tuple), ("mask", torch.Tensor),
+                                     ("kv", Optional[KVWriter]), ("rows_N", Optional[torch.Tensor])])
+"""What the layers of one forward call share: ``rope`` (``(cis_B_L_1_D2,)`` or ``(cos, sin)``
+``[B, L, 1, D]`` at the call's positions), ``mask`` ``[B, 1, L, S]`` (bool, True: attend; or
+additive, 0 / -inf), ``kv`` (None: attend the call's own keys, ``S = L``), ``rows_N`` (flat
+indices into ``B * L`` of the real tokens, when the residual holds only those)."""
 
 
 def _cat_bias(*linears, keep=torch.Tensor.detach) -> Optional[torch.Tensor]:
@@ -153,11 +137,8 @@ def _cat_bias(*linears, keep=torch.Tensor.detach) -> Optional[torch.Tensor]:
 
 
 class FastLlama:
-    """The lean forward of one ``LlamaForCausalLM``'s current weights.
-
-    Build it once per sampling, scoring or training call (the weights it holds are a snapshot: the
-    concatenations are copies, so a later optimizer step is not seen).
-    """
+    """The lean forward of one ``LlamaForCausalLM``'s current weights: build it once per sampling,
+    scoring or training call (the fused weights are copies: a later optimizer step is not seen)."""
 
     def __init__(self, model: torch.nn.Module, *, differentiable: bool = False):
         """``differentiable``: keep the weights attached to the model's parameters (the
@@ -165,6 +146,7 @@ class FastLlama:
         inner = unwrap(model)
         cfg = inner.config
         keep = (lambda t: t) if differentiable else (lambda t: t.detach())
+        maybe = lambda t: None if t is None else keep(t)  # noqa: E731
         self.embed_V_H = keep(inner.model.embed_tokens.weight)
         self.device = self.embed_V_H.device
         self.final_norm_H = keep(inner.model.norm.weight)
@@ -177,13 +159,11 @@ class FastLlama:
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
         self.scaling = self.head_dim ** -0.5
         self.dtype = self.embed_V_H.dtype
-        # Rotary embedding as one complex multiply (float32 only: torch has no bfloat16 complex).
-        # transformers pairs coordinate i with i + D/2 inside each head; complex numbers need the
-        # pair adjacent. Permuting the rows of q_proj and k_proj the same way inside every head
-        # gives that layout and leaves every q.k product, hence attention, unchanged.
+        # Rotary embedding as one complex multiply (float32 only: no bfloat16 complex). transformers
+        # pairs coordinate i with i + D/2 in each head; complex numbers need them adjacent: permuting
+        # q_proj's and k_proj's rows alike in every head does that and leaves every q.k unchanged.
         self.complex_rope = self.dtype == torch.float32 and self.head_dim % 2 == 0
-        # Norm weights folded into the projections after them (float32 only: in bfloat16 the
-        # product would round differently from transformers' scale-then-project).
+        # Norm weights folded into the next projections (float32 only: bfloat16 would round otherwise).
         self.fold_norms = self.dtype == torch.float32
         H = self.embed_V_H.shape[1]
         self._mean_H_1 = torch.full((H, 1), 1.0 / H, dtype=self.dtype, device=self.device)
@@ -206,20 +186,11 @@ class FastLlama:
             if self.fold_norms:  # (x_hat * w) @ W.T == x_hat @ (W * w).T: one multiply fewer per norm
                 qkv_w, gate_up_w = qkv_w * input_norm, gate_up_w * post_norm
                 input_norm = post_norm = None
-            self.layers.append(LlamaLayerWeights(
-                input_norm_H=None if input_norm is None else keep(input_norm),
-                qkv_weight=keep(qkv_w),
-                qkv_bias=qkv_bias,
-                o_weight=keep(att.o_proj.weight),
-                o_bias=None if att.o_proj.bias is None else keep(att.o_proj.bias),
-                post_norm_H=None if post_norm is None else keep(post_norm),
-                gate_up_weight=keep(gate_up_w),
-                gate_up_bias=_cat_bias(mlp.gate_proj, mlp.up_proj, keep=keep),
-                down_weight=keep(mlp.down_proj.weight),
-                down_bias=None if mlp.down_proj.bias is None else keep(mlp.down_proj.bias),
-            ))
-        self.cache: Optional[ContiguousKV] = None
-        """The sampler's cache, made by ``prefill``."""
+            self.layers.append(LlamaLayerWeights(  # in field order
+                maybe(input_norm), keep(qkv_w), qkv_bias, keep(att.o_proj.weight), maybe(att.o_proj.bias),
+                maybe(post_norm), keep(gate_up_w), _cat_bias(mlp.gate_proj, mlp.up_proj, keep=keep),
+                keep(mlp.down_proj.weight), maybe(mlp.down_proj.bias)))
+        self.cache: Optional[ContiguousKV] = None  # the sampler's, made by prefill
         self.cos_P_D = self.sin_P_D = None
 
     # -------------------------------------------------------------------------------- pieces
@@ -247,24 +218,13 @@ class FastLlama:
     @staticmethod
     def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         half = x.shape[-1] // 2
-        rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
-        return x * cos + rotated * sin
-
-    def rope_at(self, positions_B_L: torch.Tensor) -> tuple:
-        """The rotary factors at ``positions_B_L`` (within ``rope_tables``), one table for all
-        heads: ``(cis_B_L_1_D2,)`` for the complex layout, else ``(cos_B_L_1_D, sin_B_L_1_D)``."""
-        if self.complex_rope:
-            return (self.cis_P_D2[positions_B_L][:, :, None],)
-        return self.cos_P_D[positions_B_L][:, :, None], self.sin_P_D[positions_B_L][:, :, None]
+        return x * cos + torch.cat([-x[..., half:], x[..., :half]], dim=-1) * sin
 
     def layer(self, index: int, x_N_H: torch.Tensor, call: LayerCall) -> torch.Tensor:
-        """Decoder layer ``index`` on the residual stream ``x_N_H`` -> ``[N, H]``: the one copy of
-        the Llama layer's mathematics (sampling, scoring, training, the drafters' ragged engine).
-
-        ``x_N_H`` is 2-D so the output projections add into it (addmm): ``N = B * L`` rows, or the
-        real tokens' only with ``call.rows_N`` (per-token products skip the padding; attention
-        alone runs on ``[B, L]``, after one scatter and before one gather). Few, cheap operations:
-        on small models each one costs more in dispatch than in arithmetic."""
+        """Decoder layer ``index`` on the residual stream ``x_N_H`` -> ``[N, H]``, 2-D so the output
+        projections add into it (addmm): ``N = B * L`` rows, or the real tokens' only with
+        ``call.rows_N`` (attention alone then runs on ``[B, L]``, between a scatter and a gather).
+        Few, cheap operations: on small models each costs more in dispatch than in arithmetic."""
         w = self.layers[index]
         B, L, rope, mask, kv, rows_N = call
         Hq, Hkv, D = self.n_heads, self.n_kv_heads, self.head_dim
@@ -291,16 +251,18 @@ class FastLlama:
     def forward_layers(self, x_B_L_H: torch.Tensor, positions_B_L: torch.Tensor, mask: torch.Tensor,
                        kv: Optional[KVWriter] = None, *, rows_N: Optional[torch.Tensor] = None,
                        capture: tuple = ()) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-        """Every ``layer``, then the final norm: ``(hidden_B_L_H, aux_B_L_A)``, zeros at padding.
-
-        ``x_B_L_H``: the embedded tokens (``[N, H]``, the real ones only, with ``rows_N``);
-        ``positions_B_L`` within ``rope_tables``; ``mask`` ``[B, 1, L, S]`` (see ``LayerCall``; no
-        query may attend nothing); ``kv`` None: no cache. ``capture``: layer ids whose INPUT
-        hidden states ``aux`` concatenates in this order (Hugging Face ``hidden_states[i]``;
-        ``len(self.layers)`` = the final normed output); None without."""
+        """Every ``layer`` on the embedded tokens (``[N, H]`` with ``rows_N``), then the final norm:
+        ``(hidden_B_L_H, aux_B_L_A)``. ``positions_B_L`` within ``rope_tables``; ``mask``, ``kv``,
+        ``rows_N``: see ``LayerCall`` (no query may attend nothing). ``aux`` concatenates the INPUT
+        hidden states of the layer ids ``capture`` (HF ``hidden_states[i]``; ``len(self.layers)``:
+        the final normed output; not with ``rows_N``), None without."""
         B, L = positions_B_L.shape
         H = x_B_L_H.shape[-1]
-        call = LayerCall(B, L, self.rope_at(positions_B_L), mask, kv, rows_N)
+        if self.complex_rope:  # one table for all heads
+            rope = (self.cis_P_D2[positions_B_L][:, :, None],)
+        else:
+            rope = self.cos_P_D[positions_B_L][:, :, None], self.sin_P_D[positions_B_L][:, :, None]
+        call = LayerCall(B, L, rope, mask, kv, rows_N)
         captured = {} if capture else None
         x_N_H = x_B_L_H.reshape(-1, H)
         layer = self.layer
@@ -312,10 +274,7 @@ class FastLlama:
         aux = None
         if capture:
             captured[len(self.layers)] = h_N_H
-            aux = torch.cat([captured[i] for i in capture], dim=-1)
-            if rows_N is not None:
-                aux = aux.new_zeros(B * L, aux.shape[-1]).index_copy(0, rows_N, aux)
-            aux = aux.view(B, L, -1)
+            aux = torch.cat([captured[i] for i in capture], dim=-1).view(B, L, -1)
         if rows_N is not None:
             h_N_H = h_N_H.new_zeros(B * L, H).index_copy(0, rows_N, h_N_H)
         return h_N_H.view(B, L, H), aux
@@ -375,12 +334,9 @@ class FastLlama:
 
     @torch.no_grad()
     def decode(self, token_B: torch.Tensor, attention_mask: torch.Tensor, position_B: torch.Tensor) -> torch.Tensor:
-        """One step: ``token_B`` goes to cache slot ``S - 1``, where S is the mask's last dimension.
-
-        ``attention_mask``: ``[B, S]`` with 1/True on every slot to attend (this one included), or
-        an additive float mask ``[B, 1, 1, S]`` (0 or -inf; see ``additive_mask``), which spares a
-        conversion per step. Returns logits ``[B, V]``.
-        """
+        """One step: ``token_B`` goes to cache slot ``S - 1``; ``attention_mask`` ``[B, S]`` (1 on every
+        slot to attend, this one included) or additive ``[B, 1, 1, S]`` (``additive_mask``: no
+        conversion per step). Returns logits ``[B, V]``."""
         S = attention_mask.shape[-1]
         mask = attention_mask if attention_mask.dim() == 4 else attention_mask.bool()[:, None, None, :]
         x = F.embedding(token_B[:, None], self.embed_V_H)
@@ -397,11 +353,9 @@ class FastLlama:
 def fast_forward(model: torch.nn.Module) -> Optional[FastLlama]:
     """A ``FastLlama`` over ``model``'s current weights, or None if it must use its own forward.
 
-    A FROZEN model's snapshot (fused copies of its weights) is kept on the model and reused while
-    its parameters keep their identity, storage and version counter: a frozen teacher is
-    snapshotted once per run instead of once per step. Models with trainable parameters are
-    snapshotted on every call, since not every update bumps the version counter (the fused AdamW
-    kernel does not). Models over ``SNAPSHOT_CACHE_BYTES`` are never cached (no lasting copy)."""
+    A FROZEN model's snapshot is kept on it while its parameters keep their identity, storage and
+    version counter (a frozen teacher is snapshotted once per run). Trainable models are snapshotted
+    every call (the fused AdamW does not bump versions); models over ``SNAPSHOT_CACHE_BYTES`` never."""
     if torch.is_grad_enabled() or unsupported_reason(model) is not None:
         return None
     inner = unwrap(model)
@@ -422,16 +376,11 @@ def training_hidden(model: torch.nn.Module, input_ids_B_L: torch.Tensor, attenti
     """Final normed hidden states ``[B, L, H]`` WITH gradients to ``model``'s parameters, through
     the lean forward, or None when ``model`` must use its own forward.
 
-    Why: a training step's student forward is, on small models, mostly transformers' module
-    dispatch; the same maths here costs less forward and backward. Eligible: what ``hidden`` takes,
-    plus no gradient checkpointing and no ``forward`` replaced on the instance (accelerate's
-    mixed-precision wrapper does that: its autocast must stay).
-
-    Under DistributedDataParallel the forward still goes through DDP's own ``forward`` (it readies
-    the gradient all-reduce for the parameters the forward uses): the inner model's ``forward`` is
-    replaced on the instance for that one call. A process count therefore never changes which
-    arithmetic runs, so one process and many give the same numbers.
-    """
+    Why: on small models a student forward is mostly transformers' dispatch. Eligible: what
+    ``hidden`` takes, no gradient checkpointing, no ``forward`` replaced on the instance (accelerate's
+    mixed precision does that: its autocast must stay). Under DDP the forward still goes through
+    DDP's ``forward`` (it readies the all-reduce) with the inner model's ``forward`` replaced for that
+    one call, so one process and many run the same arithmetic and give the same numbers."""
     if unsupported_reason(model) is not None:
         return None
     inner = unwrap(model)
