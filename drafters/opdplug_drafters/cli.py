@@ -85,7 +85,7 @@ def find_target(drafter: Path, given: Optional[str]) -> Path:
 def task_for(drafter: Path, target_dir: Path, tokenizer, manager) -> Any:
     """The task a drafter is evaluated on: its run's ``[task]``, else the built-in target's
     recipe (SumChain over its lengths), else default SumChain."""
-    from opdplug.loop import build_task
+    from opdplug.prepare import build_task
 
     from .target import load_measured
 
@@ -107,16 +107,25 @@ def load_drafter(path: Path, kind: str, target, manager):
     return get_kind(manager.registry, kind, "--kind").load(path, target), kind
 
 
+def invocation_manager(args):
+    """The plugin manager of this ``opdplug`` invocation (a fresh one when called from code)."""
+    manager = getattr(args, "opd_manager", None)
+    if manager is None:
+        from opdplug.manager import make_plugin_manager
+
+        manager = make_plugin_manager()
+    return manager
+
+
 def load_setup(args) -> tuple:
     """``(path, target_dir, target, tokenizer, drafter, kind, task)`` for ``args.path``,
     ``args.target`` and ``args.kind``; one-line errors for what is missing."""
     from opdplug_local import models as local
-    from opdplug.manager import make_plugin_manager
 
     path = Path(args.path)
     if not path.exists():
         raise ConfigError(f"{args.path!r} does not exist")
-    manager = make_plugin_manager()
+    manager = invocation_manager(args)
     target_dir = find_target(path, args.target)
     target = local.load_model(str(target_dir), "--target").eval()
     tokenizer = local.load_tokenizer(str(target_dir))
@@ -196,11 +205,10 @@ class DrafterCommand:
     def _train(self, args) -> int:
         from opdplug.cli import load_config
         from opdplug.config import config_to_toml_dict, dump_toml
-        from opdplug.manager import make_plugin_manager
 
         from .kinds import TrainRequest, get_kind, kind_options
 
-        manager = make_plugin_manager()
+        manager = invocation_manager(args)
         config = load_config(args.config, manager)
         options = config.plugin("drafter")
         kind = get_kind(manager.registry, options.kind)
@@ -252,15 +260,13 @@ class DrafterCommand:
 
     # -- export -----------------------------------------------------------------------------
     def _export(self, args) -> int:
-        from opdplug.manager import make_plugin_manager
-
         from .export import export_drafter
         from .kinds import KIND, detect_kind, get_kind
 
         path = Path(args.path)
         if not path.exists():
             raise ConfigError(f"{args.path!r} does not exist")
-        registry = make_plugin_manager().registry
+        registry = invocation_manager(args).registry
         name = detect_kind(path, registry.components.get(KIND, {})) if args.kind == "auto" else args.kind
         kind = get_kind(registry, name, "--kind")
         target_dir = find_target(path, args.target)
