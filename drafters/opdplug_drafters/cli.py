@@ -223,8 +223,9 @@ class DrafterCommand:
                                      steps=args.steps, quiet=args.json))
         run_dir = Path(outcome.output_dir)
         if run_dir.is_dir() and not (run_dir / "config.toml").exists():
-            # 'drafter eval|export RUN' find the target and the task here.
-            (run_dir / "config.toml").write_text(dump_toml(config_to_toml_dict(config)))
+            # 'drafter eval|export RUN' find the target (from any directory) and the task here.
+            recorded = config.replace(teacher={"path": str(Path(config.teacher.path).resolve())})
+            (run_dir / "config.toml").write_text(dump_toml(config_to_toml_dict(recorded)))
         if not args.json and outcome.text:
             print(outcome.text)
         print(json.dumps(outcome.to_json(options.kind)))
