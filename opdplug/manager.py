@@ -83,6 +83,8 @@ class Manager:
         self.pm = pm
         self.hook = pm.hook
         self.infos: dict[str, PluginInfo] = {}
+        self.skipped: list[str] = []
+        """Installed plugins that ``OPDPLUG_PLUGINS`` left out (named in unknown-component errors)."""
         self._registry: Registry | None = None
 
     def register(self, plugin: Any, name: str, distribution: str = "", version: str = "") -> None:
@@ -110,6 +112,7 @@ class Manager:
             raise PluginError(f"{ENV_ONLY} names {unknown[0]!r}, which no installed plugin is called; installed: {installed}")
         for ep in entry_points:
             if only and ep.name not in only:
+                self.skipped.append(ep.name)
                 continue
             dist = ep.dist.name if ep.dist else ""
             version = ep.dist.version if ep.dist else ""
@@ -239,7 +242,12 @@ class Registry:
         if kind in self.defaults:
             return self.defaults[kind]
         allowed = ", ".join(self.names(kind)) or f"none registered: is the plugin that provides {kind} installed and enabled?"
-        raise ConfigError(f"{key or kind} is not set and no loaded plugin provides a default {kind_label(self.manager, kind)}; choose one ({allowed})")
+        raise ConfigError(f"{key or kind} is not set and no loaded plugin provides a default {kind_label(self.manager, kind)}; "
+                          f"choose one ({allowed}){self._skipped_note()}")
+
+    def _skipped_note(self) -> str:
+        skipped = sorted(set(self.manager.skipped))
+        return f"; installed but not loaded ({ENV_ONLY}): {', '.join(skipped)}" if skipped else ""
 
     def get(self, kind: str, name: str, key: str = "") -> Any:
         """The component ``name`` of ``kind`` (its default if ``name`` is empty); unknown names
@@ -258,7 +266,7 @@ class Registry:
         failed = self.manager.failed
         if failed:
             msg += "; note: " + "; ".join(f"plugin {f.name!r} failed to load ({f.error})" for f in failed)
-        raise ConfigError(msg)
+        raise ConfigError(msg + self._skipped_note())
 
     def build(self, kind: str, name: str, options: dict, key: str) -> Any:
         """Instantiate component ``name`` with ``options`` validated against its dataclass fields."""

@@ -91,3 +91,14 @@ def test_a_model_directory_without_a_tokenizer(tmp_path, tiny_models, capsys):
         f.unlink()
     path = config_file(tmp_path, tiny_models, student={"path": str(broken)})
     fails_in_one_line(capsys, ["check", str(path)], "could not be loaded")
+
+
+def test_only_token_and_local_run_a_config_and_without_the_backend_one_line(tmp_path, tiny_models, capsys, monkeypatch):
+    path = config_file(tmp_path, tiny_models, teacher={"scorer": "local"})
+    monkeypatch.setenv("OPDPLUG_PLUGINS", "token,local")
+    assert main(["train", str(path)]) == 0
+    monkeypatch.setenv("OPDPLUG_PLUGINS", "token")
+    err = fails_in_one_line(capsys, ["train", str(path), "--output-dir", str(tmp_path / "other")],
+                            "task.name is not set and no loaded plugin provides a default task")
+    assert "installed but not loaded (OPDPLUG_PLUGINS)" in err and "local" in err.split("installed but not loaded")[1]
+    assert not (tmp_path / "other").exists()
