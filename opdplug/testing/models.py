@@ -62,6 +62,31 @@ DEFAULT_CORPUS = (
 )
 
 
+def build_sentencepiece_tokenizer(corpus: Iterable[str] = DEFAULT_CORPUS, *, vocab_size: int = 512,
+                                  template: Optional[str] = "chatml", model_max_length: int = 2048):
+    """A SentencePiece-style tokenizer as Llama-2-era models ship: BPE over ``▁``-marked words
+    (Metaspace), ``<s>`` added in front of every encoding, ``</s>`` as EOS, ``<unk>`` for what
+    it never saw, left padding; with ``template``, a chat template that writes ``<s>`` itself."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    jinja, specials, _, _ = TEMPLATES[template] if template else (None, [], None, None)
+    specials = ["<unk>", "<s>", "</s>", *specials]
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="first")
+    tok.decoder = decoders.Metaspace(replacement="\u2581", prepend_scheme="first")
+    tok.train_from_iterator(list(corpus), trainer=trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=specials, show_progress=False))
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", tok.token_to_id("<s>"))])
+    out = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
+                                  clean_up_tokenization_spaces=False, model_max_length=model_max_length,
+                                  padding_side="left")
+    if jinja:
+        out.chat_template = "{{ bos_token }}" + jinja
+    return out
+
+
 def build_bpe_tokenizer(
     corpus: Iterable[str] = DEFAULT_CORPUS,
     *,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import json
 import os
 import shutil
 import tempfile
@@ -44,10 +45,31 @@ def eval_mode(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
 
 
 # ----------------------------------------------------------------------------- loading
-def load_tokenizer(path: str):
-    from transformers import AutoTokenizer
+GENERIC_TOKENIZER_CLASSES = ("TokenizersBackend", "PreTrainedTokenizerFast")
+"""``tokenizer_class`` values meaning "exactly what tokenizer.json says"."""
 
+
+def load_tokenizer(path: str):
+    """The tokenizer a model directory declares.
+
+    A directory whose ``tokenizer_config.json`` names the generic class (a tokenizer built with
+    the ``tokenizers`` library and saved as it is) is loaded as exactly that: ``AutoTokenizer``
+    in transformers 5 would substitute the model type's own class (``Qwen2Tokenizer`` for a
+    Qwen2 config), whose pre-tokenizer splits text differently from the saved ``tokenizer.json``:
+    same vocabulary, other ids for the same text.
+    """
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    declared = ""
+    config = Path(path) / "tokenizer_config.json"
+    if config.is_file() and (Path(path) / "tokenizer.json").is_file():
+        try:
+            declared = json.loads(config.read_text()).get("tokenizer_class") or ""
+        except ValueError:
+            declared = ""
     try:
+        if declared in GENERIC_TOKENIZER_CLASSES:
+            return PreTrainedTokenizerFast.from_pretrained(path, local_files_only=True)
         return AutoTokenizer.from_pretrained(path, local_files_only=True)
     except Exception as exc:  # a missing or broken tokenizer beside the weights
         raise ConfigError(f"the tokenizer of {path!r} could not be loaded: {type(exc).__name__}: "
@@ -141,6 +163,32 @@ def load_adapter(model, path: str) -> None:
             p.copy_(state[name].to(p.dtype))
 
 
+PROBE_TEXTS = (
+    "Tom has 13 apples and buys 35 more. How many? 13 + 35 = 48.",
+    "  Leading spaces,\ttabs\nand new lines; 3.14159, -42, 1,000,000 and 2025-12-04.",
+    "def f(x):\n    return {\"key\": [x, 'y']}  # code",
+    "Ünïcödé, emoji 🙂, 中文, Ελληνικά.",
+)
+"""Texts whose ids teacher and student must agree on: digits, whitespace, code, non-ASCII."""
+
+
+def tokenization_probes(tokenizer) -> list[str]:
+    """``PROBE_TEXTS``, and a short conversation in the tokenizer's chat template if it has one."""
+    texts = list(PROBE_TEXTS)
+    if getattr(tokenizer, "chat_template", None):
+        try:
+            texts.append(tokenizer.apply_chat_template(
+                [{"role": "system", "content": "Be brief."}, {"role": "user", "content": PROBE_TEXTS[0]}],
+                tokenize=False, add_generation_prompt=True))
+        except Exception:  # noqa: BLE001 - a template that cannot render this is checked where it is used
+            pass
+    return texts
+
+
+def _ids(tokenizer, text: str) -> list[int]:
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
 def check_tokenizers(student_tok, teacher_tok) -> None:
     """Token-level losses compare distributions id by id: the vocabularies must be identical."""
     a, b = student_tok.get_vocab(), teacher_tok.get_vocab()
@@ -157,6 +205,14 @@ def check_tokenizers(student_tok, teacher_tok) -> None:
             f"teacher and student tokenizers differ ({detail}, e.g. {example!r}); token-level "
             f"distillation needs the same vocabulary: use a teacher from the student's model family"
         )
+    for text in tokenization_probes(student_tok):
+        mine, theirs = _ids(student_tok, text), _ids(teacher_tok, text)
+        if mine != theirs:
+            raise PreflightError(
+                f"teacher and student tokenizers have the same vocabulary but split text differently "
+                f"({text[:40]!r}: {mine[:8]} vs {theirs[:8]}; the student's is {type(student_tok).__name__}, the "
+                f"teacher's {type(teacher_tok).__name__}); save both with the same tokenizer.json and tokenizer_class"
+            )
     # The pad token may differ (a Qwen2 tokenizer class declares one where a Llama one has
     # none): padding is masked everywhere and never scored.
     for name in ("bos_token_id", "eos_token_id"):

@@ -139,15 +139,17 @@ def final_state(run: Path) -> dict:
     return load_file(str(run / "final" / "model.safetensors"))
 
 
-def test_kill_9_then_resume_gives_bit_identical_weights(world, capsys):
+@pytest.mark.parametrize("data", ["train.jsonl", "train.parquet", "saved"])
+def test_kill_9_then_resume_gives_bit_identical_weights(world, capsys, data):
     root, dirs, _ = world
     steps = 12
-    straight = write_config(root, "straight", dirs, data="train.jsonl", steps=steps)
-    killed = write_config(root, "killed", dirs, data="train.jsonl", steps=steps)
+    tag = data.replace(".", "-")
+    straight = write_config(root, f"straight-{tag}", dirs, data=data, steps=steps)
+    killed = write_config(root, f"killed-{tag}", dirs, data=data, steps=steps)
     assert run_cli(["train", str(straight)], capsys)[0] == 0
     proc = subprocess.Popen([sys.executable, "-m", "opdplug.cli", "train", str(killed)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    latest = root / "runs" / "killed" / "checkpoints" / "latest"
+    latest = root / "runs" / f"killed-{tag}" / "checkpoints" / "latest"
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
         if latest.is_file() and latest.read_text().strip() >= "step-000003":
@@ -155,11 +157,11 @@ def test_kill_9_then_resume_gives_bit_identical_weights(world, capsys):
         time.sleep(0.01)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert not (root / "runs" / "killed" / "final").exists(), "the run finished before it could be killed"
+    assert not (root / "runs" / f"killed-{tag}" / "final").exists(), "the run finished before it could be killed"
     assert run_cli(["train", str(killed)], capsys)[0] == 0
-    a, b = final_state(root / "runs" / "straight"), final_state(root / "runs" / "killed")
+    a, b = final_state(root / "runs" / f"straight-{tag}"), final_state(root / "runs" / f"killed-{tag}")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    steps_logged = [json.loads(line)["step"] for line in (root / "runs" / "killed" / "metrics.jsonl").read_text().splitlines()]
+    steps_logged = [json.loads(line)["step"] for line in (root / "runs" / f"killed-{tag}" / "metrics.jsonl").read_text().splitlines()]
     assert steps_logged == list(range(steps))
 
 
@@ -223,3 +225,61 @@ def test_over_long_prompts_are_dropped_and_counted(world):
                                            "overlong": "left_truncate"}, tok)
     prompts, position = cut.take(0, 3, seed=0)
     assert position == 3 and all(len(p.prompt_ids) == 5 for p in prompts) and cut.metrics()["data/truncated_prompts"] == 3
+
+
+def test_bfloat16_models_train(world, capsys):
+    root, dirs, _ = world
+    path = write_config(root, "bf16", dirs, data="train.jsonl", steps=2)
+    text = path.read_text().replace('[student]\n', '[student]\ndtype = "bfloat16"\n').replace(
+        '[teacher]\n', '[teacher]\ndtype = "bfloat16"\nattn_implementation = "eager"\n')
+    path.write_text(text)
+    code, out, _ = run_cli(["train", str(path)], capsys)
+    assert code == 0, out
+    weights = final_state(root / "runs" / "bf16")
+    assert {t.dtype for t in weights.values()} == {torch.bfloat16}
+
+
+def test_a_sentencepiece_tokenizer_with_bos_and_left_padding(world, tmp_path, capsys):
+    from opdplug.testing.models import build_sentencepiece_tokenizer
+
+    root, _, _ = world
+    tok = build_sentencepiece_tokenizer([r["prompt"] + " " + r["solution"] for r in ROWS], vocab_size=400)
+    assert tok.padding_side == "left" and tok.pad_token_id is None and tok.bos_token == "<s>"
+    dirs = {"llama": build_model_dir(tmp_path / "s", "llama", tok, hidden_size=32, seed=1),
+            "qwen2": build_model_dir(tmp_path / "t", "llama", tok, hidden_size=48, seed=2)}
+    (tmp_path / "eval.jsonl").write_text((root / "eval.jsonl").read_text())
+    path = write_config(tmp_path, "sp", dirs, data=str(root / "train.jsonl"), steps=2)
+    code, out, _ = run_cli(["train", str(path)], capsys)
+    assert code == 0, out
+    gen = tmp_path / "sp.jsonl"
+    assert run_cli(["generate", str(tmp_path / "runs" / "sp"), "--out", str(gen), "-n", "3"], capsys)[0] == 0
+    rows = [json.loads(line) for line in gen.read_text().splitlines()]
+    assert all(r["prompt"].startswith("<s><|im_start|>user") and r["prompt"].count("<s>") == 1 for r in rows)
+
+
+def test_a_qwen2_directory_keeps_the_tokenizer_it_was_saved_with(world):
+    from opdplug_local.models import load_tokenizer
+
+    root, dirs, tok = world
+    text = "Tom has 13 apples and buys 35 more. 13 + 35 = 48."
+    loaded = {arch: load_tokenizer(str(d)) for arch, d in dirs.items()}
+    # transformers' AutoTokenizer would give the Qwen2 directory Qwen2Tokenizer, which splits digits
+    assert {a: t(text, add_special_tokens=False)["input_ids"] for a, t in loaded.items()} == \
+        {a: tok(text, add_special_tokens=False)["input_ids"] for a in dirs}
+
+
+def test_same_vocabulary_split_differently_is_one_line(world, tmp_path, capsys):
+    import copy
+
+    from tokenizers import pre_tokenizers
+
+    root, dirs, tok = world
+    splitter = copy.deepcopy(tok)
+    splitter.backend_tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)])
+    assert splitter.get_vocab() == tok.get_vocab()
+    teacher = build_model_dir(tmp_path / "teacher", "llama", splitter, hidden_size=32)
+    path = write_config(tmp_path, "split", {**dirs, "qwen2": teacher}, data=str(root / "train.jsonl"))
+    code, out, err = run_cli(["check", str(path)], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "same vocabulary but split text differently" in err
