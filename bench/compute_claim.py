@@ -41,7 +41,7 @@ import torch  # noqa: E402
 
 from opdplug_local import models as local, tiny  # noqa: E402
 from opdplug_local.cli import load_for_eval  # noqa: E402
-from opdplug_local.demo import DemoRecipe, _config, cold_start, flops_of_run, train_teacher  # noqa: E402
+from opdplug_local.demo import DemoRecipe, cold_start, demo_config, flops_of_run, train_teacher  # noqa: E402
 from opdplug_local.evaluate import accuracy_by_length  # noqa: E402
 from opdplug.loop import train  # noqa: E402
 from opdplug.manager import make_plugin_manager  # noqa: E402
@@ -100,7 +100,7 @@ def main() -> None:
     for name, spec in branches.items():
         spec = dict(spec)
         generator = spec.pop("generator")
-        config, manager = _config(
+        config, manager = demo_config(
             recipe, work / name.lower(),
             run={"steps": args.steps, "batch_size": args.batch, "lr": recipe.student_lr,
                  "checkpoint_every": args.every, "keep_checkpoints": 1000},

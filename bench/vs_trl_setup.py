@@ -14,23 +14,6 @@ SYSTEMS = ("opdplug", "trl", "distill")  # "trl" is GKD (the key of earlier resu
 LABELS = {"opdplug": "opdplug", "trl": "TRL GKD", "distill": "TRL Distillation"}
 
 
-def demo_config(recipe, output_dir: Path, **sections):
-    """``(config, manager)`` for a run on the demo's task (``recipe``'s lengths and threads), every
-    installed plugin loaded, with ``sections`` merged in: the configs ``opdplug_local.demo`` trains
-    its models with, built here from the public API."""
-    from opdplug.config import parse_config
-    from opdplug.manager import make_plugin_manager
-
-    manager = make_plugin_manager()
-    base = {
-        "run": {"output_dir": str(output_dir), "seed": 0, "threads": recipe.threads, "resume": False, "log_every": 1},
-        "task": {"name": "sumchain", "options": {"min_len": recipe.min_len, "max_len": recipe.max_len}},
-    }
-    for name, table in sections.items():
-        base.setdefault(name, {}).update(table)
-    return parse_config(base, manager.plugin_tables()), manager
-
-
 def step_prompts(task, seed: int, step: int, batch: int):
     """opdplug's prompts for ``step`` (micro-batch 0, process 0): what loop.train_step draws."""
     from opdplug.context import derive_seed
@@ -81,7 +64,7 @@ def evaluate(model_dir: str, teacher_dir: str, max_new_tokens: int, n: int = 256
 def prepare(out_dir: Path) -> tuple[str, str]:
     """The cached demo teacher and a private copy of the demo's cold-started student (made here
     with a short off-policy cold start if ``make demo`` has not left one)."""
-    from opdplug_local.demo import DemoRecipe, train_teacher
+    from opdplug_local.demo import DemoRecipe, demo_config, train_teacher
 
     teacher = str(train_teacher(DemoRecipe()))
     student = out_dir / "student_cold_start"

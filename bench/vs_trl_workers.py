@@ -11,7 +11,9 @@ import resource
 import time
 from pathlib import Path
 
-from vs_trl_setup import BETA, LENGTHS, THREADS, demo_config, evaluate, step_prompts
+from vs_trl_setup import BETA, LENGTHS, THREADS, evaluate, step_prompts
+
+from opdplug_local.demo import demo_config
 
 
 # ----------------------------------------------------------------------------- phase timers

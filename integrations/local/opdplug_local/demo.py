@@ -60,7 +60,9 @@ QUICK = DemoRecipe(
 )
 
 
-def _config(recipe: DemoRecipe, output_dir: Path, **sections) -> Config:
+def demo_config(recipe: DemoRecipe, output_dir: Path, **sections):
+    """``(config, manager)`` for a run on the demo's task (``recipe``'s lengths and threads), with
+    every installed plugin loaded and ``sections`` merged in (benchmarks use it too)."""
     manager = make_plugin_manager()
     base = {
         "run": {"output_dir": str(output_dir), "seed": 0, "threads": recipe.threads, "resume": False, "log_every": 1},
@@ -76,7 +78,7 @@ def train_teacher(recipe: DemoRecipe) -> Path:
     key = hashlib.sha256(json.dumps([dataclasses.asdict(recipe)[k] for k in ("teacher_steps", "teacher_lr", "teacher_batch", "min_len", "max_len")]).encode()).hexdigest()[:12]
 
     def build(work: Path) -> Path:
-        config, manager = _config(
+        config, manager = demo_config(
             recipe, work,
             run={"steps": recipe.teacher_steps, "batch_size": recipe.teacher_batch, "lr": recipe.teacher_lr,
                  "warmup_steps": 50, "lr_schedule": "cosine", "min_lr_ratio": 0.1, "adam_betas": [0.9, 0.98],
@@ -96,7 +98,7 @@ def train_teacher(recipe: DemoRecipe) -> Path:
 
 def cold_start(recipe: DemoRecipe, output_dir: Path, teacher_dir: Path):
     """The off-policy cold start every student begins from: SFT on teacher samples."""
-    config, manager = _config(
+    config, manager = demo_config(
         recipe, output_dir,
         run={"steps": recipe.cold_start_steps, "batch_size": recipe.distill_batch, "lr": recipe.student_lr},
         student={"tiny": "student", "init_seed": 2},
@@ -150,7 +152,7 @@ def run_demo(output_dir: Path, quick: bool = False) -> dict:
         spec = dict(spec)
         generator = spec.pop("generator")
         slug = "sft" if generator == "teacher" else "opd"
-        config, manager = _config(
+        config, manager = demo_config(
             recipe, output_dir / slug,
             run={"steps": recipe.distill_steps, "batch_size": recipe.distill_batch, "lr": recipe.student_lr},
             student={"path": str(cold.final_model_dir)},
