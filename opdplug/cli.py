@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 
 from .commands import load_config, with_run_overrides  # noqa: F401 (the API plugins' commands use)
 from .errors import OpdError
@@ -29,6 +30,9 @@ def quiet_transformers() -> None:
 
         hf_logging.disable_progress_bar()
         hf_logging.set_verbosity_error()
+        # transformers 5 renames a forward argument the sampler passes to other architectures'
+        # own forward; the notice is for library authors, not for a user's run.
+        warnings.filterwarnings("ignore", message=".*past_key_values.* is deprecated", category=FutureWarning)
     except ImportError:  # pragma: no cover
         pass
 
