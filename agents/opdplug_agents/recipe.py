@@ -61,6 +61,7 @@ at the longest training horizon, 20-30 episodes):
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import time
 from dataclasses import dataclass, field
@@ -132,8 +133,13 @@ class TeacherRecipe:
                 "env_options": dict(self.env_options)}
 
     def key(self) -> str:
-        """12 hex digits of SHA-256 over the training fields and ``RECIPE_VERSION``."""
-        return recipe_key(self, RECIPE_VERSION, TRAIN_FIELDS_EXCLUDED)
+        """12 hex digits of SHA-256 over the training fields, ``RECIPE_VERSION`` and the shared
+        vocabulary: the tokenizer holds every installed environment's words, so a teacher built
+        with another set of environment plugins speaks other token ids and is another entry."""
+        from .task import AgentTask
+
+        vocabulary = hashlib.sha256(" ".join(AgentTask.words()).encode()).hexdigest()[:12]
+        return hashlib.sha256(f"{recipe_key(self, RECIPE_VERSION, TRAIN_FIELDS_EXCLUDED)}:{vocabulary}".encode()).hexdigest()[:12]
 
     def with_horizons(self, min_horizon: int, max_horizon: int, eval_horizons: Optional[tuple] = None) -> "TeacherRecipe":
         """The same recipe over another horizon range (a different cache entry)."""

@@ -35,6 +35,17 @@ def test_key_hashes_the_training_fields_only():
     assert RECIPES["gridnav"].task_options()["env"] == "gridnav"
 
 
+
+def test_key_changes_with_the_installed_environments_vocabulary(monkeypatch):
+    """A teacher built while another set of environment plugins was installed has other token ids."""
+    from opdplug_agents.task import AgentTask
+
+    r = RECIPES["gridnav"]
+    before = r.key()
+    monkeypatch.setattr(AgentTask, "words", staticmethod(lambda: ["only", "these"]))
+    assert r.key() != before
+
+
 def test_quick_teacher_is_built_once_and_cached(cache, monkeypatch, capsys):
     recipe = QUICK["calc_lookup"]
     path = train_teacher(recipe, progress=False)
