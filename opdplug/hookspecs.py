@@ -35,7 +35,7 @@ optional lifecycle ``opdplug.types.Component``: ``setup(ctx)`` once the models a
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 import pluggy
 

@@ -144,7 +144,7 @@ class DatasetTask:
     # -- rows to prompts ---------------------------------------------------------------------
     def make_prompt(self, row: dict, where: str) -> Optional[Prompt]:
         """The ``Prompt`` of one row, or None when it is over the length limit and dropped."""
-        o, cols, tok = self.options, self.columns, self.tokenizer
+        o, cols = self.options, self.columns
         answer = row.get(cols["answer"]) if cols["answer"] else None
         reference_text = row.get(cols["completion"]) if cols["completion"] else answer
         if cols["messages"]:

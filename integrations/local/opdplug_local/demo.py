@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from . import models as local, tiny
-from opdplug.config import Config, parse_config
+from opdplug.config import parse_config
 from .evaluate import accuracy_by_length
 from opdplug.loop import build_task, train
 from opdplug.manager import make_plugin_manager
