@@ -110,3 +110,35 @@ def test_two_processes_resume_to_the_same_weights(runs):
     a, b = final_weights(root / "two"), final_weights(root / "resumed")
     for name in a:
         assert torch.equal(a[name], b[name]), name
+
+
+def test_a_dataset_stream_gives_two_processes_what_it_gives_one(tmp_path):
+    """The dataset task's stream (its position carried by the loop) is split over processes as
+    SumChain's prompts are: one process with the global batch, two with half each, same run."""
+    from opdplug.testing.models import build_bpe_tokenizer, build_model_dir
+    from opdplug_local.wordproblems import generate
+
+    rows = generate(64, seed=5)
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    tok = build_bpe_tokenizer([r["prompt"] + " " + r["solution"] for r in rows], vocab_size=300)
+    student = build_model_dir(tmp_path / "student", "llama", tok, hidden_size=32, seed=1)
+    teacher = build_model_dir(tmp_path / "teacher", "qwen2", tok, hidden_size=32, seed=2)
+
+    def config(name: str, batch_size: int) -> dict:
+        return {
+            "run": {"output_dir": str(tmp_path / name), "steps": 3, "batch_size": batch_size, "grad_accum": 2,
+                    "lr": 1e-2, "device": "cpu", "threads": 1, "progress": False},
+            "student": {"path": str(student)}, "teacher": {"path": str(teacher)},
+            "task": {"name": "dataset", "options": {"path": str(tmp_path / "train.jsonl"), "max_new_tokens": 8}},
+        }
+
+    train_cli([sys.executable], config("one", 8), tmp_path / "one.toml")
+    train_cli(accelerate_launch(2), config("two", 4), tmp_path / "two.toml")
+    one, two = metrics(tmp_path / "one"), metrics(tmp_path / "two")
+    assert {m["processes"] for m in one} == {1} and {m["processes"] for m in two} == {2}
+    for key in ("tokens", "rollout/sequence_tokens_total", "rollout/completion_tokens"):
+        assert [m[key] for m in two] == [m[key] for m in one], key
+    assert [m["loss"] for m in two] == pytest.approx([m["loss"] for m in one], rel=1e-4)
+    a, b = final_weights(tmp_path / "one"), final_weights(tmp_path / "two")
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], rtol=0, atol=1e-5)
