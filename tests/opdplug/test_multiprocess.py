@@ -116,9 +116,9 @@ def test_a_dataset_stream_gives_two_processes_what_it_gives_one(tmp_path):
     """The dataset task's stream (its position carried by the loop) is split over processes as
     SumChain's prompts are: one process with the global batch, two with half each, same run."""
     from opdplug.testing.models import build_bpe_tokenizer, build_model_dir
-    from opdplug_local.wordproblems import generate
 
-    rows = generate(64, seed=5)
+    rows = [{"prompt": f"What is {a} plus {b}?", "solution": f"{a} + {b} = {a + b}.", "answer": str(a + b)}
+            for a in range(8) for b in range(8)]
     (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     tok = build_bpe_tokenizer([r["prompt"] + " " + r["solution"] for r in rows], vocab_size=300)
     student = build_model_dir(tmp_path / "student", "llama", tok, hidden_size=32, seed=1)
