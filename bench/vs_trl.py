@@ -89,7 +89,7 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--reps", type=int, default=7, help="rounds of one run per system (order rotated each round)")
     p.add_argument("--skip", type=int, default=3, help="first steps of each run left out of the timing")
-    p.add_argument("--profile-steps", type=int, default=10)
+    p.add_argument("--profile-steps", type=int, default=10, help="steps of the cProfile run per system (0: none)")
     p.add_argument("--out-dir", default=str(ROOT / "runs" / "bench"))
     # worker mode
     p.add_argument("--worker", choices=list(SYSTEMS))
@@ -120,7 +120,8 @@ def main() -> None:
             st = r["step_s"][a.skip:]
             print(f"  rep {rep} {LABELS[s]:16s} median step {statistics.median(st) * 1e3:6.1f} ms  peak RSS {r['peak_rss_mb']:6.0f} MB  "
                   f"reverse KL {r['eval']['reverse_kl']:.4f}  acc {r['eval']['greedy_accuracy']:.3f}  ({r['process_s']:.0f} s)", flush=True)
-    profiles = {s: run_worker(a, s, 0, teacher, student, out_dir, a.profile_steps, cprofile=True) for s in systems}
+    profiles = ({s: run_worker(a, s, 0, teacher, student, out_dir, a.profile_steps, cprofile=True) for s in systems}
+                if a.profile_steps > 0 else {})
 
     from opdplug_local.demo import DemoRecipe  # noqa: F401  (keeps the import graph warm for the eval below)
 
@@ -164,7 +165,7 @@ def main() -> None:
     print(f"{'phase':26s}" + "".join(f"{LABELS[s]:>18s}" for s in systems))
     for k in names:
         print(f"{k:26s}" + "".join(f"{summary[s]['phase_ms_per_step'].get(k, 0):18.1f}" for s in systems))
-    for s in systems:
+    for s in profiles:
         print(f"\ncProfile of {LABELS[s]} ({a.profile_steps} steps), top functions by own time:")
         lines = [ln for ln in profiles[s]["cprofile_tottime"].splitlines() if ln.strip()]
         start = next(i for i, ln in enumerate(lines) if "ncalls" in ln)
@@ -176,7 +177,7 @@ def main() -> None:
                  "threads": THREADS, "lengths": LENGTHS},
               "initial_student": init, "summary": summary,
               "runs": {s: [{k: v for k, v in r.items() if k != "cprofile_tottime"} for r in runs[s]] for s in systems},
-              "cprofile": {s: profiles[s]["cprofile_tottime"] for s in systems}, "headline": headline}
+              "cprofile": {s: p["cprofile_tottime"] for s, p in profiles.items()}, "headline": headline}
     (out_dir / "vs_trl.json").write_text(json.dumps(result, indent=1))
     plot(summary, init, out_dir / "vs_trl.png", a)
 

@@ -104,11 +104,26 @@ def worker_opdplug(a, phases: Phases, marks: list):
     return str(result.final_model_dir), mark0[0]
 
 
+def step_marks(phases: Phases, marks: list):
+    """A TRL trainer callback that times each optimizer step the way the opdplug worker does."""
+    from transformers import TrainerCallback
+
+    class Mark(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kw):
+            assert not kw["model"].is_activation_checkpointing  # enabled (or not) by train(), before this
+            phases.reset()
+            marks.append(("begin", time.perf_counter()))
+
+        def on_step_end(self, args, state, control, **kw):
+            marks.append(time.perf_counter())
+
+    return Mark()
+
+
 def worker_trl(a, phases: Phases, marks: list):
     import datasets
     import torch
     from torch.utils.data import SequentialSampler
-    from transformers import TrainerCallback
     from trl.experimental.gkd import GKDConfig, GKDTrainer
 
     from opdplug_local import models as local
@@ -153,17 +168,8 @@ def worker_trl(a, phases: Phases, marks: list):
         activation_checkpointing=False,
     )
 
-    class Mark(TrainerCallback):
-        def on_train_begin(self, args, state, control, **kw):
-            assert not kw["model"].is_activation_checkpointing  # enabled (or not) by train(), before this
-            phases.reset()
-            marks.append(("begin", time.perf_counter()))
-
-        def on_step_end(self, args, state, control, **kw):
-            marks.append(time.perf_counter())
-
     trainer = GKDTrainer(model=student, teacher_model=teacher, args=args, train_dataset=ds,
-                         processing_class=tok, data_collator=collate, callbacks=[Mark()])
+                         processing_class=tok, data_collator=collate, callbacks=[step_marks(phases, marks)])
     trainer._get_train_sampler = lambda *x, **k: SequentialSampler(ds)
     # phase wrappers
     GKDTrainer.generate_on_policy_outputs = staticmethod(phases.wrap("generation", GKDTrainer.generate_on_policy_outputs))
@@ -191,7 +197,6 @@ def worker_distill(a, phases: Phases, marks: list):
     divergence here as in GKD and opdplug.
     """
     import datasets
-    from transformers import TrainerCallback
     from trl import DistillationConfig, DistillationTrainer
 
     from opdplug_local import models as local
@@ -226,17 +231,8 @@ def worker_distill(a, phases: Phases, marks: list):
         use_cpu=True, dataloader_num_workers=0, seed=a.seed, bf16=False, fp16=False,
     )
 
-    class Mark(TrainerCallback):
-        def on_train_begin(self, args, state, control, **kw):
-            assert not kw["model"].is_activation_checkpointing  # enabled (or not) by train(), before this
-            phases.reset()
-            marks.append(("begin", time.perf_counter()))
-
-        def on_step_end(self, args, state, control, **kw):
-            marks.append(time.perf_counter())
-
     trainer = DistillationTrainer(model=student, teacher_model=teacher, args=args, train_dataset=ds,
-                                  processing_class=tok, callbacks=[Mark()])
+                                  processing_class=tok, callbacks=[step_marks(phases, marks)])
     # phase wrappers. Generation = _generate_and_score_completions (called from _prepare_inputs,
     # before compute_loss): prompt tokenization, model.generate, EOS masking, padding to tensors.
     real_gen = trainer._generate_and_score_completions
