@@ -244,6 +244,11 @@ class RolloutOptions:
     """Nucleus sampling threshold (1 disables)."""
     max_new_tokens: int = 0
     """Completion budget (0: the task's own budget)."""
+    samples_per_prompt: int = 1
+    """Group sampling: each prompt appears this many times in a row of the global batch (n
+    completions per prompt, GRPO-style), for any sampler. A group never straddles a
+    micro-batch or a process (``run.batch_size`` must be a multiple of it); each copy has its
+    own global row, hence its own sampling seed."""
     options: dict = field(default_factory=dict)
     """Options of the chosen sampler (``[rollout.options]``)."""
 

@@ -94,21 +94,24 @@ def step_prompts(ctx: RunContext, step: int) -> list[list]:
     The step's whole global batch (``batch_size * processes`` rows per micro-batch) is drawn at
     once from a seed that does not involve the process; micro-batch ``m`` holds global rows
     ``[m * B * P, (m + 1) * B * P)`` and process ``p`` takes the ``B`` contiguous rows at
-    ``p * B`` within it. Each prompt carries its global row index (``Prompt.row``), from which
+    ``p * B`` within it. With ``rollout.samples_per_prompt = G``, ``B * P * grad_accum / G``
+    distinct prompts are drawn and global row ``r`` holds prompt ``r // G`` (its group), so a
+    group's ``G`` rows are consecutive and, ``B`` being a multiple of ``G``, on one process.
+    Each prompt carries its global row index (``Prompt.row``), from which
     the samplers derive per-row seeds: the run is a function of the global batch, not of how it
     is split over processes and micro-batches.
     """
     run = ctx.config.run
-    B, P = run.batch_size, ctx.num_processes
-    n = B * P * run.grad_accum
+    B, P, G = run.batch_size, ctx.num_processes, ctx.config.rollout.samples_per_prompt
+    n = B * P * run.grad_accum // G  # distinct prompts; row r holds prompt r // G (group r // G)
     if hasattr(ctx.task, "take"):  # a stream (a dataset): read on from the run's data position
-        everything, ctx.next_data_position = ctx.task.take(ctx.data_position, n, seed=run.seed)
+        distinct, ctx.next_data_position = ctx.task.take(ctx.data_position, n, seed=run.seed)
     else:  # a generator of instances: a function of the seed and the step
-        everything = ctx.task.prompts(n, seed=derive_seed(run.seed, "prompts", step), split="train")
+        distinct = ctx.task.prompts(n, seed=derive_seed(run.seed, "prompts", step), split="train")
     out = []
     for m in range(run.grad_accum):
         start = m * B * P + ctx.process_index * B
-        out.append([dataclasses.replace(everything[r], row=r) for r in range(start, start + B)])
+        out.append([dataclasses.replace(distinct[r // G], row=r, group=r // G) for r in range(start, start + B)])
     return out
 
 

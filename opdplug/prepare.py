@@ -133,10 +133,16 @@ def check_numbers(c: Config) -> None:
         ("run.stop_after", run.stop_after, run.stop_after >= 0, "0 (never) or more"),
         ("rollout.top_p", rollout.top_p, 0 < rollout.top_p <= 1, "in (0, 1]"),
         ("rollout.max_new_tokens", rollout.max_new_tokens, rollout.max_new_tokens >= 0, "0 (the task's budget) or more"),
+        ("rollout.samples_per_prompt", rollout.samples_per_prompt, rollout.samples_per_prompt >= 1, "at least 1"),
     ]
     for key, value, ok, want in rules:
         if not ok:
             raise ConfigError(f"{key} must be {want}, got {value}")
+    if run.batch_size % rollout.samples_per_prompt:
+        raise ConfigError(
+            f"run.batch_size ({run.batch_size}) must be a multiple of rollout.samples_per_prompt "
+            f"({rollout.samples_per_prompt}): a group of samples never straddles a micro-batch or a process"
+        )
     if not rollout.temperature > 0:
         raise ConfigError(
             f"rollout.temperature must be greater than 0, got {rollout.temperature}: the loss compares the "

@@ -51,6 +51,10 @@ class Prompt:
     micro-batches), set by the training loop; -1 elsewhere. Per-row sampling seeds derive from
     it (``RunContext.row_seeds``), so a row draws the same tokens whichever process or
     micro-batch it lands in."""
+    group: int = field(default=-1, compare=False)
+    """Index of this prompt's sampling group in its optimizer step (``rollout.samples_per_prompt``
+    consecutive rows share the prompt and the group), set by the training loop; -1 elsewhere.
+    Group-relative credit schemes normalise rewards within a group."""
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from opdplug.hookspecs import hookimpl
 
-from . import credit, divergences, estimators, supports, updates
+from . import credit, divergences, estimators, group_credit, supports, updates
 
 
 @hookimpl
@@ -54,6 +54,9 @@ def opd_register_credit_schemes(register):
     register("discounted", credit.Discounted)
     register("token_importance", credit.TokenImportance)
     register("reward_plus_kl", credit.RewardPlusKL)
+    register("grpo", group_credit.GRPO)
+    register("grpo_teacher_kl", group_credit.GRPOTeacherKL)
+    register("grpo_teacher_shaping", group_credit.GRPOTeacherShaping)
 
 
 # The [loss] table and its stage, and the rollout side, live in their own modules.

@@ -98,7 +98,8 @@ def test_plugin_registers_every_name_as_a_class():
         "opd_register_estimators": {"k1", "k2", "k3", "nll"},
         "opd_register_supports": {"sampled", "student_topk", "teacher_topk", "full"},
         "opd_register_updates": {"direct", "reinforce", "advantage", "ppo_clip"},
-        "opd_register_credit_schemes": {"per_token", "discounted", "token_importance", "reward_plus_kl"},
+        "opd_register_credit_schemes": {"per_token", "discounted", "token_importance", "reward_plus_kl",
+                                        "grpo", "grpo_teacher_kl", "grpo_teacher_shaping"},
     }
     for hook, names in expected.items():
         got = {}
