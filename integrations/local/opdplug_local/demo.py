@@ -109,17 +109,23 @@ def cold_start(recipe: DemoRecipe, output_dir: Path, teacher_dir: Path):
     return train(config, manager, progress_desc="student cold start (SFT)")
 
 
-def flops_of_run(history: list, student_params: int, teacher_params: int, generator: str) -> float:
+def flops_of_run(history: list, student_params: int, teacher_params: int, generator: str,
+                 teacher_scores: bool | None = None) -> float:
     """FLOPs of a distillation run, counted from the tokens it processed (2N per token forward,
-    6N per token trained): the generating model's forward over every sequence token, the
-    teacher's scoring forward (on-policy only: off-policy SFT needs no scores), and the
-    student's training forward+backward."""
+    6N per token trained): the generating model's forward over every sequence token
+    (``generator`` "teacher" or "student"; "reference": dataset text, nobody generates), the
+    teacher's scoring forward (``teacher_scores``; default: on-policy only, off-policy SFT
+    needs no scores, RL from a verifier passes False), and the student's training
+    forward+backward."""
+    if generator not in ("teacher", "student", "reference"):
+        raise ValueError(f"generator must be teacher, student or reference, got {generator!r}")
+    scored = generator == "student" if teacher_scores is None else teacher_scores
+    gen = {"teacher": teacher_params, "student": student_params, "reference": 0}[generator]
     total = 0.0
     for m in history:
         seq = m["rollout/sequence_tokens_total"]
-        gen = teacher_params if generator == "teacher" else student_params
         total += 2 * gen * seq + 6 * student_params * seq
-        if generator == "student":
+        if scored:
             total += 2 * teacher_params * seq
     return total
 

@@ -1,0 +1,221 @@
+"""The route table: from one SFT-plateau checkpoint, what each route buys and at what compute.
+
+For each ground (SumChain at its longest trained length T = 8; the arithmetic word-problem
+dataset), a student is first SFT'd for ``--plateau-steps`` (the shared checkpoint; its curve is
+printed, so whether it plateaued is measured, not assumed). From that checkpoint, for the same
+steps and batch rows:
+
+* **SFT**: more SFT (teacher samples on SumChain, reference solutions on the word problems);
+* **RL**: GRPO, ``samples_per_prompt`` completions per prompt, outcome reward from the task's
+  verifier, group-normalised advantage (``credit.scheme = "grpo"``), no teacher;
+* **OPD**: reverse KL to the teacher on the full vocabulary, on student rollouts;
+* **RL+OPD**: GRPO plus the teacher's per-token log-ratio as dense shaping
+  (``grpo_teacher_shaping``, weight ``--shaping``).
+
+Every ``--every`` steps a checkpoint is evaluated greedily on held-out prompts. Compute is
+counted from the tokens processed with ``opdplug_local.demo.flops_of_run`` (as ``make demo`` and
+``bench/compute_claim.py`` count it: 2N per token for the model that generates, 2N for the
+teacher's scoring where a teacher scores, 6N for the student's update), from the shared
+checkpoint on. The target is the teacher's accuracy minus ``--target-gap`` (2 points); the
+compute to reach it is interpolated linearly between the checkpoints around the first crossing.
+
+    .venv/bin/python bench/route_table.py               # both grounds, default sizes
+    .venv/bin/python bench/route_table.py --quick       # SumChain only, smaller (make demo)
+
+Writes ``route_table.json`` and ``route_table.png`` under ``--out`` (``runs/bench``).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+import torch  # noqa: E402
+
+import route_setups  # noqa: E402
+from opdplug_local.demo import flops_of_run  # noqa: E402
+from opdplug.loop import train  # noqa: E402
+
+ROUTES = ("SFT", "RL", "OPD", "RL+OPD")
+
+
+def route_sections(ground, name: str, group: int, shaping: float) -> tuple[dict, str, bool]:
+    """(config sections, who generates, whether the teacher scores) of route ``name``."""
+    rl_loss = {"support": "sampled", "estimator": "k1", "update": "advantage"}
+    teacher = {"path": str(ground.teacher_dir), "scorer": "local"}
+    if name == "SFT":
+        return ground.sft_route, ground.sft_generator, False
+    if name == "RL":
+        return {"rollout": {"sampler": "on_policy", "samples_per_prompt": group}, "loss": rl_loss,
+                "teacher": {"scorer": "none"}, "credit": {"scheme": "grpo", "verifier": "task"}}, "student", False
+    if name == "OPD":
+        return {"rollout": {"sampler": "on_policy"}, "loss": {"support": "full", "divergence": "reverse_kl", "top_k": 4},
+                "teacher": teacher}, "student", True
+    if name == "RL+OPD":
+        return {"rollout": {"sampler": "on_policy", "samples_per_prompt": group}, "loss": rl_loss, "teacher": teacher,
+                "credit": {"scheme": "grpo_teacher_shaping", "options": {"weight": shaping}, "verifier": "task"}}, "student", True
+    raise ValueError(name)
+
+
+def curve_of(ground, run_dir: Path, history: list, params: dict, generator: str, scored: bool, start: dict) -> list:
+    """(step, FLOPs since the shared checkpoint, accuracy) of every checkpoint of a run."""
+    points = [dict(start, flops=0.0)]
+    for ckpt in sorted((run_dir / "checkpoints").glob("step-*"), key=lambda p: int(p.name.split("-")[1])):
+        step = int(ckpt.name.split("-")[1])
+        flops = flops_of_run(history[:step], params["student"], params["teacher"], generator, scored)
+        points.append({"step": step, "flops": flops, "accuracy": ground.evaluate(ckpt)})
+        print(f"  {run_dir.name} step {step}: {flops / 1e9:.1f} GFLOPs, accuracy {points[-1]['accuracy']:.3f}", flush=True)
+    return points
+
+
+def crossing(points: list, target: float):
+    """FLOPs (and step) where the curve first reaches ``target``, linear between checkpoints; None if never."""
+    for a, b in zip(points, points[1:]):
+        if b["accuracy"] >= target:
+            if a["accuracy"] >= target or b["accuracy"] == a["accuracy"]:
+                return {"flops": a["flops"] if a["accuracy"] >= target else b["flops"], "step": b["step"]}
+            f = (target - a["accuracy"]) / (b["accuracy"] - a["accuracy"])
+            return {"flops": a["flops"] + f * (b["flops"] - a["flops"]), "step": b["step"]}
+    return {"flops": 0.0, "step": 0} if points and points[0]["accuracy"] >= target else None
+
+
+def run_ground(ground, args, work: Path) -> dict:
+    t0 = time.perf_counter()
+    teacher_acc = ground.evaluate(ground.teacher_dir)
+    print(f"[{ground.name}] teacher accuracy {teacher_acc:.3f}", flush=True)
+    # ---- the shared checkpoint: SFT until (near) a plateau
+    plateau_dir = work / "plateau"
+    config, manager = ground.config(
+        plateau_dir, run={"steps": args.plateau_steps, "batch_size": args.batch, "lr": ground.plateau_lr, "seed": args.seed,
+                          "checkpoint_every": args.plateau_every, "keep_checkpoints": 1000},
+        student=dict(ground.student_start, **({"init_seed": ground.student_start["init_seed"] + args.seed}
+                                              if "init_seed" in ground.student_start else {})),
+        **ground.sft_route)
+    plateau = train(config, manager, progress_desc=f"{ground.name}: shared SFT checkpoint")
+    start_dir = plateau.final_model_dir
+    params = {"student": route_setups.params_of(start_dir), "teacher": route_setups.params_of(ground.teacher_dir)}
+    plateau_curve = curve_of(ground, plateau_dir, plateau.history, params, ground.sft_generator, False,
+                             {"step": 0, "accuracy": ground.evaluate(ground.student_start.get("path") or start_dir)
+                              if "path" in ground.student_start else None})
+    start_acc = plateau_curve[-1]["accuracy"]
+    start = {"step": 0, "accuracy": start_acc}
+    target = teacher_acc - args.target_gap
+    print(f"[{ground.name}] shared checkpoint: {start_acc:.3f} after {args.plateau_steps} SFT steps; target {target:.3f}", flush=True)
+    routes = {}
+    for name in ROUTES:
+        sections, generator, scored = route_sections(ground, name, args.group, args.shaping)
+        run_dir = work / name.lower().replace("+", "_")
+        config, manager = ground.config(
+            run_dir, run={"steps": args.steps, "batch_size": args.batch, "lr": ground.plateau_lr, "seed": args.seed,
+                          "checkpoint_every": args.every, "keep_checkpoints": 1000},
+            student={"path": str(start_dir)}, **sections)
+        tr = time.perf_counter()
+        run = train(config, manager, progress_desc=f"{ground.name}: {name}")
+        train_s = time.perf_counter() - tr
+        points = curve_of(ground, run_dir, run.history, params, generator, scored, start)
+        overlap = [m.get("topk_overlap") for m in run.history]
+        routes[name] = {"points": points, "train_seconds": train_s, "generator": generator, "teacher_scores": scored,
+                        "reach": crossing(points, target),
+                        "topk_overlap": overlap if any(v is not None for v in overlap) else None,
+                        "reward": [m.get("rollout/reward") for m in run.history]}
+    return {"label": ground.label, "teacher_accuracy": teacher_acc, "target": target, "params": params,
+            "plateau": plateau_curve, "routes": routes, "seconds": time.perf_counter() - t0}
+
+
+def headline(name: str, res: dict) -> str:
+    """``OPD reached the target at N.NNx of RL's compute (...)``, or what happened instead."""
+    r = res["routes"]
+    opd, rl, sft = r["OPD"]["reach"], r["RL"]["reach"], r["SFT"]["reach"]
+    where = f"{name}, target {res['target']:.3f}"
+    spent_rl = r["RL"]["points"][-1]["flops"]
+    if opd is None:
+        return f"OPD did not reach the target within {r['OPD']['points'][-1]['flops'] / 1e9:.1f} GFLOPs ({where})"
+    sft_part = ("SFT did not reach it" if sft is None else f"{opd['flops'] / max(sft['flops'], 1):.2f}x of more SFT's")
+    if rl is None:
+        return (f"OPD reached the target at <= {opd['flops'] / spent_rl:.2f}x of RL's compute ({where}: OPD "
+                f"{opd['flops'] / 1e9:.1f} GFLOPs; RL did not reach it within {spent_rl / 1e9:.1f}; {sft_part})")
+    return (f"OPD reached the target at {opd['flops'] / max(rl['flops'], 1):.2f}x of RL's compute ({where}: OPD "
+            f"{opd['flops'] / 1e9:.1f} GFLOPs, RL {rl['flops'] / 1e9:.1f}; {sft_part})")
+
+
+def print_table(name: str, res: dict) -> None:
+    print(f"\n{res['label']}: teacher {res['teacher_accuracy']:.3f}, target {res['target']:.3f}; params teacher "
+          f"{res['params']['teacher']:,}, student {res['params']['student']:,}")
+    print("shared checkpoint (SFT): " + ", ".join(f"step {p['step']} {p['accuracy']:.3f}" for p in res["plateau"] if p["accuracy"] is not None))
+    print(f"{'route':<8}{'final acc':>10}{'GFLOPs spent':>14}{'GFLOPs to target':>18}{'x RL':>8}{'train s':>9}")
+    rl = res["routes"]["RL"]["reach"]
+    for route, c in res["routes"].items():
+        reach = c["reach"]
+        to = f"{reach['flops'] / 1e9:.1f}" if reach else "not reached"
+        ratio = f"{reach['flops'] / rl['flops']:.2f}" if reach and rl and rl["flops"] > 0 else "-"
+        print(f"{route:<8}{c['points'][-1]['accuracy']:>10.3f}{c['points'][-1]['flops'] / 1e9:>14.1f}{to:>18}{ratio:>8}{c['train_seconds']:>9.0f}")
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--grounds", default="sumchain,wordproblems", help="comma-separated: sumchain, wordproblems")
+    ap.add_argument("--quick", action="store_true", help="SumChain only, fewer steps (what make demo shows)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--plateau-steps", type=int, default=None, help="SFT steps of the shared checkpoint")
+    ap.add_argument("--plateau-every", type=int, default=None)
+    ap.add_argument("--steps", type=int, default=None, help="steps of each route")
+    ap.add_argument("--every", type=int, default=None, help="evaluate a checkpoint every this many steps")
+    ap.add_argument("--batch", type=int, default=32, help="rows per step (RL: batch / group prompts)")
+    ap.add_argument("--group", type=int, default=8, help="samples per prompt of RL and RL+OPD")
+    ap.add_argument("--shaping", type=float, default=1.0, help="weight of the teacher log-ratio in RL+OPD")
+    ap.add_argument("--target-gap", type=float, default=0.02, help="target = teacher accuracy minus this")
+    ap.add_argument("--length", type=int, default=8, help="SumChain's evaluated length T")
+    ap.add_argument("--eval-n", type=int, default=None, help="held-out prompts per evaluation")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", default=str(ROOT / "runs" / "bench"))
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.grounds = "sumchain"
+    defaults = dict(plateau_steps=150 if args.quick else 200, plateau_every=50, steps=150 if args.quick else 300,
+                    every=25 if args.quick else 50, eval_n=100 if args.quick else 200)
+    for k, v in defaults.items():
+        if getattr(args, k) is None:
+            setattr(args, k, v)
+    grounds = [g.strip() for g in args.grounds.split(",") if g.strip()]
+    unknown = [g for g in grounds if g not in ("sumchain", "wordproblems")]
+    if unknown or args.batch % args.group or args.steps % args.every:
+        sys.exit(f"route_table: {'unknown ground ' + unknown[0] if unknown else '--batch must be a multiple of --group and --steps of --every'}")
+    t0 = time.perf_counter()
+    torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    results = {}
+    for g in grounds:
+        ground = route_setups.sumchain(args.length, args.eval_n, args.threads) if g == "sumchain" else \
+            route_setups.wordproblems(args.eval_n, args.threads)
+        work = out / "route_table" / f"{g}-seed{args.seed}"
+        if work.exists():
+            shutil.rmtree(work)
+        results[g] = run_ground(ground, args, work)
+    lines = []
+    for g, res in results.items():
+        print_table(g, res)
+        lines.append(headline(g, res))
+    wall = time.perf_counter() - t0
+    out.mkdir(parents=True, exist_ok=True)
+    stem = f"route_table{'_quick' if args.quick else ''}_seed{args.seed}"
+    (out / f"{stem}.json").write_text(json.dumps({"args": vars(args), "results": results, "headlines": lines,
+                                                  "wall_seconds": wall}, indent=1))
+    import route_plot
+
+    route_plot.plot(results, out / f"{stem}.png")
+    print(f"wrote {out / (stem + '.json')} and {out / (stem + '.png')} ({wall:.0f} s)")
+    for line in lines:
+        print(line)
+
+
+if __name__ == "__main__":
+    main()
