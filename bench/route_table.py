@@ -48,7 +48,7 @@ from opdplug.loop import train  # noqa: E402
 ROUTES = ("SFT", "RL", "OPD", "RL+OPD")
 
 
-def route_sections(ground, name: str, group: int, shaping: float) -> tuple[dict, str, bool]:
+def route_sections(ground, name: str, group: int, shaping: float, overlap_k: int) -> tuple[dict, str, bool]:
     """(config sections, who generates, whether the teacher scores) of route ``name``."""
     rl_loss = {"support": "sampled", "estimator": "k1", "update": "advantage"}
     teacher = {"path": str(ground.teacher_dir), "scorer": "local"}
@@ -58,7 +58,7 @@ def route_sections(ground, name: str, group: int, shaping: float) -> tuple[dict,
         return {"rollout": {"sampler": "on_policy", "samples_per_prompt": group}, "loss": rl_loss,
                 "teacher": {"scorer": "none"}, "credit": {"scheme": "grpo", "verifier": "task"}}, "student", False
     if name == "OPD":
-        return {"rollout": {"sampler": "on_policy"}, "loss": {"support": "full", "divergence": "reverse_kl", "top_k": 4},
+        return {"rollout": {"sampler": "on_policy"}, "loss": {"support": "full", "divergence": "reverse_kl", "top_k": overlap_k},
                 "teacher": teacher}, "student", True
     if name == "RL+OPD":
         return {"rollout": {"sampler": "on_policy", "samples_per_prompt": group}, "loss": rl_loss, "teacher": teacher,
@@ -88,45 +88,60 @@ def crossing(points: list, target: float):
     return {"flops": 0.0, "step": 0} if points and points[0]["accuracy"] >= target else None
 
 
+def shared_checkpoint(ground, args, work: Path) -> dict:
+    """SFT from the ground's initial student for ``args.plateau_steps`` (seed ``args.seed``),
+    evaluated every ``args.plateau_every``: the checkpoint every route starts from."""
+    plateau_dir = work / "plateau"
+    student = dict(ground.student_start)
+    if "init_seed" in student:
+        student["init_seed"] += args.seed
+    config, manager = ground.config(
+        plateau_dir, run={"steps": args.plateau_steps, "batch_size": args.batch, "lr": ground.plateau_lr, "seed": args.seed,
+                          "checkpoint_every": args.plateau_every, "keep_checkpoints": 1000},
+        student=student, **ground.sft_route)
+    plateau = train(config, manager, progress_desc=f"{ground.name}: shared SFT checkpoint")
+    start_dir = plateau.final_model_dir
+    params = {"student": route_setups.params_of(start_dir), "teacher": route_setups.params_of(ground.teacher_dir)}
+    init = {"step": 0, "accuracy": ground.evaluate(Path(student["path"])) if "path" in student else None}
+    curve = curve_of(ground, plateau_dir, plateau.history, params, ground.sft_generator, False, init)
+    return {"dir": start_dir, "params": params, "curve": curve, "accuracy": curve[-1]["accuracy"]}
+
+
+def run_route(ground, name: str, sections: dict, generator: str, scored: bool, steps: int, every: int, batch: int,
+              seed: int, work: Path, shared: dict, target: float) -> dict:
+    """Train route ``name`` from the shared checkpoint and evaluate its checkpoints. The routes
+    read another prompt stream than the shared checkpoint's SFT (seed + 1000): more SFT is more
+    data, not a second epoch of the same."""
+    run_dir = work / name.lower().replace("+", "_").replace(" ", "_")
+    config, manager = ground.config(
+        run_dir, run={"steps": steps, "batch_size": batch, "lr": ground.plateau_lr, "seed": seed + 1000,
+                      "checkpoint_every": every, "keep_checkpoints": 1000},
+        student={"path": str(shared["dir"])}, **sections)
+    tr = time.perf_counter()
+    run = train(config, manager, progress_desc=f"{ground.name}: {name}")
+    train_s = time.perf_counter() - tr
+    points = curve_of(ground, run_dir, run.history, shared["params"], generator, scored,
+                      {"step": 0, "accuracy": shared["accuracy"]})
+    overlap = [m.get("topk_overlap") for m in run.history]
+    return {"points": points, "train_seconds": train_s, "generator": generator, "teacher_scores": scored,
+            "reach": crossing(points, target), "topk_overlap": overlap if any(v is not None for v in overlap) else None,
+            "reward": [m.get("rollout/reward") for m in run.history]}
+
+
 def run_ground(ground, args, work: Path) -> dict:
     t0 = time.perf_counter()
     teacher_acc = ground.evaluate(ground.teacher_dir)
     print(f"[{ground.name}] teacher accuracy {teacher_acc:.3f}", flush=True)
-    # ---- the shared checkpoint: SFT until (near) a plateau
-    plateau_dir = work / "plateau"
-    config, manager = ground.config(
-        plateau_dir, run={"steps": args.plateau_steps, "batch_size": args.batch, "lr": ground.plateau_lr, "seed": args.seed,
-                          "checkpoint_every": args.plateau_every, "keep_checkpoints": 1000},
-        student=dict(ground.student_start, **({"init_seed": ground.student_start["init_seed"] + args.seed}
-                                              if "init_seed" in ground.student_start else {})),
-        **ground.sft_route)
-    plateau = train(config, manager, progress_desc=f"{ground.name}: shared SFT checkpoint")
-    start_dir = plateau.final_model_dir
-    params = {"student": route_setups.params_of(start_dir), "teacher": route_setups.params_of(ground.teacher_dir)}
-    plateau_curve = curve_of(ground, plateau_dir, plateau.history, params, ground.sft_generator, False,
-                             {"step": 0, "accuracy": ground.evaluate(ground.student_start.get("path") or start_dir)
-                              if "path" in ground.student_start else None})
-    start_acc = plateau_curve[-1]["accuracy"]
-    start = {"step": 0, "accuracy": start_acc}
+    shared = shared_checkpoint(ground, args, work)
+    params, plateau_curve, start_acc = shared["params"], shared["curve"], shared["accuracy"]
     target = teacher_acc - args.target_gap
     print(f"[{ground.name}] shared checkpoint: {start_acc:.3f} after {args.plateau_steps} SFT steps; target {target:.3f}", flush=True)
     routes = {}
     for name in ROUTES:
-        sections, generator, scored = route_sections(ground, name, args.group, args.shaping)
-        run_dir = work / name.lower().replace("+", "_")
-        config, manager = ground.config(
-            run_dir, run={"steps": args.steps, "batch_size": args.batch, "lr": ground.plateau_lr, "seed": args.seed,
-                          "checkpoint_every": args.every, "keep_checkpoints": 1000},
-            student={"path": str(start_dir)}, **sections)
-        tr = time.perf_counter()
-        run = train(config, manager, progress_desc=f"{ground.name}: {name}")
-        train_s = time.perf_counter() - tr
-        points = curve_of(ground, run_dir, run.history, params, generator, scored, start)
-        overlap = [m.get("topk_overlap") for m in run.history]
-        routes[name] = {"points": points, "train_seconds": train_s, "generator": generator, "teacher_scores": scored,
-                        "reach": crossing(points, target),
-                        "topk_overlap": overlap if any(v is not None for v in overlap) else None,
-                        "reward": [m.get("rollout/reward") for m in run.history]}
+        sections, generator, scored = route_sections(ground, name, args.group, args.shaping, args.overlap_k)
+        steps, every = (args.rl_steps, args.rl_every) if name == "RL" else (args.steps, args.every)
+        routes[name] = run_route(ground, name, sections, generator, scored, steps, every, args.batch, args.seed,
+                                 work, shared, target)
     return {"label": ground.label, "teacher_accuracy": teacher_acc, "target": target, "params": params,
             "plateau": plateau_curve, "routes": routes, "seconds": time.perf_counter() - t0}
 
@@ -169,6 +184,9 @@ def main(argv=None) -> None:
     ap.add_argument("--plateau-every", type=int, default=None)
     ap.add_argument("--steps", type=int, default=None, help="steps of each route")
     ap.add_argument("--every", type=int, default=None, help="evaluate a checkpoint every this many steps")
+    ap.add_argument("--rl-steps", type=int, default=None, help="steps of RL (cheaper per step: no teacher; default 4x --steps)")
+    ap.add_argument("--rl-every", type=int, default=None, help="RL's evaluation interval (default 4x --every)")
+    ap.add_argument("--overlap-k", type=int, default=4, help="k of the top-k overlap the OPD route logs")
     ap.add_argument("--batch", type=int, default=32, help="rows per step (RL: batch / group prompts)")
     ap.add_argument("--group", type=int, default=8, help="samples per prompt of RL and RL+OPD")
     ap.add_argument("--shaping", type=float, default=1.0, help="weight of the teacher log-ratio in RL+OPD")
@@ -185,10 +203,12 @@ def main(argv=None) -> None:
     for k, v in defaults.items():
         if getattr(args, k) is None:
             setattr(args, k, v)
+    args.rl_steps = args.rl_steps or 4 * args.steps
+    args.rl_every = args.rl_every or 4 * args.every
     grounds = [g.strip() for g in args.grounds.split(",") if g.strip()]
     unknown = [g for g in grounds if g not in ("sumchain", "wordproblems")]
-    if unknown or args.batch % args.group or args.steps % args.every:
-        sys.exit(f"route_table: {'unknown ground ' + unknown[0] if unknown else '--batch must be a multiple of --group and --steps of --every'}")
+    if unknown or args.batch % args.group or args.steps % args.every or args.rl_steps % args.rl_every:
+        sys.exit(f"route_table: {'unknown ground ' + unknown[0] if unknown else '--batch must be a multiple of --group, --steps of --every, --rl-steps of --rl-every'}")
     t0 = time.perf_counter()
     torch.set_num_threads(args.threads)
     out = Path(args.out)
