@@ -1,5 +1,6 @@
 # Two commands do all the set-up on a fresh machine with Python 3.11 and pip:
-#   make demo   the main job on the embedded default (local tiny models, CPU, nothing downloaded)
+#   make demo   the main job on the embedded default (local tiny models, CPU, nothing downloaded),
+#               then the route table's quick version (more SFT, RL, OPD, RL+OPD from one checkpoint)
 #   make test   the whole test suite (what .ci/run calls; separate lanes: make test-multiprocess, make test-sglang)
 # Every pip call passes -c constraints.txt: torch stays the local CPU wheel.
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
@@ -39,6 +40,7 @@ bench: bench-env
 
 demo: env
 	$(VENV)/bin/opdplug demo --output-dir runs/demo
+	$(VENV)/bin/python bench/route_table.py --quick --out runs/demo
 
 test: test-env
 	$(VENV)/bin/python -m pytest -q tests integrations/local/tests plugins/tests agents/tests integrations/sglang/tests drafters/tests -m "not multiprocess and not sglang"
