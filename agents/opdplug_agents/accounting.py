@@ -104,6 +104,15 @@ def notes(ctx) -> list[str]:
     return list(state["notes"]) if state else []
 
 
+def record_stops(ctx, episodes) -> None:
+    """Count why episodes stopped (``stopped_<reason>``); an episode the context budget ended
+    also leaves a note naming it."""
+    reasons = Counter(e.stop_reason or "unknown" for e in episodes)
+    notes = [f"{e.env} seed {e.seed}: stopped by the context budget after {e.num_turns} turns ({len(e.token_ids)} tokens)"
+             for e in episodes if e.stop_reason == "context"]
+    record(ctx, notes=notes, **{f"stopped_{k}": v for k, v in reasons.items()})
+
+
 def record_locator(ctx, deps) -> None:
     """Move a ``LocatorDeps``' counters and notes into the run's accounting."""
     keys = ("teacher_actions", "expert_actions", "teacher_scorings", "judge_calls", "judge_failures")

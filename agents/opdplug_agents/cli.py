@@ -29,7 +29,7 @@ from typing import Any, Optional
 
 from opdplug.errors import ConfigError
 
-from .registries import env_class
+from .registries import env_class, horizon_range
 
 EVAL_N = 50
 """Held-out episodes per horizon by default."""
@@ -44,7 +44,7 @@ def parse_horizons(text: str, env: Optional[str] = None, registry=None) -> list[
     if not horizons:
         raise ConfigError("--horizons is empty; give e.g. --horizons 2,4,6")
     if env is not None:
-        lo, hi = env_class(env, registry, "--env").horizon_range
+        lo, hi = horizon_range(env, None, registry, "--env")
         bad = [h for h in horizons if not lo <= h <= hi]
         if bad:
             raise ConfigError(f"--horizons: {env} horizons must be in {lo}..{hi}, got {bad[0]}")

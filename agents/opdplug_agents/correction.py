@@ -60,7 +60,7 @@ from .episodes import PRODUCERS, Episode, FixedTurn
 from .locators import LocatorDeps
 from .registries import build_locator, episode_env
 from .rollout import run_episodes
-from .samplers import _action_budget, _specs
+from .samplers import _action_budget, _specs, codec_of
 
 
 # ----------------------------------------------------------------------------- SCoRe core
@@ -252,17 +252,17 @@ class AgentScore:
         key_actor = _teacher_actor(ctx, self.key_step_actor, "agent_score", self.key_step_temperature)
         locator = build_locator(self.locator, self.locator_options, "rollout.options.locator", ctx.registry)
         deps = LocatorDeps(
-            tokenizer=ctx.tokenizer, teacher=ctx.teacher, max_action_tokens=budget, temperature=opts.temperature,
+            tokenizer=codec_of(ctx), teacher=ctx.teacher, max_action_tokens=budget, temperature=opts.temperature,
             generator=ctx.generator("locator", step, prompts[0].prompt_ids), registry=ctx.registry,
         )
         correction = correct_episodes(
-            specs, _student_actor(ctx), key_actor, locator, deps, ctx.tokenizer, max_action_tokens=budget,
+            specs, _student_actor(ctx), key_actor, locator, deps, codec_of(ctx), max_action_tokens=budget,
             temperature=opts.temperature, max_repairs=self.max_repairs,
             generator=ctx.generator("student", step, prompts[0].prompt_ids),
             repair_generator=ctx.generator("score_repair", step, prompts[0].prompt_ids), registry=ctx.registry,
         )
         try:
-            batch = correction_batch(correction, prompts, pad_id=ctx.tokenizer.pad_token_id,
+            batch = correction_batch(correction, prompts, pad_id=codec_of(ctx).pad_id,
                                      short_horizon=self.short_horizon, key_reward=self.key_reward,
                                      registry=ctx.registry)
         except ValueError as exc:
@@ -332,17 +332,17 @@ class AgentDagger:
         opts = ctx.config.rollout
         budget = _action_budget(ctx, prompts)
         teacher = _teacher_actor(ctx, self.teacher_actor, "agent_dagger")
-        episodes = run_episodes(specs, _student_actor(ctx), ctx.tokenizer, max_action_tokens=budget,
+        episodes = run_episodes(specs, _student_actor(ctx), codec_of(ctx), max_action_tokens=budget,
                                 temperature=opts.temperature, generator=ctx.generator("student", step, prompts[0].prompt_ids),
                                 registry=ctx.registry)
         states = dagger_states([e.num_turns for e in episodes], self.states_per_episode,
                                ctx.generator("dagger_states", step, prompts[0].prompt_ids))
-        rows, source = dagger_episodes(episodes, states, teacher, ctx.tokenizer, max_action_tokens=budget,
+        rows, source = dagger_episodes(episodes, states, teacher, codec_of(ctx), max_action_tokens=budget,
                                        temperature=opts.temperature,
                                        generator=ctx.generator("dagger_teacher", step, prompts[0].prompt_ids),
                                        registry=ctx.registry)
         try:
-            batch = episodes_to_batch(rows, train_on=("teacher", "expert"), pad_id=ctx.tokenizer.pad_token_id,
+            batch = episodes_to_batch(rows, train_on=("teacher", "expert"), pad_id=codec_of(ctx).pad_id,
                                       prompts=[prompts[i] for i in source])
         except ValueError as exc:
             raise ConfigError(f"rollout.sampler = 'agent_dagger': {exc}") from None

@@ -84,6 +84,10 @@ class Episode:
     """``len(turns)``."""
     token_ids: tuple[int, ...]
     """``bos_ids`` then every turn's ``token_ids``: the exact sequence a model saw."""
+    stop_reason: str = ""
+    """Why it stopped: ``terminated`` (the environment ended it), ``env_limit`` (the
+    environment's turn limit), ``max_turns``, ``context`` (the next turn could overflow the
+    token budget ``max_tokens``: a model's context), "" (not recorded)."""
 
     def __post_init__(self) -> None:
         if self.num_turns != len(self.turns):

@@ -31,7 +31,7 @@ from opdplug.context import derive_seed
 
 from .actors import ExpertActor, ModelActor
 from .episodes import Episode
-from .registries import LOCATORS, build_locator, env_class, episode_env, make_env, registry_or_installed
+from .registries import LOCATORS, build_locator, episode_env, horizon_range, make_env, registry_or_installed
 from .rollout import run_episodes
 from .task import AgentTask
 
@@ -124,7 +124,7 @@ def cost_to_go(env, actions: Sequence[str], limit: int = 1000) -> Optional[int]:
     (replayed from the start); None if the prefix already ended it."""
     env.replay(list(actions))
     steps = 0
-    done = env._terminated or env._truncated
+    done = env.episode_over
     if done:
         return None
     while not done and steps < limit:
@@ -145,7 +145,7 @@ def first_error_cost_to_go(episode: Episode, registry=None) -> Optional[int]:
         after = cost_to_go(env, actions[: t + 1])
         if after is None:  # this action ended the episode: fine only if it solved it
             env.replay(actions[: t + 1])
-            return None if env._success else t
+            return None if env.solved else t
         if before is None or after != before - 1:
             return t
         before = after
@@ -221,7 +221,7 @@ def success_by_horizon(
     :raises ValueError: horizon out of range, bad options.
     """
     registry = registry_or_installed(registry)
-    lo, hi = env_class(env, registry, "env").horizon_range
+    lo, hi = horizon_range(env, env_options, registry, "env")
     if n < 1 or batch < 1:
         raise ValueError(f"n and batch must be >= 1, got n={n}, batch={batch}")
     bad = [h for h in horizons if not lo <= int(h) <= hi]
@@ -251,7 +251,7 @@ def success_by_horizon(
                 chunk = prompts[start:start + batch]
                 specs = [(p.meta["env"], p.meta["seed"], p.meta["options"]) for p in chunk]
                 episodes += run_episodes(
-                    specs, actor, tokenizer, max_action_tokens=budget, temperature=temperature,
+                    specs, actor, task.codec, max_action_tokens=budget, temperature=temperature,
                     generator=torch.Generator().manual_seed(derive_seed(seed, "agent-eval-draws", h, start)),
                     registry=registry,
                 )

@@ -37,3 +37,29 @@ def opd_register_locators(register: Register) -> None:
 
     Called once when the registry is built. Not firstresult.
     """
+
+
+@hookspec
+def opd_register_tool_call_formats(register: Register) -> None:
+    """Register how chat models write tool calls (``[task.options] tool_format``).
+
+    :param register: ``register(name, cls)``; ``cls`` is a frozen dataclass whose instances
+        have ``render(tool, args) -> text`` and ``parse(text) -> (tool, args) | None``. See
+        ``opdplug_agents.toolcalls``.
+    :return: nothing.
+
+    Called once when the registry is built. Not firstresult.
+    """
+
+
+@hookspec
+def opd_register_env_adapters(register: Register) -> None:
+    """Register callables the ``gymnasium`` environment adapter names in its options
+    (``expert``, ``observation``, ``action``; see ``opdplug_agents.envs.gym_adapter``).
+
+    :param register: ``register(name, fn)``: an expert ``fn(env, info) -> str``, an observation
+        ``fn(obs, info) -> str`` or an action ``fn(text, env) -> action``.
+    :return: nothing.
+
+    Called once when the registry is built. Not firstresult.
+    """

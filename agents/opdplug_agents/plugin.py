@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from opdplug.hookspecs import hookimpl
 
-from . import correction, credit, envs, locators, samplers
+from . import correction, credit, envs, locators, samplers, toolcalls
 from .accounting import opd_score, opd_step_end  # noqa: F401 (hooks)
 from .task import AgentTask
 from .validation import opd_validate  # noqa: F401 (hook)
@@ -38,8 +38,19 @@ def opd_addhooks(pluginmanager):
 
 @hookimpl
 def opd_register_environments(register):
-    for cls in envs.BUILTIN:
+    for cls in envs.REGISTERED:
         register(cls.name, cls)
+
+
+@hookimpl
+def opd_register_tool_call_formats(register):
+    for cls in toolcalls.BUILTIN:
+        register(cls.name, cls)
+
+
+@hookimpl
+def opd_register_env_adapters(register):
+    """None built in: the kind exists for third-party games (``gymnasium`` adapter options)."""
 
 
 @hookimpl

@@ -58,6 +58,17 @@ def env_class(name: str, registry: Optional[Registry] = None, key: str = "") -> 
     return registry_or_installed(registry).get(ENVIRONMENTS, name, key)
 
 
+def horizon_range(name: str, env_options: Optional[dict] = None, registry: Optional[Registry] = None,
+                  key: str = "") -> tuple[int, int]:
+    """The horizons environment ``name`` takes with ``env_options``: its factory's
+    ``horizon_range_for(options)`` when it has one (a range that depends on the options, as the
+    ``gymnasium`` adapter's), else its ``horizon_range``."""
+    factory = env_class(name, registry, key)
+    by_options = getattr(factory, "horizon_range_for", None)
+    lo, hi = by_options(dict(env_options or {})) if by_options is not None else factory.horizon_range
+    return int(lo), int(hi)
+
+
 def make_env(name: str, options: dict, registry: Optional[Registry] = None, key: str = "") -> Any:
     """A bare environment ``name`` built with keyword ``options``; an option it does not take is
     a one-line ``ValueError`` naming the environment."""

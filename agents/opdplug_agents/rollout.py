@@ -23,7 +23,7 @@ import torch
 
 from opdplug_local import sampling
 
-from . import textio
+from .dialogue import as_codec
 from .actors import Actor, ActorChoice, ExpertActor, ModelActor, PolicyActor
 from .batching import episodes_to_batch
 from .registries import make_env, registry_or_installed
@@ -58,6 +58,7 @@ class _Running:
     success: bool = False
     terminated: bool = False
     truncated: bool = False
+    stop_reason: str = ""
 
 
 def _spec(item: Any) -> EpisodeSpec:
@@ -95,7 +96,9 @@ def run_episodes(
         the environment's constructor options (``horizon``, ``split``, ``max_turns``, ...).
     :param actors: a ``ModelActor`` / ``ExpertActor`` / ``PolicyActor`` for every turn, or a callable
         ``(episode_index, turn) -> actor`` (turn counts from 0, prefix turns included).
-    :param tokenizer: a tokenizer knowing ``textio.agent_words`` of the environments.
+    :param tokenizer: a codec (``opdplug_agents.dialogue``, e.g. ``AgentTask.codec``) or a
+        tokenizer: with a chat template, turns are rendered with it; without, it must know
+        ``textio.agent_words`` of the environments (the built-in tiny models).
     :param max_action_tokens: token budget of one sampled action; an action without ``<eos>``
         by then is truncated, still sent to the environment, and closed by an env ``<eos>``.
     :param max_turns: stop (truncated) after this many turns; None: the environment's limit.
@@ -104,8 +107,9 @@ def run_episodes(
         episode each round, so a run is a function of its inputs).
     :param prefixes: per episode, ``FixedTurn``s (or ``(action_ids, producer)`` pairs, or
         ``Turn``s) replayed exactly as its first turns, before any actor is asked.
-    :param max_tokens: after a turn, stop the episode (truncated) if its history plus the next
-        observation and action could exceed this many tokens (a model's context); None: no limit.
+    :param max_tokens: after a turn, stop the episode (truncated, ``stop_reason = "context"``)
+        if its history plus the next observation and action could exceed this many tokens (a
+        model's context); None: no limit.
     :param registry: where the environments are registered (``ctx.registry`` in a run; default:
         the installed plugins').
     :return: one ``Episode`` per spec, in order.
@@ -114,14 +118,14 @@ def run_episodes(
         unknown producer, more turns than the episode lasts), or an unknown observation word.
     """
     registry = registry_or_installed(registry)
+    codec = as_codec(tokenizer)
     if max_action_tokens < 1:
         raise ValueError(f"max_action_tokens must be at least 1, got {max_action_tokens}")
     specs = [_spec(s) for s in specs]
     prefixes = [[] for _ in specs] if prefixes is None else [[_fixed(t) for t in p] for p in prefixes]
     if len(prefixes) != len(specs):
         raise ValueError(f"{len(prefixes)} prefixes for {len(specs)} episodes")
-    eos, bos = tokenizer.eos_token_id, tokenizer.bos_token_id
-    marker = textio.marker_id(tokenizer)
+    eos, bos_ids = codec.eos_id, list(codec.bos_ids)
     choose = (lambda i, t: actors) if isinstance(actors, (ModelActor, ExpertActor, PolicyActor)) else actors
 
     running: list[_Running] = []
@@ -132,8 +136,7 @@ def run_episodes(
                 raise ValueError("a prefix action has <eos> before its last token")
         env = make_env(spec.env, spec.options, registry)
         obs, _ = env.reset(seed=spec.seed)
-        obs_ids = (*textio.encode_observation(tokenizer, obs, spec.env), marker)
-        bos_ids = [bos] if bos is not None else []
+        obs_ids = codec.observation_ids(env, obs, True)
         running.append(_Running(spec, env, [*bos_ids, *obs_ids], obs, obs_ids, list(prefix)))
 
     while True:
@@ -157,7 +160,7 @@ def run_episodes(
             if isinstance(actor, (ExpertActor, PolicyActor)):
                 check_producer(actor.producer)
                 text = r.env.expert_action() if isinstance(actor, ExpertActor) else actor.policy(r.env, len(r.turns))
-                ids = textio.encode_action(tokenizer, text, r.spec.env)
+                ids = codec.expert_action_ids(r.env, text)
                 acted[i] = (ids, [0.0] * len(ids), actor.producer, False)
             elif isinstance(actor, ModelActor):
                 check_producer(actor.producer)
@@ -165,26 +168,26 @@ def run_episodes(
             else:
                 raise TypeError(f"an actor must be a ModelActor, an ExpertActor or a PolicyActor, got {type(actor).__name__}")
         for actor, rows in by_model.values():
-            for i, (ids, lps, truncated) in zip(rows, _sample(actor, [running[i].ids for i in rows], tokenizer, max_action_tokens, temperature, generator)):
+            for i, (ids, lps, truncated) in zip(rows, _sample(actor, [running[i].ids for i in rows], codec, max_action_tokens, temperature, generator)):
                 acted[i] = (ids, lps, actor.producer, truncated)
         for i in active:
-            _advance(running[i], *acted[i], tokenizer=tokenizer, marker=marker, max_turns=max_turns,
+            _advance(running[i], *acted[i], codec=codec, max_turns=max_turns,
                      max_tokens=max_tokens, max_action_tokens=max_action_tokens)
 
     out = []
     for r in running:
         if r.prefix:
             raise ValueError(f"episode {r.spec.env} seed {r.spec.seed} ended after {len(r.turns)} turns with {len(r.prefix)} prefix turns left")
-        bos_ids = (bos,) if bos is not None else ()
         out.append(Episode(
             env=r.spec.env, seed=r.spec.seed, options=dict(r.spec.options), turns=tuple(r.turns),
             success=r.success, terminated=r.terminated, truncated=r.truncated, final_observation=r.observation,
-            bos_ids=bos_ids, num_turns=len(r.turns), token_ids=tuple(r.ids[: len(bos_ids) + sum(len(t.token_ids) for t in r.turns)]),
+            bos_ids=tuple(bos_ids), num_turns=len(r.turns),
+            token_ids=tuple(r.ids[: len(bos_ids) + sum(len(t.token_ids) for t in r.turns)]), stop_reason=r.stop_reason,
         ))
     return out
 
 
-def _sample(actor: ModelActor, histories: list[list[int]], tokenizer, max_action_tokens: int,
+def _sample(actor: ModelActor, histories: list[list[int]], codec, max_action_tokens: int,
             temperature: float, generator) -> list[tuple[list[int], list[float], bool]]:
     """One batched ``sampling.sample`` call: per row (action ids, log-probs, truncated)."""
     model = actor.model
@@ -194,7 +197,7 @@ def _sample(actor: ModelActor, histories: list[list[int]], tokenizer, max_action
         res = sampling.sample(
             model, histories, max_new_tokens=max_action_tokens,
             temperature=actor.temperature if actor.temperature is not None else temperature, top_p=actor.top_p,
-            eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id, generator=generator,
+            eos_id=codec.eos_id, pad_id=codec.pad_id, generator=generator,
         )
     finally:
         model.train(was_training)
@@ -207,10 +210,10 @@ def _sample(actor: ModelActor, histories: list[list[int]], tokenizer, max_action
 
 
 def _advance(r: _Running, action_ids: list[int], logprobs: list[float], producer: str, truncated: bool, *,
-             tokenizer, marker: int, max_turns: Optional[int], max_tokens: Optional[int], max_action_tokens: int) -> None:
+             codec, max_turns: Optional[int], max_tokens: Optional[int], max_action_tokens: int) -> None:
     """Send one action to the environment, record the turn, append the next observation."""
-    eos = tokenizer.eos_token_id
-    text = textio.decode_action(tokenizer, action_ids)
+    eos = codec.eos_id
+    text = codec.action_text(r.env, action_ids)
     obs, _, terminated, truncated_env, info = r.env.step(text)
     closing = (eos,) if truncated else ()
     r.turns.append(Turn(
@@ -223,9 +226,10 @@ def _advance(r: _Running, action_ids: list[int], logprobs: list[float], producer
     out_of_turns = max_turns is not None and len(r.turns) >= max_turns and not r.prefix
     if terminated or truncated_env or out_of_turns:
         r.done, r.truncated = True, not terminated
+        r.stop_reason = "terminated" if terminated else ("env_limit" if truncated_env else "max_turns")
         return
-    r.observation_ids = (*textio.encode_observation(tokenizer, obs, r.spec.env), marker)
+    r.observation_ids = codec.observation_ids(r.env, obs, False)
     r.ids += r.observation_ids
     # The next action takes at most max_action_tokens, plus an env <eos> if it is truncated.
     if max_tokens is not None and len(r.ids) + max_action_tokens + 1 > max_tokens and not r.prefix:
-        r.done, r.truncated = True, True
+        r.done, r.truncated, r.stop_reason = True, True, "context"

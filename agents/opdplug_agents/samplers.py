@@ -17,7 +17,7 @@ the local teacher generates), expert actions, and the derived ``teacher_calls``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 
@@ -27,6 +27,7 @@ from opdplug.types import Prompt, RolloutBatch
 from . import accounting
 from .actors import ExpertActor, ModelActor
 from .batching import episodes_to_batch
+from .dialogue import as_codec
 from .rollout import run_episodes
 
 
@@ -38,6 +39,21 @@ def _specs(prompts: Sequence[Prompt], sampler: str):
             raise ConfigError(f"rollout.sampler = {sampler!r} plays environment episodes: use [task] name = \"agent\"")
         specs.append((meta["env"], meta["seed"], meta["options"]))
     return specs
+
+
+def codec_of(ctx):
+    """The run's codec: the agent task's (its chat settings), else one for the run's tokenizer."""
+    return getattr(ctx.task, "codec", None) or as_codec(ctx.tokenizer)
+
+
+def context_budget(ctx) -> Optional[int]:
+    """Tokens an episode may reach: ``[task.options] max_context_tokens``, else the student's
+    ``max_position_embeddings``, else no limit."""
+    opts = getattr(ctx.task, "options", None)
+    if getattr(opts, "max_context_tokens", 0):
+        return int(opts.max_context_tokens)
+    config = getattr(ctx.student_module(), "config", None)
+    return getattr(config, "max_position_embeddings", None)
 
 
 def _action_budget(ctx, prompts: Sequence[Prompt]) -> int:
@@ -65,17 +81,18 @@ def agent_rollout(ctx, prompts: Sequence[Prompt], step: int, actor: str, sampler
     if isinstance(acting, ModelActor) and opts.top_p != 1.0:
         acting = ModelActor(acting.model, acting.producer, top_p=opts.top_p)
     episodes = run_episodes(
-        specs, acting, ctx.tokenizer, max_action_tokens=_action_budget(ctx, prompts),
+        specs, acting, codec_of(ctx), max_action_tokens=_action_budget(ctx, prompts),
         temperature=opts.temperature, generator=ctx.generator(actor, step, prompts[0].prompt_ids),
-        registry=ctx.registry,
+        registry=ctx.registry, max_tokens=context_budget(ctx),
     )
     actions = sum(e.num_turns for e in episodes)
+    accounting.record_stops(ctx, episodes)
     accounting.record(
         ctx, episodes=len(episodes), success=sum(e.success for e in episodes), rows=len(episodes),
         teacher_actions=actions if actor == "teacher" else 0, expert_actions=actions if actor == "expert" else 0,
     )
     try:
-        return episodes_to_batch(episodes, train_on=(actor,), pad_id=ctx.tokenizer.pad_token_id, prompts=prompts)
+        return episodes_to_batch(episodes, train_on=(actor,), pad_id=codec_of(ctx).pad_id, prompts=prompts)
     except ValueError as exc:  # the task's prompt ids and the replayed episodes disagree
         raise ConfigError(f"rollout.sampler = {sampler!r}: {exc}") from None
 

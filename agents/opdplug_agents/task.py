@@ -19,7 +19,6 @@ the installed plugins' (what ``opdplug plugins`` lists). The plugin's ``opd_vali
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import random
 from dataclasses import dataclass, field
@@ -28,8 +27,9 @@ from typing import Any, Optional, Union
 from opdplug.types import Prompt
 
 from . import textio
-from .registries import env_class, env_names, make_env
-from .tools import pretokenize
+from .dialogue import CodecOptions, make_codec
+from .envs import MissingCapability
+from .registries import env_names, horizon_range, make_env
 
 RESERVED_ENV_OPTIONS = ("horizon", "split", "max_turns")
 """Environment options the task sets itself (from ``min_horizon``/``max_horizon``, the split
@@ -56,10 +56,18 @@ class AgentTaskOptions:
     """Other constructor options of the environment, e.g. ``{size = 5, wall_density = 0.2}``."""
     seed_offset: int = 0
     """Added to every seed, for a different episode stream from the same run seed."""
+    tool_format: str = "hermes"
+    """Chat models only: how tool calls are written (a registered format: hermes, llama3_json,
+    json)."""
+    system_prompt: str = ""
+    """Chat models only: a system message first in every episode."""
+    max_context_tokens: int = 0
+    """An episode stops (``stop_reason = "context"``) before its ids could pass this many
+    tokens (0: the student's ``max_position_embeddings`` where it has one)."""
 
     def __post_init__(self) -> None:
-        if self.max_turns < 0 or self.max_action_tokens < 0:
-            raise ValueError("max_turns and max_action_tokens must be >= 0")
+        if self.max_turns < 0 or self.max_action_tokens < 0 or self.max_context_tokens < 0:
+            raise ValueError("max_turns, max_action_tokens and max_context_tokens must be >= 0")
         taken = sorted(set(self.env_options) & set(RESERVED_ENV_OPTIONS))
         if taken:
             raise ValueError(f"env_options must not set {taken}: the task sets them (min_horizon/max_horizon, the split, max_turns)")
@@ -67,7 +75,7 @@ class AgentTaskOptions:
     def check_env(self, registry=None) -> None:
         """The checks that need the environment (looked up in ``registry``): its horizon range,
         and its options, by building it at both ends of the range."""
-        lo, hi = env_class(self.env, registry, "task.options.env").horizon_range
+        lo, hi = horizon_range(self.env, self.env_options, registry, "task.options.env")
         if not lo <= self.min_horizon <= self.max_horizon <= hi:
             raise ValueError(f"{self.env} needs {lo} <= min_horizon <= max_horizon <= {hi}, got {self.min_horizon}, {self.max_horizon}")
         for horizon in {self.min_horizon, self.max_horizon}:
@@ -88,19 +96,21 @@ def build_env(name: str, options: dict, registry=None):
     return make_env(name, options, registry, "task.options.env")
 
 
-@functools.lru_cache(maxsize=256)
-def _expert_action_tokens(name: str, options_json: str, registry=None, seeds: int = 4) -> int:
-    """Longest expert action (pre-tokens + ``<eos>``) over a few episodes of these options."""
+def _expert_action_tokens(codec, name: str, options: dict, registry=None, seeds: int = 4) -> int:
+    """Longest expert action in ``codec``'s ids (end of turn included) over a few episodes."""
     longest = 1
-    for seed in range(seeds):
-        env = build_env(name, json.loads(options_json), registry)
-        env.reset(seed=seed)
-        done = False
-        while not done:
-            action = env.expert_action()
-            longest = max(longest, len(pretokenize(action)) + 1)
-            _, _, terminated, truncated, _ = env.step(action)
-            done = terminated or truncated
+    env = build_env(name, options, registry)
+    try:
+        for seed in range(seeds):
+            env.reset(seed=seed)
+            done = False
+            while not done:
+                action = env.expert_action()
+                longest = max(longest, len(codec.expert_action_ids(env, action)))
+                _, _, terminated, truncated, _ = env.step(action)
+                done = terminated or truncated
+    finally:
+        getattr(env, "close", lambda: None)()
     return longest
 
 
@@ -128,11 +138,22 @@ class AgentTask:
             from opdplug_local.tiny import build_tokenizer
 
             tokenizer = build_tokenizer(self.words())
-        vocab = tokenizer.get_vocab()
-        missing = [w for w in self.env_words() if w not in vocab]
-        if missing:
-            raise ValueError(f"the tokenizer lacks {len(missing)} words of {self.options.env}, e.g. {missing[0]!r}; build it from AgentTask.words()")
+        opts = self.options
+        self.codec = make_codec(tokenizer, CodecOptions(opts.tool_format, opts.system_prompt), registry)
+        """How episodes become ids (``opdplug_agents.dialogue``): the tokenizer's chat template,
+        or the word layout of the built-in tiny models."""
+        if isinstance(self.codec, textio.WordCodec):
+            env_words = self.env_words()
+            if env_words == [textio.MARKER]:
+                raise ValueError(f"{opts.env} has no closed vocabulary, so a word-level model cannot play it; "
+                                 "use a model whose tokenizer has a chat template")
+            vocab = tokenizer.get_vocab()
+            missing = [w for w in env_words if w not in vocab]
+            if missing:
+                raise ValueError(f"the tokenizer lacks {len(missing)} words of {opts.env}, e.g. {missing[0]!r}; build it from AgentTask.words()")
         self.tokenizer = tokenizer
+        self._envs: dict[str, Any] = {}
+        self._budgets: dict[str, int] = {}
 
     # -- vocabulary ------------------------------------------------------------------------
     @staticmethod
@@ -156,7 +177,7 @@ class AgentTask:
         if split not in ("train", "eval"):
             raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
         opts = self.options
-        lo, hi = env_class(opts.env, self.registry, "task.options.env").horizon_range
+        lo, hi = horizon_range(opts.env, opts.env_options, self.registry, "task.options.env")
         if length is not None and not lo <= length <= hi:
             raise ValueError(f"length (the horizon of {opts.env}) must be in {lo}..{hi}, got {length}")
         # A string seed is hashed by random.Random with SHA-512: stable across processes.
@@ -166,11 +187,9 @@ class AgentTask:
             horizon = length if length is not None else rng.randint(opts.min_horizon, opts.max_horizon)
             env_seed = rng.randrange(2**31)
             options = env_options(opts, horizon, split)
-            env = build_env(opts.env, options, self.registry)
+            env = self.env(options)
             obs, _ = env.reset(seed=env_seed)
-            ids = [*textio.encode_observation(self.tokenizer, obs, opts.env), textio.marker_id(self.tokenizer)]
-            if self.tokenizer.bos_token_id is not None:
-                ids = [self.tokenizer.bos_token_id, *ids]
+            ids = [*self.codec.bos_ids, *self.codec.observation_ids(env, obs, True)]
             out.append(Prompt(
                 prompt_ids=tuple(ids),
                 meta={"env": opts.env, "seed": env_seed, "options": options, "length": horizon},
@@ -183,7 +202,27 @@ class AgentTask:
         if self.options.max_action_tokens:
             return self.options.max_action_tokens
         options = env_options(self.options, int(length), "train")
-        return _expert_action_tokens(self.options.env, json.dumps(options, sort_keys=True), self.registry) + ACTION_SLACK
+        key = json.dumps(options, sort_keys=True)
+        if key not in self._budgets:
+            try:
+                self._budgets[key] = _expert_action_tokens(self.codec, self.options.env, options, self.registry) + ACTION_SLACK
+            except MissingCapability as exc:
+                raise MissingCapability(f"{exc}; or set [task.options] max_action_tokens") from None
+        return self._budgets[key]
+
+    def env(self, options: dict) -> Any:
+        """This task's instance of its environment with ``options``, built once and reused
+        (reset before each use); ``close()`` closes them."""
+        key = json.dumps(options, sort_keys=True)
+        if key not in self._envs:
+            self._envs[key] = build_env(self.options.env, dict(options), self.registry)
+        return self._envs[key]
+
+    def close(self) -> None:
+        """Close the environments this task built."""
+        for env in self._envs.values():
+            getattr(env, "close", lambda: None)()
+        self._envs.clear()
 
     # -- scoring ---------------------------------------------------------------------------
     def verify(self, prompt: Prompt, completion_ids: Any) -> float:
@@ -194,11 +233,12 @@ class AgentTask:
         """
         try:
             meta = prompt.meta
-            env = build_env(meta["env"], dict(meta["options"]), self.registry)
+            env = self.env(dict(meta["options"])) if meta["env"] == self.options.env else build_env(
+                meta["env"], dict(meta["options"]), self.registry)
             env.reset(seed=int(meta["seed"]))
             info = {"success": False}
-            for action_ids in textio.split_actions(self.tokenizer, completion_ids):
-                _, _, terminated, truncated, info = env.step(textio.decode_action(self.tokenizer, action_ids))
+            for action_ids in self.codec.split_actions(completion_ids, env):
+                _, _, terminated, truncated, info = env.step(self.codec.action_text(env, action_ids))
                 if terminated or truncated:
                     break
             return 1.0 if info["success"] else 0.0

@@ -152,3 +152,30 @@ def split_actions(tokenizer, completion_ids: Sequence[int]) -> list[list[int]]:
                 break  # a trailing observation with no action after it
             pos = ids.index(marker, pos) + 1
     return actions
+
+
+class WordCodec:
+    """The word-level codec of ``opdplug_agents.dialogue``: the layout of this module, for the
+    built-in tiny models whose vocabulary is the environments' words (``agent_words``)."""
+
+    def __init__(self, tokenizer) -> None:
+        self.tokenizer = tokenizer
+        self.eos_id = tokenizer.eos_token_id
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_id
+        self.bos_ids = (tokenizer.bos_token_id,) if tokenizer.bos_token_id is not None else ()
+
+    def observation_ids(self, env, text: str, first: bool) -> tuple[int, ...]:
+        """The observation's word ids, then the marker (the same for the first turn)."""
+        return (*encode_observation(self.tokenizer, text, getattr(env, "name", "")), marker_id(self.tokenizer))
+
+    def expert_action_ids(self, env, text: str) -> list[int]:
+        """``encode_action``: the words of the canonical call, then ``<eos>``."""
+        return encode_action(self.tokenizer, text, getattr(env, "name", ""))
+
+    def action_text(self, env, ids) -> str:
+        """``decode_action``."""
+        return decode_action(self.tokenizer, ids)
+
+    def split_actions(self, completion_ids, env=None) -> list[list[int]]:
+        """``split_actions`` (``env`` is not needed: the marker delimits turns)."""
+        return split_actions(self.tokenizer, completion_ids)

@@ -17,7 +17,8 @@ from opdplug_agents import textio
 from opdplug_agents.rollout import ExpertActor, run_episodes
 from opdplug_agents.task import AgentTask
 
-EXPECTED = {"calc_lookup", "gridnav", "swapsort"}
+TOOL_ENVS = {"calc_lookup", "gridnav", "swapsort"}
+EXPECTED = {*TOOL_ENVS, "gymnasium"}  # the adapter needs a game id: tested in test_gymnasium_env.py
 
 
 def test_entry_point_is_installed():
@@ -42,7 +43,7 @@ def test_manager_loads_the_plugin_and_its_environments(opd_manager):
     assert {registry.owners["environments"][name] for name in EXPECTED} == {"agents"}
 
 
-@pytest.mark.parametrize("name", sorted(EXPECTED))
+@pytest.mark.parametrize("name", sorted(TOOL_ENVS))
 def test_registry_builds_a_working_env_by_name(opd_manager, name):
     factory = opd_manager().registry.get("environments", name, "env")
     env = factory(horizon=2, split="eval")
@@ -99,7 +100,7 @@ def test_agent_task_through_the_core_builder(opd_manager, agent_tok):
         assert "\n" not in str(info.value)
 
 
-@pytest.mark.parametrize("name", sorted(EXPECTED))
+@pytest.mark.parametrize("name", sorted(TOOL_ENVS))
 def test_agent_task_prompts_and_verify(agent_tok, name):
     task = AgentTask(agent_tok, env=name, min_horizon=2, max_horizon=4)
     a = task.prompts(6, seed=3, split="train")

@@ -120,7 +120,7 @@ def test_training_on_it_through_the_cli_with_its_locator(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("task_options,message", [
-    ('env = "numbreline"', "task.options.env = 'numbreline': unknown environment 'numbreline'; allowed: calc_lookup, gridnav, numberline,"),
+    ('env = "numbreline"', "task.options.env = 'numbreline': unknown environment 'numbreline'; allowed: calc_lookup, gridnav, gymnasium, numberline,"),
     ('env = "numberline"\nmax_horizon = 31', "task 'agent': numberline needs 1 <= min_horizon <= max_horizon <= 30"),
     ('env = "numberline"\nenv_options = {size = 4}', "task 'agent': numberline: "),
 ])

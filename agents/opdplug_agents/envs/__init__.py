@@ -25,10 +25,14 @@ import gymnasium
 from .base import CHARSET, SPLITS, Outcome, ToolTextEnv, int_option, split_of, template_words
 from .calc_lookup import CalcLookupEnv
 from .gridnav import GridNavEnv
+from .gym_adapter import GymnasiumTextEnv, MissingCapability
 from .swapsort import SwapSortEnv
 
 BUILTIN: tuple[type[ToolTextEnv], ...] = (CalcLookupEnv, GridNavEnv, SwapSortEnv)
-"""The environment classes this plugin registers (by their ``name``)."""
+"""The built-in tool environments (by their ``name``)."""
+REGISTERED: tuple[type, ...] = (*BUILTIN, GymnasiumTextEnv)
+"""What this plugin registers as environments: the built-in ones and the ``gymnasium`` adapter
+(any gymnasium text game by id), through the same hook a third-party plugin uses."""
 
 for _cls in BUILTIN:
     # Guarded: gymnasium warns when an id is registered twice (e.g. a module reloaded in tests).
@@ -47,6 +51,9 @@ __all__ = [
     "SPLITS",
     "CalcLookupEnv",
     "GridNavEnv",
+    "GymnasiumTextEnv",
+    "MissingCapability",
+    "REGISTERED",
     "Outcome",
     "SwapSortEnv",
     "ToolTextEnv",

@@ -278,6 +278,16 @@ class ToolTextEnv(gymnasium.Env):
         """Actions taken in this episode."""
         return self._turn
 
+    @property
+    def episode_over(self) -> bool:
+        """The episode ended (terminated or truncated): no more actions are taken."""
+        return self._terminated or self._truncated
+
+    @property
+    def solved(self) -> bool:
+        """The last action solved the task (``info["success"]``)."""
+        return self._success
+
     # -- vocabulary -------------------------------------------------------------------------
     @classmethod
     def vocabulary(cls) -> list[str]:

@@ -22,7 +22,8 @@ def teacher_action_logprobs(model, episodes: Sequence[Episode], tokenizer, *, te
     the batch of episodes."""
     if not episodes:
         return []
-    batch = episodes_to_batch(episodes, train_on=PRODUCERS, pad_id=tokenizer.pad_token_id)
+    pad = getattr(tokenizer, "pad_id", None)  # a codec knows its pad (a tokenizer may have none)
+    batch = episodes_to_batch(episodes, train_on=PRODUCERS, pad_id=tokenizer.pad_token_id if pad is None else pad)
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
