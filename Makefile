@@ -21,8 +21,8 @@ $(VENV)/.core-installed: pyproject.toml integrations/local/pyproject.toml plugin
 	$(PIP) -e . -e integrations/local -e plugins -e agents -e integrations/sglang -e drafters
 	touch $@
 
-$(VENV)/.test-installed: $(VENV)/.core-installed tests/thirdparty_plugin/pyproject.toml agents/tests/thirdparty_env/pyproject.toml drafters/tests/thirdparty_drafter/pyproject.toml
-	$(PIP) -e ".[test,peft,tensorboard]" -e tests/thirdparty_plugin -e agents/tests/thirdparty_env -e drafters/tests/thirdparty_drafter
+$(VENV)/.test-installed: $(VENV)/.core-installed tests/thirdparty_plugin/pyproject.toml agents/tests/thirdparty_env/pyproject.toml agents/tests/thirdparty_gym/pyproject.toml drafters/tests/thirdparty_drafter/pyproject.toml
+	$(PIP) -e ".[test,peft,tensorboard]" -e tests/thirdparty_plugin -e agents/tests/thirdparty_env -e agents/tests/thirdparty_gym -e drafters/tests/thirdparty_drafter
 	touch $@
 
 # The benchmarks under bench/ also need TRL (the baseline they are compared with).
