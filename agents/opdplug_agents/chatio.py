@@ -60,8 +60,12 @@ class ChatCodec:
         self.eos_text = tokenizer.convert_ids_to_tokens(self.eos_id)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_id
         self.bos_ids: tuple[int, ...] = ()  # a template that wants BOS writes it itself
-        self.name = template_name(tokenizer)
         self._pieces: dict[tuple, tuple[str, str]] = {}
+
+    @property
+    def name(self) -> str:
+        """The template, as messages name it (``template_name``)."""
+        return template_name(self.tokenizer)
 
     # -- rendering ----------------------------------------------------------------------------
     def tools(self, env: Any) -> Optional[list[dict]]:
