@@ -29,7 +29,8 @@ One command:
    label), a SCoRe episode 1 per rewritten key step + 1 per row scored by the loss (+ the
    locator's own passes: 0 for the ``expert`` locator, 1 per episode for ``teacher_logprob``).
    The counts come from the samplers' own accounting (``opdplug_agents.accounting``:
-   ``agent/teacher_calls`` + ``agent/teacher_scored_rows``); a method stops after the step that
+   ``agent/teacher_calls``, which includes ``agent/teacher_scored_rows``; ``agent/teacher_tokens``
+   beside it); a method stops after the step that
    reaches the budget, so each overshoots by less than one step's cost (the JSON has the exact
    numbers). The shared warm start's calls are reported apart.
 4. Evaluate the teacher, the warm start and every student greedily on held-out episodes at each
@@ -179,9 +180,9 @@ class TeacherBudget:
     @hookimpl(trylast=True)  # after the accounting hook has put the step's counters in metrics
     def opd_step_end(self, ctx, step, metrics):
         for key in ("agent/teacher_actions", "agent/teacher_scorings", "agent/judge_calls", "agent/teacher_scored_rows",
-                    "agent/expert_actions", "agent/episodes", "agent/rows"):
+                    "agent/teacher_tokens", "agent/expert_actions", "agent/episodes", "agent/rows"):
             self.detail[key.split("/")[1]] = self.detail.get(key.split("/")[1], 0.0) + float(metrics.get(key, 0.0))
-        self.used += float(metrics.get("agent/teacher_calls", 0.0)) + float(metrics.get("agent/teacher_scored_rows", 0.0))
+        self.used += float(metrics.get("agent/teacher_calls", 0.0))  # scored rows included (one definition)
         self.steps = step + 1
         if self.used >= self.budget:
 

@@ -19,10 +19,14 @@ Counters (sums over the step's micro-batches; every agent sampler reports the sa
                       scored by the ``teacher_logprob`` locator)
 ``judge_calls``       LLM-judge requests answered (``llm_judge`` locator)
 ``judge_failures``    judge replies that could not be used (reasons in ``notes(ctx)``)
-``teacher_calls``     = teacher_actions + teacher_scorings + judge_calls (derived): the teacher
-                      budget the sampler used, the number to equalise between methods
 ``teacher_scored_rows``  rows scored by a teacher in the loss (``opd_score`` with a scorer other
-                      than ``none``/``self``), kept apart from ``teacher_calls``
+                      than ``none``/``self``: plain agent OPD's teacher work)
+``teacher_calls``     = teacher_actions + teacher_scorings + judge_calls + teacher_scored_rows
+                      (derived): ONE definition of the teacher budget, a teacher forward call
+                      being one generated action, one scored episode or row, or one judge
+                      request; the number to equalise between methods
+``teacher_tokens``    tokens the teacher model ran forward over: each scored row's or episode's
+                      length, and for each action it generated the context it saw plus the action
 
 SCoRe (``agent_score``) adds ``located`` (episodes with a first error), ``repairs`` (key steps
 written), ``success_after`` (corrected trajectories that succeed), ``short_rows``; DAgger adds
@@ -36,6 +40,8 @@ from collections import Counter
 from typing import Any, Iterable
 
 SCRATCH = "agents"
+TEACHER_CALLS = ("teacher_actions", "teacher_scorings", "judge_calls", "teacher_scored_rows")
+"""The counters whose sum is ``teacher_calls``."""
 MAX_NOTES = 200
 
 
@@ -64,7 +70,7 @@ def record(ctx, *, first_errors: Iterable[int] = (), notes: Iterable[str] = (), 
 
 def _with_derived(counts: Counter) -> dict:
     out = dict(counts)
-    out["teacher_calls"] = sum(counts.get(k, 0) for k in ("teacher_actions", "teacher_scorings", "judge_calls"))
+    out["teacher_calls"] = sum(counts.get(k, 0) for k in TEACHER_CALLS)
     return out
 
 
@@ -104,6 +110,19 @@ def notes(ctx) -> list[str]:
     return list(state["notes"]) if state else []
 
 
+def teacher_action_tokens(episodes) -> int:
+    """Tokens the teacher model ran forward over to write its actions in ``episodes``: per
+    teacher turn, the episode's ids up to the end of that action (its context and the action)."""
+    total = 0
+    for episode in episodes:
+        pos = len(episode.bos_ids)
+        for turn in episode.turns:
+            pos += len(turn.token_ids)
+            if turn.producer == "teacher":
+                total += pos
+    return total
+
+
 def record_stops(ctx, episodes) -> None:
     """Count why episodes stopped (``stopped_<reason>``); an episode the context budget ended
     also leaves a note naming it."""
@@ -115,7 +134,7 @@ def record_stops(ctx, episodes) -> None:
 
 def record_locator(ctx, deps) -> None:
     """Move a ``LocatorDeps``' counters and notes into the run's accounting."""
-    keys = ("teacher_actions", "expert_actions", "teacher_scorings", "judge_calls", "judge_failures")
+    keys = ("teacher_actions", "expert_actions", "teacher_scorings", "judge_calls", "judge_failures", "teacher_tokens")
     record(ctx, notes=deps.notes, **{k: deps.stats[k] for k in keys if deps.stats.get(k)})
 
 
@@ -128,7 +147,7 @@ def opd_score(ctx, batch):
     scores = yield
     # Scores no teacher produced (self-scoring, no scorer) say so themselves.
     if getattr(scores, "scored_by_teacher", False) and getattr(batch, "turn_ids_B_L", None) is not None:
-        record(ctx, teacher_scored_rows=batch.batch_size)
+        record(ctx, teacher_scored_rows=batch.batch_size, teacher_tokens=int(batch.attention_mask_B_L.sum()))
     return scores
 
 

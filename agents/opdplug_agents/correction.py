@@ -276,6 +276,7 @@ class AgentScore:
             located=sum(k is not None for k in correction.first_errors), repairs=repairs,
             short_rows=batch.batch_size - len(specs),
             teacher_actions=repairs if isinstance(key_actor, ModelActor) else 0,
+            teacher_tokens=accounting.teacher_action_tokens(correction.corrected),
             expert_actions=repairs if isinstance(key_actor, ExpertActor) else 0,
         )
         return batch
@@ -350,6 +351,7 @@ class AgentDagger:
         accounting.record(
             ctx, episodes=len(episodes), success=sum(e.success for e in episodes), rows=len(rows), dagger_rows=len(rows),
             teacher_actions=len(rows) if isinstance(teacher, ModelActor) else 0,
+            teacher_tokens=accounting.teacher_action_tokens(rows),
             expert_actions=len(rows) if isinstance(teacher, ExpertActor) else 0,
         )
         return batch

@@ -90,6 +90,7 @@ def agent_rollout(ctx, prompts: Sequence[Prompt], step: int, actor: str, sampler
     accounting.record(
         ctx, episodes=len(episodes), success=sum(e.success for e in episodes), rows=len(episodes),
         teacher_actions=actions if actor == "teacher" else 0, expert_actions=actions if actor == "expert" else 0,
+        teacher_tokens=accounting.teacher_action_tokens(episodes),
     )
     try:
         return episodes_to_batch(episodes, train_on=(actor,), pad_id=codec_of(ctx).pad_id, prompts=prompts)

@@ -209,15 +209,18 @@ def test_two_training_steps(opd_manager, tmp_path, teacher_dir, rollout, credit)
         assert loss.any() and not loss[batch.producer_B_L == PRODUCER_ENV].any()
         calls = metrics["agent/teacher_calls"]
         assert metrics["agent/episodes"] == 2 and metrics["agent/rows"] == batch.batch_size
-        assert metrics["agent/teacher_scored_rows"] == batch.batch_size  # the loss's local scorer, apart
+        assert metrics["agent/teacher_scored_rows"] == batch.batch_size  # the loss's local scorer
+        scored = metrics["agent/teacher_scored_rows"]
+        # One definition: the loss's scored rows are teacher calls too, and their tokens are counted.
+        assert metrics["agent/teacher_tokens"] >= int(batch.attention_mask_B_L.sum())
         if rollout["sampler"] == "agent_score":
             # An untrained student always errs at once (the expert locator), one key step per repair.
-            assert metrics["agent/located"] == 2 and calls == metrics["agent/repairs"] == metrics["agent/teacher_actions"]
+            assert metrics["agent/located"] == 2 and calls - scored == metrics["agent/repairs"] == metrics["agent/teacher_actions"]
             assert metrics["agent/first_error_positions"] == [0, 0]
             assert batch.key_step_B_L.any() and (batch.producer_B_L[batch.key_step_B_L] == PRODUCER_TEACHER).all()
             assert batch.batch_size == 2 + metrics["agent/short_rows"]
         else:
-            assert calls == metrics["agent/dagger_rows"] == batch.batch_size <= 4
+            assert calls - scored == metrics["agent/dagger_rows"] == batch.batch_size <= 4
             assert (batch.producer_B_L[loss] == PRODUCER_TEACHER).all()
 
 
@@ -228,6 +231,8 @@ def test_accounting_sums_micro_batches_and_derives_teacher_calls():
     m = accounting.step_metrics(ctx)
     assert m["agent/teacher_calls"] == 8 and m["agent/success_rate"] == 0.75 and m["agent/first_error_positions"] == [1, 3]
     assert accounting.step_metrics(ctx) == {} and accounting.totals(ctx)["teacher_calls"] == 8
+    accounting.record(ctx, teacher_scored_rows=4, teacher_tokens=100)  # agent OPD's scoring pass
+    assert accounting.step_metrics(ctx)["agent/teacher_calls"] == 4 and accounting.totals(ctx)["teacher_calls"] == 12
 
 
 def test_every_agent_sampler_reports_teacher_calls(tok):
@@ -255,4 +260,6 @@ def test_every_agent_sampler_reports_teacher_calls(tok):
         expected = {"agent": (0, 0), "agent_teacher": (turns, 0), "agent_expert": (0, turns),
                     "agent_dagger": (0, batch.batch_size), "agent_score": (0, m["agent/repairs"] if "agent/repairs" in m else 0)}
         assert (m["agent/teacher_calls"], m["agent/expert_actions"]) == expected[name], name
+        if name == "agent_teacher":  # its tokens: per teacher action, the context it saw and the action
+            assert m["agent/teacher_tokens"] > int(batch.attention_mask_B_L.sum())
     assert accounting.totals(ctx)["episodes"] == 10

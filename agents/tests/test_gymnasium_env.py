@@ -135,6 +135,9 @@ def test_each_method_trains_on_it_from_the_shipped_config(method, models, tmp_pa
     assert json.loads(out.strip().splitlines()[-1])["steps"] == 2
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert rows and all(row["agent/episodes"] == 2 for row in rows)
+    if method == "agent_opd":  # its teacher work is the loss's scoring: counted as teacher calls and tokens
+        assert all(row["agent/teacher_calls"] == row["agent/teacher_scored_rows"] == 2 for row in rows)
+        assert all(row["agent/teacher_tokens"] > 0 for row in rows)
 
 
 def test_behaviour_cloning_without_an_expert_is_one_line(models, tmp_path, capsys):

@@ -78,6 +78,7 @@ class TeacherLogprobLocator:
                 raise ConfigError("locator 'teacher_logprob' needs a local teacher model; set teacher.path")
             token_lps = teacher_action_logprobs(model, episodes, deps.tokenizer, temperature=self.temperature)
             deps.stats["teacher_scorings"] += len(episodes)
+            deps.stats["teacher_tokens"] += sum(len(e.token_ids) for e in episodes)
         reduce = (lambda v: sum(v) / len(v)) if self.reduce == "mean" else min
         return [[reduce(v) if v else 0.0 for v in turns] for turns in token_lps]
 
