@@ -26,7 +26,8 @@ from opdplug_local import sampling
 from .dialogue import as_codec
 from .actors import Actor, ActorChoice, ExpertActor, ModelActor, PolicyActor
 from .batching import episodes_to_batch
-from .registries import make_env, registry_or_installed
+from .envpool import EnvPool, shared_pool
+from .registries import registry_or_installed
 from .episodes import (
     PRODUCER_CODES,
     PRODUCERS,
@@ -89,6 +90,7 @@ def run_episodes(
     prefixes: Optional[Sequence[Sequence[Any]]] = None,
     max_tokens: Optional[int] = None,
     registry=None,
+    pool: Optional[EnvPool] = None,
 ) -> list[Episode]:
     """Run many episodes at once, keeping exact token ids.
 
@@ -112,6 +114,8 @@ def run_episodes(
         model's context); None: no limit.
     :param registry: where the environments are registered (``ctx.registry`` in a run; default:
         the installed plugins').
+    :param pool: where environment instances come from and go back to (default: the process's
+        ``shared_pool()``, which reuses them; ``EnvPool(reuse=False)``: fresh ones, closed after).
     :return: one ``Episode`` per spec, in order.
     :raises ConfigError: an environment no plugin registered.
     :raises ValueError: bad environment options, bad prefix (an ``<eos>`` before its end, an
@@ -119,6 +123,7 @@ def run_episodes(
     """
     registry = registry_or_installed(registry)
     codec = as_codec(tokenizer)
+    pool = shared_pool() if pool is None else pool
     if max_action_tokens < 1:
         raise ValueError(f"max_action_tokens must be at least 1, got {max_action_tokens}")
     specs = [_spec(s) for s in specs]
@@ -129,51 +134,55 @@ def run_episodes(
     choose = (lambda i, t: actors) if isinstance(actors, (ModelActor, ExpertActor, PolicyActor)) else actors
 
     running: list[_Running] = []
-    for spec, prefix in zip(specs, prefixes):
-        for fixed in prefix:
-            check_producer(fixed.producer)
-            if eos in fixed.action_ids[:-1]:
-                raise ValueError("a prefix action has <eos> before its last token")
-        env = make_env(spec.env, spec.options, registry)
-        obs, _ = env.reset(seed=spec.seed)
-        obs_ids = codec.observation_ids(env, obs, True)
-        running.append(_Running(spec, env, [*bos_ids, *obs_ids], obs, obs_ids, list(prefix)))
+    try:
+        for spec, prefix in zip(specs, prefixes):
+            for fixed in prefix:
+                check_producer(fixed.producer)
+                if eos in fixed.action_ids[:-1]:
+                    raise ValueError("a prefix action has <eos> before its last token")
+            env = pool.acquire(spec.env, spec.options, registry)
+            obs, _ = env.reset(seed=spec.seed)
+            obs_ids = codec.observation_ids(env, obs, True)
+            running.append(_Running(spec, env, [*bos_ids, *obs_ids], obs, obs_ids, list(prefix)))
 
-    while True:
-        active = [i for i, r in enumerate(running) if not r.done]
-        if not active:
-            break
-        # (action_ids, logprobs, producer, truncated) per acting episode this round.
-        acted: dict[int, tuple[list[int], list[float], str, bool]] = {}
-        by_model: dict[int, tuple[ModelActor, list[int]]] = {}
-        for i in active:
-            r = running[i]
-            if r.prefix:
-                fixed = r.prefix.pop(0)
-                lps = list(fixed.action_logprobs) if fixed.action_logprobs is not None else [0.0] * len(fixed.action_ids)
-                if len(lps) != len(fixed.action_ids):
-                    raise ValueError("a prefix action's log-probs and ids differ in length")
-                ended = bool(fixed.action_ids) and fixed.action_ids[-1] == eos
-                acted[i] = (list(fixed.action_ids), lps, fixed.producer, not ended)
-                continue
-            actor = choose(i, len(r.turns))
-            if isinstance(actor, (ExpertActor, PolicyActor)):
-                check_producer(actor.producer)
-                text = r.env.expert_action() if isinstance(actor, ExpertActor) else actor.policy(r.env, len(r.turns))
-                ids = codec.expert_action_ids(r.env, text)
-                acted[i] = (ids, [0.0] * len(ids), actor.producer, False)
-            elif isinstance(actor, ModelActor):
-                check_producer(actor.producer)
-                by_model.setdefault(id(actor), (actor, []))[1].append(i)
-            else:
-                raise TypeError(f"an actor must be a ModelActor, an ExpertActor or a PolicyActor, got {type(actor).__name__}")
-        for actor, rows in by_model.values():
-            for i, (ids, lps, truncated) in zip(rows, _sample(actor, [running[i].ids for i in rows], codec, max_action_tokens, temperature, generator)):
-                acted[i] = (ids, lps, actor.producer, truncated)
-        for i in active:
-            _advance(running[i], *acted[i], codec=codec, max_turns=max_turns,
-                     max_tokens=max_tokens, max_action_tokens=max_action_tokens)
+        while True:
+            active = [i for i, r in enumerate(running) if not r.done]
+            if not active:
+                break
+            # (action_ids, logprobs, producer, truncated) per acting episode this round.
+            acted: dict[int, tuple[list[int], list[float], str, bool]] = {}
+            by_model: dict[int, tuple[ModelActor, list[int]]] = {}
+            for i in active:
+                r = running[i]
+                if r.prefix:
+                    fixed = r.prefix.pop(0)
+                    lps = list(fixed.action_logprobs) if fixed.action_logprobs is not None else [0.0] * len(fixed.action_ids)
+                    if len(lps) != len(fixed.action_ids):
+                        raise ValueError("a prefix action's log-probs and ids differ in length")
+                    ended = bool(fixed.action_ids) and fixed.action_ids[-1] == eos
+                    acted[i] = (list(fixed.action_ids), lps, fixed.producer, not ended)
+                    continue
+                actor = choose(i, len(r.turns))
+                if isinstance(actor, (ExpertActor, PolicyActor)):
+                    check_producer(actor.producer)
+                    text = r.env.expert_action() if isinstance(actor, ExpertActor) else actor.policy(r.env, len(r.turns))
+                    ids = codec.expert_action_ids(r.env, text)
+                    acted[i] = (ids, [0.0] * len(ids), actor.producer, False)
+                elif isinstance(actor, ModelActor):
+                    check_producer(actor.producer)
+                    by_model.setdefault(id(actor), (actor, []))[1].append(i)
+                else:
+                    raise TypeError(f"an actor must be a ModelActor, an ExpertActor or a PolicyActor, got {type(actor).__name__}")
+            for actor, rows in by_model.values():
+                for i, (ids, lps, truncated) in zip(rows, _sample(actor, [running[i].ids for i in rows], codec, max_action_tokens, temperature, generator)):
+                    acted[i] = (ids, lps, actor.producer, truncated)
+            for i in active:
+                _advance(running[i], *acted[i], codec=codec, max_turns=max_turns,
+                         max_tokens=max_tokens, max_action_tokens=max_action_tokens)
 
+    finally:  # every instance goes back (reused or closed), also when an actor raises
+        for r in running:
+            pool.release(r.env, r.spec.env, r.spec.options, registry)
     out = []
     for r in running:
         if r.prefix:
