@@ -134,7 +134,8 @@ def record_stops(ctx, episodes) -> None:
 
 def record_locator(ctx, deps) -> None:
     """Move a ``LocatorDeps``' counters and notes into the run's accounting."""
-    keys = ("teacher_actions", "expert_actions", "teacher_scorings", "judge_calls", "judge_failures", "teacher_tokens")
+    keys = ("teacher_actions", "expert_actions", "teacher_scorings", "judge_calls", "judge_failures", "teacher_tokens",
+            "locator_cache_hits", "locator_skipped")
     record(ctx, notes=deps.notes, **{k: deps.stats[k] for k in keys if deps.stats.get(k)})
 
 

@@ -4,8 +4,8 @@
     1. The student plays every prompt's episode (the same draws as the ``agent`` sampler).
     2. A locator (option ``locator``: any registered one, see ``opdplug_agents.locators``) finds
        the earliest wrong student turn k.
-    3. The key-step actor (the local teacher model, or the environment's expert) rewrites ONLY
-       turn k: turns 0..k-1 are replayed exactly (same ids, same log-probs, through
+    3. The key-step actor (the local teacher model, the environment's expert, or the student
+       re-sampling it on-policy for the loss's teacher to score) rewrites ONLY turn k: turns 0..k-1 are replayed exactly (same ids, same log-probs, through
        ``run_episodes(prefixes=...)``), the key-step actor acts at k, the student resumes after.
     4. Steps 2-3 repeat on the new trajectory, searching from k+1 on, at most ``max_repairs``
        times per episode.
@@ -58,6 +58,7 @@ from .actors import ExpertActor, ModelActor
 from .batching import episodes_to_batch
 from .episodes import PRODUCERS, Episode, FixedTurn
 from .locators import LocatorDeps
+from .locators.budget import BudgetedLocator
 from .registries import build_locator, episode_env
 from .rollout import run_episodes
 from .samplers import _action_budget, _specs, codec_of
@@ -209,6 +210,8 @@ def correction_batch(
 def _teacher_actor(ctx, which: str, sampler: str, temperature: Optional[float] = None):
     if which == "expert":
         return ExpertActor()
+    if which == "student":  # on-policy key step: the student re-samples it, the loss's teacher scores it
+        return ModelActor(ctx.student_module(), "student", temperature=temperature, top_p=ctx.config.rollout.top_p)
     if ctx.teacher is None:
         raise ConfigError(f"rollout.sampler = {sampler!r} with a teacher actor needs a local teacher; set teacher.path (or use the expert)")
     return ModelActor(ctx.teacher, "teacher", temperature=temperature, top_p=ctx.config.rollout.top_p)
@@ -216,6 +219,12 @@ def _teacher_actor(ctx, which: str, sampler: str, temperature: Optional[float] =
 
 def _student_actor(ctx) -> ModelActor:
     return ModelActor(ctx.student_module(), "student", top_p=ctx.config.rollout.top_p)
+
+
+def _locator_cache(ctx) -> dict:
+    """The run's cache of locator answers (in ``ctx.scratch``; a fresh dict without one)."""
+    scratch = getattr(ctx, "scratch", None)
+    return {} if scratch is None else scratch.setdefault("agents_locator_cache", {})
 
 
 @dataclass(frozen=True)
@@ -227,8 +236,10 @@ class AgentScore:
     llm_judge); the plugin's ``opd_validate`` resolves it before anything loads."""
     locator_options: dict = field(default_factory=dict)
     """The locator's options (e.g. ``{threshold = -1.5}``, ``{url = "http://..."}``)."""
-    key_step_actor: Literal["teacher", "expert"] = "teacher"
-    """Who rewrites the located turn: the local teacher model or the environment's expert."""
+    key_step_actor: Literal["teacher", "expert", "student"] = "teacher"
+    """Who rewrites the located turn: the local teacher model, the environment's expert, or the
+    student itself (``student``: it re-samples the key step from the verified prefix and the
+    loss's teacher scores its own tokens: on-policy, instead of copying the teacher's)."""
     max_repairs: int = 1
     """Rewrites per episode at most (each on the newest trajectory's next error)."""
     short_horizon: bool = True
@@ -237,11 +248,14 @@ class AgentScore:
     """Reward of a short-horizon row: the corrected trajectory's success, the key step's
     optimality (``is_optimal``), or 1."""
     key_step_temperature: Optional[float] = None
-    """Temperature of the teacher's key steps (None: the rollout temperature; 0: greedy)."""
+    """Temperature of the key steps (None: the rollout temperature; 0: greedy)."""
+    locator_budget: int = 0
+    """Episodes the locator is asked about per step at most (0: all); the rest train as plain
+    agent OPD rows. Answers are cached across steps (``locators.budget``)."""
 
     def __post_init__(self):
-        if self.max_repairs < 0:
-            raise ValueError(f"max_repairs must be >= 0, got {self.max_repairs}")
+        if self.max_repairs < 0 or self.locator_budget < 0:
+            raise ValueError(f"max_repairs and locator_budget must be >= 0, got {self.max_repairs}, {self.locator_budget}")
 
     def __call__(self, ctx, prompts, step):
         if not prompts:
@@ -250,7 +264,8 @@ class AgentScore:
         opts = ctx.config.rollout
         budget = _action_budget(ctx, prompts)
         key_actor = _teacher_actor(ctx, self.key_step_actor, "agent_score", self.key_step_temperature)
-        locator = build_locator(self.locator, self.locator_options, "rollout.options.locator", ctx.registry)
+        locator = BudgetedLocator(build_locator(self.locator, self.locator_options, "rollout.options.locator", ctx.registry),
+                                  _locator_cache(ctx), self.locator_budget)
         deps = LocatorDeps(
             tokenizer=codec_of(ctx), teacher=ctx.teacher, max_action_tokens=budget, temperature=opts.temperature,
             generator=ctx.generator("locator", step, prompts[0].prompt_ids), registry=ctx.registry,
@@ -275,7 +290,7 @@ class AgentScore:
             success_after=sum(e.success for e in correction.corrected), rows=batch.batch_size,
             located=sum(k is not None for k in correction.first_errors), repairs=repairs,
             short_rows=batch.batch_size - len(specs),
-            teacher_actions=repairs if isinstance(key_actor, ModelActor) else 0,
+            teacher_actions=repairs if isinstance(key_actor, ModelActor) and key_actor.producer == "teacher" else 0,
             teacher_tokens=accounting.teacher_action_tokens(correction.corrected),
             expert_actions=repairs if isinstance(key_actor, ExpertActor) else 0,
         )
