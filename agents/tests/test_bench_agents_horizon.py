@@ -19,7 +19,7 @@ def test_quick_bench_trains_every_method_to_its_budget(tmp_path, monkeypatch):
     data = json.loads((out / "agents_horizon.json").read_text())
     assert (out / "agents_horizon.png").stat().st_size > 0
     budget = data["config"]["budget"]
-    assert set(data["methods"]) == {"BC", "OPD", "DAgger", "SCoRe"}
+    assert set(data["methods"]) == {"BC", "OPD", "DAgger", "SCoRe", "SCoRe-onpolicy"}
     for name, info in data["methods"].items():
         per_step = info["probe_calls_per_step"]
         assert per_step >= 1 and info["schedule_steps"] == -(-budget // per_step) + 1, name
@@ -28,5 +28,6 @@ def test_quick_bench_trains_every_method_to_its_budget(tmp_path, monkeypatch):
         assert Path(info["model_dir"], "config.json").is_file(), name
     assert data["methods"]["OPD"]["probe_calls_per_step"] == data["config"]["batch"]  # one scoring pass per episode
     assert not list((out / "agents_horizon").glob("*-probe"))  # probe runs are thrown away
-    assert set(data["success"]) == {"teacher", "warm start", "BC", "OPD", "DAgger", "SCoRe"}
+    assert set(data["success"]) == {"teacher", "warm start", "BC", "OPD", "DAgger", "SCoRe", "SCoRe-onpolicy"}
+    assert set(results["headline"]["score_vs_opd"]) == {"SCoRe", "SCoRe-onpolicy", "OPD", "score_matches_opd"}
     assert results["headline"]["horizon"] == max(data["config"]["eval_horizons"])
