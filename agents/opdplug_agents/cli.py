@@ -35,7 +35,7 @@ EVAL_N = 50
 """Held-out episodes per horizon by default."""
 
 
-def parse_horizons(text: str, env: Optional[str] = None, registry=None) -> list[int]:
+def parse_horizons(text: str, env: Optional[str] = None, registry=None, env_options: Optional[dict] = None) -> list[int]:
     """``"2,4,6"`` -> ``[2, 4, 6]`` (sorted, unique), checked against the environment's range."""
     try:
         horizons = sorted({int(x) for x in text.split(",") if x.strip()})
@@ -44,7 +44,7 @@ def parse_horizons(text: str, env: Optional[str] = None, registry=None) -> list[
     if not horizons:
         raise ConfigError("--horizons is empty; give e.g. --horizons 2,4,6")
     if env is not None:
-        lo, hi = horizon_range(env, None, registry, "--env")
+        lo, hi = horizon_range(env, env_options, registry, "--env")
         bad = [h for h in horizons if not lo <= h <= hi]
         if bad:
             raise ConfigError(f"--horizons: {env} horizons must be in {lo}..{hi}, got {bad[0]}")
@@ -204,7 +204,6 @@ class AgentCommand:
 
         recorded = {} if args.path == EXPERT else recorded_task(Path(args.path))
         env = check_env(args.env or recorded.get("env") or "gridnav")
-        horizons = parse_horizons(args.horizons, env)
         try:
             env_options = (json.loads(args.env_options) if args.env_options is not None
                            else dict(recorded.get("env_options") or {}) if recorded.get("env") == env else {})
@@ -212,10 +211,15 @@ class AgentCommand:
             raise ConfigError(f"--env-options must be a JSON object, got {args.env_options!r}") from None
         if not isinstance(env_options, dict):
             raise ConfigError(f"--env-options must be a JSON object, got {args.env_options!r}")
+        horizons = parse_horizons(args.horizons, env, env_options=env_options)
         if args.temperature < 0:
             raise ConfigError(f"--temperature must be >= 0, got {args.temperature}")
-        if args.path == EXPERT:
+        if args.path == EXPERT and env_class(env).vocabulary():
             model, tokenizer = EXPERT, tiny.build_tokenizer(AgentTask.words())
+        elif args.path == EXPERT:  # a game without a closed vocabulary: any chat tokenizer carries the expert's text
+            from opdplug.testing.models import build_bpe_tokenizer
+
+            model, tokenizer = EXPERT, build_bpe_tokenizer(vocab_size=300)
         else:
             model, tokenizer = load_agent_model(args.path)
         report = evaluate(model, tokenizer, env, horizons, args.n, seed=args.seed, temperature=args.temperature,

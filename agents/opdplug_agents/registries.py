@@ -55,7 +55,50 @@ def env_class(name: str, registry: Optional[Registry] = None, key: str = "") -> 
     if not isinstance(name, str) or not name:
         known = ", ".join(env_names(registry)) or "(none registered)"
         raise ConfigError(f"{key or 'environment'} = {name!r} names no environment; registered: {known}")
-    return registry_or_installed(registry).get(ENVIRONMENTS, name, key)
+    reg = registry_or_installed(registry)
+    if name not in reg.names(ENVIRONMENTS) and GYMNASIUM in reg.names(ENVIRONMENTS):
+        by_id = GymnasiumById.find(name, reg.get(ENVIRONMENTS, GYMNASIUM))
+        if by_id is not None:
+            return by_id
+    return reg.get(ENVIRONMENTS, name, key)
+
+
+GYMNASIUM = "gymnasium"
+"""The registered name of the gymnasium adapter, which also serves environment names that are
+gymnasium ids (``"TinyQuest-v0"``, or ``"tinyquest:TinyQuest-v0"`` to import ``tinyquest`` first)."""
+
+
+class GymnasiumById:
+    """The ``gymnasium`` adapter with its ``id`` (and ``module``) fixed by an environment name."""
+
+    tools = None
+
+    def __init__(self, adapter: Any, gym_id: str, module: str) -> None:
+        self.adapter, self.gym_id, self.module = adapter, gym_id, module
+
+    @classmethod
+    def find(cls, name: str, adapter: Any) -> Optional["GymnasiumById"]:
+        """The factory for ``name`` when it is a gymnasium id (after importing its module), else None."""
+        import importlib
+
+        import gymnasium
+
+        module, _, gym_id = name.rpartition(":")
+        if module:
+            try:
+                importlib.import_module(module)
+            except ImportError:
+                return None
+        return cls(adapter, gym_id, module) if gym_id in gymnasium.registry else None
+
+    def __call__(self, **options: Any) -> Any:
+        return self.adapter(id=self.gym_id, module=self.module, **options)
+
+    def horizon_range_for(self, options: dict) -> tuple[int, int]:
+        return self.adapter.horizon_range_for(options)
+
+    def vocabulary(self) -> list[str]:
+        return self.adapter.vocabulary()
 
 
 def horizon_range(name: str, env_options: Optional[dict] = None, registry: Optional[Registry] = None,

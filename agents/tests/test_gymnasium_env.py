@@ -150,3 +150,14 @@ def test_behaviour_cloning_without_an_expert_is_one_line(models, tmp_path, capsy
     rc, _, err = run(["train", str(tmp_path / "c.toml")], capsys)
     lines = [line for line in err.splitlines() if line.startswith("opdplug: error:")]
     assert rc != 0 and len(lines) == 1 and "has no expert" in lines[0], err
+
+
+def test_eval_by_gymnasium_id_from_the_command_line(capsys):
+    """``--env`` takes a gymnasium id (``module:`` imports the game first); unknown ids are one line."""
+    options = json.dumps({"success_key": "won", "expert_key": "expert"})
+    rc, out, err = run(["agent", "eval", "expert", "--env", "tinyquest:TinyQuest-v0", "--env-options", options,
+                        "--horizons", "1", "--n", "3", "--json"], capsys)
+    assert rc == 0, err
+    assert json.loads(out.strip().splitlines()[-1])["horizons"]["1"]["success"] == 1.0
+    rc, _, err = run(["agent", "eval", "expert", "--env", "NoSuch-v0", "--horizons", "1"], capsys)
+    assert rc != 0 and "unknown environment 'NoSuch-v0'; allowed: calc_lookup, gridnav, gymnasium" in err
