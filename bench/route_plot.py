@@ -30,7 +30,7 @@ def plot(results: dict, path: Path) -> None:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
         ax = axes[1][j]
-        ov = res["routes"]["OPD"].get("topk_overlap")
+        ov = res["routes"].get("OPD", {}).get("topk_overlap")
         if ov:
             ax.plot(range(len(ov)), ov, color=COLORS["OPD"], lw=0.8)
         ax.set_xlabel("OPD step")

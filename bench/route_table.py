@@ -108,13 +108,13 @@ def shared_checkpoint(ground, args, work: Path) -> dict:
 
 
 def run_route(ground, name: str, sections: dict, generator: str, scored: bool, steps: int, every: int, batch: int,
-              seed: int, work: Path, shared: dict, target: float) -> dict:
+              seed: int, work: Path, shared: dict, target: float, lr: float | None = None) -> dict:
     """Train route ``name`` from the shared checkpoint and evaluate its checkpoints. The routes
     read another prompt stream than the shared checkpoint's SFT (seed + 1000): more SFT is more
     data, not a second epoch of the same."""
     run_dir = work / name.lower().replace("+", "_").replace(" ", "_")
     config, manager = ground.config(
-        run_dir, run={"steps": steps, "batch_size": batch, "lr": ground.plateau_lr, "seed": seed + 1000,
+        run_dir, run={"steps": steps, "batch_size": batch, "lr": lr or ground.plateau_lr, "seed": seed + 1000,
                       "checkpoint_every": every, "keep_checkpoints": 1000},
         student={"path": str(shared["dir"])}, **sections)
     tr = time.perf_counter()
@@ -137,11 +137,12 @@ def run_ground(ground, args, work: Path) -> dict:
     target = teacher_acc - args.target_gap
     print(f"[{ground.name}] shared checkpoint: {start_acc:.3f} after {args.plateau_steps} SFT steps; target {target:.3f}", flush=True)
     routes = {}
-    for name in ROUTES:
+    for name in args.routes.split(","):
         sections, generator, scored = route_sections(ground, name, args.group, args.shaping, args.overlap_k)
         steps, every = (args.rl_steps, args.rl_every) if name == "RL" else (args.steps, args.every)
+        lr = ground.plateau_lr * (args.rl_lr_scale if name in ("RL", "RL+OPD") else 1.0)
         routes[name] = run_route(ground, name, sections, generator, scored, steps, every, args.batch, args.seed,
-                                 work, shared, target)
+                                 work, shared, target, lr)
     return {"label": ground.label, "teacher_accuracy": teacher_acc, "target": target, "params": params,
             "plateau": plateau_curve, "routes": routes, "seconds": time.perf_counter() - t0}
 
@@ -149,6 +150,8 @@ def run_ground(ground, args, work: Path) -> dict:
 def headline(name: str, res: dict) -> str:
     """``OPD reached the target at N.NNx of RL's compute (...)``, or what happened instead."""
     r = res["routes"]
+    if not {"OPD", "RL", "SFT"} <= set(r):
+        return f"(no headline for {name}: it needs the SFT, RL and OPD routes; ran {', '.join(r)})"
     opd, rl, sft = r["OPD"]["reach"], r["RL"]["reach"], r["SFT"]["reach"]
     where = f"{name}, target {res['target']:.3f}"
     spent_rl = r["RL"]["points"][-1]["flops"]
@@ -167,7 +170,7 @@ def print_table(name: str, res: dict) -> None:
           f"{res['params']['teacher']:,}, student {res['params']['student']:,}")
     print("shared checkpoint (SFT): " + ", ".join(f"step {p['step']} {p['accuracy']:.3f}" for p in res["plateau"] if p["accuracy"] is not None))
     print(f"{'route':<8}{'final acc':>10}{'GFLOPs spent':>14}{'GFLOPs to target':>18}{'x RL':>8}{'train s':>9}")
-    rl = res["routes"]["RL"]["reach"]
+    rl = res["routes"].get("RL", {}).get("reach")
     for route, c in res["routes"].items():
         reach = c["reach"]
         to = f"{reach['flops'] / 1e9:.1f}" if reach else "not reached"
@@ -186,6 +189,8 @@ def main(argv=None) -> None:
     ap.add_argument("--every", type=int, default=None, help="evaluate a checkpoint every this many steps")
     ap.add_argument("--rl-steps", type=int, default=None, help="steps of RL (cheaper per step: no teacher; default 4x --steps)")
     ap.add_argument("--rl-every", type=int, default=None, help="RL's evaluation interval (default 4x --every)")
+    ap.add_argument("--routes", default=",".join(ROUTES), help="comma-separated subset of " + ", ".join(ROUTES))
+    ap.add_argument("--rl-lr-scale", type=float, default=1.0, help="RL and RL+OPD learning rate as a multiple of the others'")
     ap.add_argument("--overlap-k", type=int, default=4, help="k of the top-k overlap the OPD route logs")
     ap.add_argument("--batch", type=int, default=32, help="rows per step (RL: batch / group prompts)")
     ap.add_argument("--group", type=int, default=8, help="samples per prompt of RL and RL+OPD")
@@ -207,8 +212,9 @@ def main(argv=None) -> None:
     args.rl_every = args.rl_every or 4 * args.every
     grounds = [g.strip() for g in args.grounds.split(",") if g.strip()]
     unknown = [g for g in grounds if g not in ("sumchain", "wordproblems")]
+    unknown += [r for r in args.routes.split(",") if r not in ROUTES]
     if unknown or args.batch % args.group or args.steps % args.every or args.rl_steps % args.rl_every:
-        sys.exit(f"route_table: {'unknown ground ' + unknown[0] if unknown else '--batch must be a multiple of --group, --steps of --every, --rl-steps of --rl-every'}")
+        sys.exit(f"route_table: {'unknown ground or route ' + unknown[0] if unknown else '--batch must be a multiple of --group, --steps of --every, --rl-steps of --rl-every'}")
     t0 = time.perf_counter()
     torch.set_num_threads(args.threads)
     out = Path(args.out)
