@@ -168,6 +168,19 @@ def _expert_locator(tokenizer, registry) -> Optional[Callable[[Sequence[Episode]
     return locate
 
 
+def distinct_prompts(task: AgentTask, n: int, *, seed: int, split: str, length: int, draws: int = 4) -> list:
+    """``n`` prompts of distinct episodes where the environment has that many (``draws * n``
+    candidates, first occurrences kept); a finite pool with fewer repeats them, in order, and
+    ``HorizonResult.distinct`` says so."""
+    candidates = task.prompts(draws * n, seed=seed, split=split, length=length)
+    seen: dict[str, Any] = {}
+    for p in candidates:
+        key = task.env(p.meta["options"]).reset(seed=p.meta["seed"])[1].get("episode_key", str(p.prompt_ids))
+        seen.setdefault(key, p)
+    unique = list(seen.values())
+    return [unique[i % len(unique)] for i in range(n)] if len(unique) < n else unique[:n]
+
+
 # ----------------------------------------------------------------------------- evaluation
 def _actor(model: Any, temperature: float) -> Union[ModelActor, ExpertActor]:
     if isinstance(model, str):
@@ -244,7 +257,7 @@ def success_by_horizon(
             task = AgentTask(tokenizer, env=env, min_horizon=h, max_horizon=h, max_turns=max_turns or 0,
                              env_options=dict(env_options or {}), max_action_tokens=max_action_tokens,
                              registry=registry)
-            prompts = task.prompts(n, seed=derive_seed(seed, "agent-eval", env, h), split=split, length=h)
+            prompts = distinct_prompts(task, n, seed=derive_seed(seed, "agent-eval", env, h), split=split, length=h)
             budget = task.max_new_tokens(h)
             episodes: list[Episode] = []
             for start in range(0, n, batch):
@@ -314,6 +327,6 @@ def plot_success(reports: Mapping[str, AgentEvalReport], path, *, title: str = "
 
 
 __all__ = [
-    "EXPERT", "AgentEvalReport", "HorizonResult", "cost_to_go", "episode_key", "first_error_cost_to_go",
+    "EXPERT", "AgentEvalReport", "HorizonResult", "cost_to_go", "distinct_prompts", "episode_key", "first_error_cost_to_go",
     "format_table", "plot_success", "success_by_horizon",
 ]

@@ -43,7 +43,7 @@ def test_the_game_is_pip_installed_and_knows_nothing_of_opdplug():
 def test_adapter_plays_the_expert_and_replays():
     env = make_env("gymnasium", {**GAME, "horizon": 1, "split": "train"})
     obs, info = env.reset(seed=5)
-    assert obs.startswith("Find the treasure") and info["episode_key"] == obs
+    assert obs.startswith("Find the treasure") and info["episode_key"] == str(info["game"])
     actions = []
     while not env.episode_over:
         action = env.expert_action().upper()  # free text, any case
@@ -161,3 +161,14 @@ def test_eval_by_gymnasium_id_from_the_command_line(capsys):
     assert json.loads(out.strip().splitlines()[-1])["horizons"]["1"]["success"] == 1.0
     rc, _, err = run(["agent", "eval", "expert", "--env", "NoSuch-v0", "--horizons", "1"], capsys)
     assert rc != 0 and "unknown environment 'NoSuch-v0'; allowed: calc_lookup, gridnav, gymnasium" in err
+
+
+def test_eval_draws_distinct_games_from_a_finite_pool():
+    from opdplug_agents.evaluate import success_by_horizon
+
+    tok = build_bpe_tokenizer(CORPUS, vocab_size=300)
+    options = {k: v for k, v in GAME.items() if k not in ("rooms",)}
+    report = success_by_horizon("expert", tok, "gymnasium", [1], 6, env_options={**options, "pool": 1000})
+    assert report.results[1].distinct == 6 and report.results[1].success == 1.0
+    small = success_by_horizon("expert", tok, "gymnasium", [1], 6, env_options={**options, "pool": 30})
+    assert small.results[1].distinct < 6  # a pool with fewer held-out games repeats them, and says so

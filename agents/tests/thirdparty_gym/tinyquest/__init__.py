@@ -3,7 +3,8 @@
 ``gymnasium.make("TinyQuest-v0", rooms=2)``. Observations and actions are free text
 ("take the red key", "open the north door"); commands are matched case-insensitively, extra
 words such as "the" are fine. ``info["won"]`` says the treasure was found and
-``info["expert"]`` is the next command of a perfect player. Games come from a fixed pool of
+``info["expert"]`` is the next command of a perfect player; ``reset``'s ``info["game"]`` is
+the layout's number. Games come from a fixed pool of
 ``pool`` layouts (``reset(seed=s)`` plays layout ``s % pool``).
 """
 import gymnasium

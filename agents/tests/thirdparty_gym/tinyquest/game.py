@@ -26,11 +26,12 @@ class TinyQuestEnv(gymnasium.Env):
 
     def reset(self, seed=None, options=None):
         super().reset(seed=seed)
-        rng = random.Random(0 if seed is None else seed % self.pool)
+        self.game = 0 if seed is None else seed % self.pool
+        rng = random.Random(self.game)
         names = rng.sample(ROOMS, self.rooms)
         self.layout = [{"name": n, "key": rng.choice(COLOURS), "door": rng.choice(DIRECTIONS)} for n in names]
         self.at, self.has_key, self.opened = 0, False, False
-        return "Find the treasure. " + self._describe(), self._info(False)
+        return "Find the treasure. " + self._describe(), {**self._info(False), "game": self.game}
 
     def _expert(self):
         room = self.layout[self.at]
