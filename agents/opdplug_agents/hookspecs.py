@@ -14,10 +14,14 @@ def opd_register_environments(register: Register) -> None:
     ``opdplug agent eval --env``).
 
     :param register: ``register(name, env_class)``; ``env_class(**options)`` builds a bare
-        environment (``horizon`` and ``split`` among the options) with the API of
-        ``opdplug_agents.envs.ToolTextEnv``: ``reset``, ``step``, ``expert_action``,
-        ``is_optimal``, ``replay``, and the class attributes ``horizon_range`` and
-        ``vocabulary()``. Subclassing ``ToolTextEnv`` gives all of it.
+        environment (``horizon`` and ``split`` among the options) with ``reset``, ``step``,
+        ``close``, the public ``episode_over`` and ``solved``, ``tools`` (tool schemas, or None
+        for free-text actions), ``horizon_range`` (or ``horizon_range_for(options)``) and
+        ``vocabulary()`` (words for the built-in word-level models; [] for none). Methods that
+        need them also use ``expert_action``, ``is_optimal`` and ``replay``, which may raise
+        ``opdplug_agents.envs.MissingCapability`` (one line) when the environment has none.
+        Subclassing ``ToolTextEnv`` gives all of it; a plain gymnasium text game needs no
+        plugin at all (the ``gymnasium`` adapter, ``opdplug_agents.envs.gym_adapter``).
     :return: nothing.
 
     Called once when the registry is built. Not firstresult.
