@@ -150,6 +150,22 @@ class TeacherScores:
     scored_by_teacher: bool = True
     """False when no teacher did the scoring (the student scored itself, or no scorer ran):
     accounting counts teacher work only where this is True."""
+    token_groups_B_L: Optional[torch.Tensor] = None
+    """Positions the teacher could only score together (long, one id per group, -1 off-mask): a
+    teacher with another tokenizer whose token spans cross the student's. ``token_logprobs_B_L``
+    then splits each group's teacher log-prob evenly over its positions (sums stay exact), and a
+    sampled-token loss is taken per group. None: every token was scored alone."""
+    scored_B_L: Optional[torch.Tensor] = None
+    """False on trained tokens the teacher could not score (bool; e.g. a row whose text the
+    teacher's tokenizer could not align): the loss leaves them out. None: all were scored."""
+    distribution_B_L: Optional[torch.Tensor] = None
+    """True where the top-k / dense fields describe the distribution of the student's token at
+    that position (bool; with another tokenizer, where the student's token starts on a boundary
+    both tokenizations share). None: everywhere."""
+    vocab_map_2_M: Optional[torch.Tensor] = None
+    """A teacher with another vocabulary (long): row 0 student ids, row 1 the teacher id with the
+    identical string. The top-k ids and the dense lm-head are then in the teacher's vocabulary,
+    and only supports that map vocabularies read them. None: one shared vocabulary."""
 
     @property
     def is_dense(self) -> bool:

@@ -60,9 +60,11 @@ def gather_masked(student: StudentOutputs, scores: TeacherScores, batch: Rollout
         )
     device = student.hidden_B_L_H.device
     mask = mask_B_L.to(device).bool()
+    if scores.scored_B_L is not None:  # tokens the teacher could not score stay out of the loss
+        mask = mask & scores.scored_B_L.to(device).bool()
     vocab = student.lm_head_V_H.shape[0]
     teacher_hidden = None
-    if scores.is_dense:
+    if scores.is_dense and scores.vocab_map_2_M is None:
         teacher_hidden = scores.hidden_B_L_H.to(device)[mask].detach()
         vocab = max(vocab, scores.lm_head_V_H.shape[0])
     return Gathered(
@@ -73,6 +75,15 @@ def gather_masked(student: StudentOutputs, scores: TeacherScores, batch: Rollout
         vocab=vocab,
         temperature=float(student.temperature),
     )
+
+
+def require_shared_vocab(scores: TeacherScores, support: str) -> None:
+    """One line when a teacher with another vocabulary meets a support that compares ids."""
+    if scores.vocab_map_2_M is not None:
+        raise ValueError(
+            f"the {support} support compares the two models id by id, but this teacher has another "
+            f"vocabulary: use sampled, xtok_topk or xtok_full (see docs/cross_tokenizer.md)"
+        )
 
 
 def chunk_logp(hidden_C_H: Tensor, lm_head_V_H: Tensor, temperature: float, vocab: int) -> Tensor:
@@ -174,3 +185,23 @@ def sparse_teacher_tail(logp_N_K: Tensor) -> tuple[Tensor, Tensor]:
 
 def metric_zeros(device) -> dict[str, Tensor]:
     return {"clamped": torch.zeros((), device=device)}
+
+
+def per_group(estimator, token_logq_N: Tensor, teacher_logp_N: Tensor, groups_N: Tensor) -> Tensor:
+    """An estimator taken per group of positions the teacher scored together.
+
+    Each group's student and teacher log-probs are summed (the chain rule over the group), the
+    estimator runs on the sums, and the value lands on the group's last position (0 on the
+    others), so summing values over tokens sums them over groups. Groups of one position give
+    exactly the per-token estimator. ``groups_N`` must be contiguous (ids in token order).
+    """
+    _, inverse_N, counts_G = torch.unique_consecutive(groups_N, return_inverse=True, return_counts=True)
+    if bool((counts_G == 1).all()):
+        return estimator(token_logq_N, teacher_logp_N)
+    G = counts_G.shape[0]
+    logq_G = torch.zeros(G, dtype=token_logq_N.dtype, device=token_logq_N.device).index_add(0, inverse_N, token_logq_N)
+    logp_G = torch.zeros(G, dtype=teacher_logp_N.dtype, device=teacher_logp_N.device).index_add(0, inverse_N, teacher_logp_N)
+    values_G = estimator(logq_G, logp_G)
+    last_G = counts_G.cumsum(0) - 1
+    return torch.zeros_like(token_logq_N, dtype=values_G.dtype).index_put((last_G,), values_G)
+

@@ -37,8 +37,8 @@ from opdplug.types import RolloutBatch, StudentOutputs, TeacherScores
 
 from .metrics import complement_logsumexp, entropy, topk_overlap
 from .support_chunks import (
-    SupportResult, chunk_logp, finish, gather_masked, map_chunks, metric_zeros, pair_metrics, sparse_teacher_tail,
-    token_logp, topk_pair, upcast, with_tail,
+    SupportResult, chunk_logp, finish, gather_masked, map_chunks, metric_zeros, pair_metrics, per_group,
+    require_shared_vocab, sparse_teacher_tail, token_logp, topk_pair, upcast, with_tail,
 )
 
 __all__ = ["SupportResult", "Sampled", "StudentTopK", "TeacherTopK", "Full"]
@@ -69,7 +69,8 @@ class Sampled:
         g = gather_masked(student, scores, batch, mask_B_L)
         teacher_tok_N = scores.token_logprobs_B_L.to(g.mask_B_L.device)[g.mask_B_L].detach()
         per_token = {"h_s": g.student_hidden_N_H, "tok": g.tokens_N}
-        sparse_topk = scores.topk_logprobs_B_L_K is not None and scores.topk_ids_B_L_K is not None
+        sparse_topk = (scores.topk_logprobs_B_L_K is not None and scores.topk_ids_B_L_K is not None
+                       and scores.vocab_map_2_M is None)
         if g.teacher_hidden_N_H is not None:
             per_token["h_t"] = g.teacher_hidden_N_H
         elif sparse_topk:
@@ -93,7 +94,12 @@ class Sampled:
 
         outs, sums = map_chunks(chunk_fn, per_token, (student.lm_head_V_H,), chunk_size)
         token_logq_N = outs[0] if outs else None
-        values_N = estimator(token_logq_N, teacher_tok_N) if outs else None
+        values_N = None
+        if outs and scores.token_groups_B_L is not None:  # another tokenizer: one value per group
+            groups_N = scores.token_groups_B_L.to(g.mask_B_L.device)[g.mask_B_L]
+            values_N = per_group(estimator, token_logq_N, teacher_tok_N, groups_N)
+        elif outs:
+            values_N = estimator(token_logq_N, teacher_tok_N)
         with torch.no_grad():
             sums.update(metric_zeros(g.mask_B_L.device))
             sums["tail_mass"] = (-torch.expm1(teacher_tok_N.float())).sum()
@@ -122,6 +128,7 @@ class StudentTopK:
 
     def __call__(self, divergence, student: StudentOutputs, scores: TeacherScores, batch: RolloutBatch,
                  mask_B_L: Tensor, *, top_k: int = 16, chunk_size: int = 1024) -> SupportResult:
+        require_shared_vocab(scores, "student_topk")
         g = gather_masked(student, scores, batch, mask_B_L)
         dev = g.mask_B_L.device
         per_token = {"h_s": g.student_hidden_N_H, "tok": g.tokens_N}
@@ -185,6 +192,7 @@ class TeacherTopK:
 
     def __call__(self, divergence, student: StudentOutputs, scores: TeacherScores, batch: RolloutBatch,
                  mask_B_L: Tensor, *, top_k: int = 16, chunk_size: int = 1024) -> SupportResult:
+        require_shared_vocab(scores, "teacher_topk")
         g = gather_masked(student, scores, batch, mask_B_L)
         dev = g.mask_B_L.device
         per_token = {"h_s": g.student_hidden_N_H, "tok": g.tokens_N}
@@ -246,6 +254,7 @@ class Full:
 
     def __call__(self, divergence, student: StudentOutputs, scores: TeacherScores, batch: RolloutBatch,
                  mask_B_L: Tensor, *, top_k: int = 16, chunk_size: int = 1024) -> SupportResult:
+        require_shared_vocab(scores, "full")
         if not scores.is_dense:
             raise ValueError(
                 "the full support needs a dense teacher (hidden_B_L_H + lm_head_V_H, i.e. a local "

@@ -178,6 +178,8 @@ class DatasetTask:
         meta = {k: v for k, v in row.items() if k not in (cols["messages"], cols["prompt"])}
         if answer is not None:
             meta["answer"] = str(answer)
+        if self.use_chat:  # a teacher with its own chat template renders the conversation again
+            meta["chat_messages"] = messages
         return Prompt(prompt_ids=tuple(prompt_ids), reference_ids=tuple(reference_ids),
                       privileged_prompt_ids=privileged, meta=meta)
 

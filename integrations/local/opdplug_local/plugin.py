@@ -51,7 +51,9 @@ def opd_load_models(ctx):
     if config.teacher.path:
         teacher = models.load_model(config.teacher.path, "teacher.path", config.teacher.dtype,
                                     config.teacher.attn_implementation)
-        models.check_tokenizers(tokenizer, models.load_tokenizer(config.teacher.path))
+        scorer = ctx.registry.get("scorers", config.teacher.scorer, "teacher.scorer")
+        if not getattr(scorer, "own_tokenizer", False):  # a scorer that aligns tokenizers checks its own
+            models.check_tokenizers(tokenizer, models.load_tokenizer(config.teacher.path))
         teacher = teacher.requires_grad_(False).eval().to(ctx.device)
     return LoadedModels(student=student, tokenizer=tokenizer, teacher=teacher)
 
@@ -75,4 +77,7 @@ def opd_save_model(ctx, directory):
 
 @hookimpl
 def opd_preflight(ctx):
-    return {"tokenizers": "identical" if ctx.teacher is not None else "no local teacher"}
+    if ctx.teacher is None:
+        return {"tokenizers": "no local teacher"}
+    scorer = ctx.registry.get("scorers", ctx.config.teacher.scorer, "teacher.scorer")
+    return {"tokenizers": "aligned by the scorer" if getattr(scorer, "own_tokenizer", False) else "identical"}

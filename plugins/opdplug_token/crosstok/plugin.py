@@ -1,0 +1,47 @@
+"""Hook implementations of cross-tokenizer OPD (entry point ``crosstok`` of ``opdplug-token``):
+the ``cross_tokenizer`` scorer, the supports that map vocabularies, and the alignment report
+of ``opdplug check``."""
+from __future__ import annotations
+
+from opdplug.context import derive_seed
+from opdplug.hookspecs import hookimpl
+from opdplug.types import PRODUCER_STUDENT
+
+from .scorer import CrossTokenizer
+from .supports import CrossVocab
+
+
+@hookimpl
+def opd_register_scorers(register):
+    register("cross_tokenizer", CrossTokenizer)
+
+
+@hookimpl
+def opd_register_supports(register):
+    register("xtok_topk", CrossVocab("topk", "bucket"))
+    register("xtok_full", CrossVocab("full", "bucket"))
+    register("xtok_topk_uld", CrossVocab("topk", "uld"))
+    register("xtok_full_uld", CrossVocab("full", "uld"))
+    register("uld", CrossVocab("topk", "all_uld"))
+
+
+PREFLIGHT_ROWS = 8
+"""Student samples the alignment report of ``opdplug check`` is taken on."""
+
+
+@hookimpl
+def opd_preflight(ctx):
+    """Before step 0: how well the teacher's tokenization lines up with the student's, on student
+    samples of held-out prompts (any scorer with an ``alignment_report``)."""
+    opts = ctx.config.teacher
+    scorer = ctx.component("scorers", opts.scorer, opts.options, "teacher.scorer")
+    if not hasattr(scorer, "alignment_report"):
+        return None
+    from opdplug_local.models import model_rollout
+
+    prompts = ctx.task.prompts(PREFLIGHT_ROWS, seed=derive_seed(ctx.config.run.seed, "alignment"), split="eval")
+    budget = ctx.config.rollout.max_new_tokens or ctx.task.max_new_tokens(max(p.meta.get("length", 1) for p in prompts))
+    batch = model_rollout(ctx.student_module(), prompts, producer=PRODUCER_STUDENT, max_new_tokens=budget,
+                          temperature=ctx.config.rollout.temperature, top_p=1.0, tokenizer=ctx.tokenizer,
+                          generator=ctx.generator("alignment"), on_policy=True)
+    return scorer.alignment_report(batch)
