@@ -198,7 +198,7 @@ def main(argv=None) -> None:
     ap.add_argument("--target-gap", type=float, default=0.02, help="target = teacher accuracy minus this")
     ap.add_argument("--length", type=int, default=8, help="SumChain's evaluated length T")
     ap.add_argument("--eval-n", type=int, default=None, help="held-out prompts per evaluation")
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (1: on a shared or loaded machine 2 threads ran 50x slower)")
     ap.add_argument("--out", default=str(ROOT / "runs" / "bench"))
     args = ap.parse_args(argv)
     if args.quick:

@@ -56,7 +56,7 @@ def main(argv=None) -> None:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--length", type=int, default=8)
     ap.add_argument("--eval-n", type=int, default=200)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (1: on a shared or loaded machine 2 threads ran 50x slower)")
     ap.add_argument("--out", default=str(ROOT / "runs" / "bench"))
     args = ap.parse_args(argv)
     if args.steps % args.every:
