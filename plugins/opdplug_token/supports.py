@@ -61,6 +61,7 @@ class Sampled:
     """
 
     uses_estimator: ClassVar[bool] = True
+    any_vocabulary: ClassVar[bool] = True  # the sampled token's log-prob is all it reads
 
     def __call__(self, estimator, student: StudentOutputs, scores: TeacherScores, batch: RolloutBatch,
                  mask_B_L: Tensor, *, top_k: int = 16, chunk_size: int = 1024) -> SupportResult:

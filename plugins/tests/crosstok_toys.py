@@ -48,6 +48,7 @@ def config_data(tmp: Path, student_dir: Path, teacher_dir: Path, data: Path, **s
         "teacher": {"path": str(teacher_dir), "scorer": "cross_tokenizer", "top_k": 8},
         "task": {"name": "dataset", "options": {"path": str(data), "eval_fraction": 0.25, "verifier": "final_number"}},
         "rollout": {"max_new_tokens": 12},
+        "loss": {"support": "sampled", "estimator": "k2"},
     }
     for name, table in sections.items():
         out.setdefault(name, {}).update(table)

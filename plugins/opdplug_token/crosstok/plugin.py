@@ -4,6 +4,7 @@ of ``opdplug check``."""
 from __future__ import annotations
 
 from opdplug.context import derive_seed
+from opdplug.errors import ConfigError
 from opdplug.hookspecs import hookimpl
 from opdplug.types import PRODUCER_STUDENT
 
@@ -37,6 +38,13 @@ def opd_preflight(ctx):
     scorer = ctx.component("scorers", opts.scorer, opts.options, "teacher.scorer")
     if not hasattr(scorer, "alignment_report"):
         return None
+    support_name = ctx.config.loss.support
+    support = ctx.component("supports", support_name, {}, "loss.support")
+    if getattr(scorer, "aligns", lambda: False)() and not getattr(support, "any_vocabulary", False):
+        raise ConfigError(
+            f"loss.support = {support_name!r} compares the two models id by id, but the teacher has another "
+            f"tokenizer: use sampled, xtok_topk, xtok_full, their _uld variants, or uld"
+        )
     from opdplug_local.models import model_rollout
 
     prompts = ctx.task.prompts(PREFLIGHT_ROWS, seed=derive_seed(ctx.config.run.seed, "alignment"), split="eval")

@@ -30,7 +30,7 @@ from opdplug.types import PRODUCER_PROMPT, PRODUCER_STUDENT, Prompt, RolloutBatc
 from opdplug_local import chat
 from opdplug_local.tokenization import check_tokenizers, load_tokenizer, pad_id_of, stop_token_ids
 
-from .spans import TokenBytes, align, boundaries, is_byte_level
+from .spans import TokenBytes, align, boundaries, is_byte_level, single_byte_ids
 from .vocab import VocabMap, build_vocab_map, end_of_turn_id
 
 MESSAGES_KEY = "chat_messages"
@@ -83,6 +83,10 @@ class CrossTokenizer:
     """Align even when the teacher's tokenizer is the student's (tests of the exactness)."""
     state: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
+    def aligns(self) -> bool:
+        """True once set up against a tokenizer that is not the student's."""
+        return bool(self.state) and not self.state.get("same", True)
+
     # -- lifecycle -----------------------------------------------------------------------------
     def setup(self, ctx) -> None:
         path = self.tokenizer or ctx.config.teacher.path
@@ -113,6 +117,7 @@ class CrossTokenizer:
         s["map"] = build_vocab_map(ctx.tokenizer, teacher_tok, s["student_end"], s["teacher_end"])
         s["student_bytes"] = TokenBytes(ctx.tokenizer) if is_byte_level(ctx.tokenizer) else None
         s["teacher_bytes"] = TokenBytes(teacher_tok) if is_byte_level(teacher_tok) else None
+        s["teacher_byte_ids"] = single_byte_ids(teacher_tok) if s["teacher_bytes"] is not None else {}
 
     def metrics(self) -> dict:
         s = self.state
@@ -161,11 +166,12 @@ class CrossTokenizer:
         stopped = bool(completion) and completion[-1] in s["student_stops"]
         body = completion[:-1] if stopped else completion
         text_bytes, s_ends = boundaries(s_tok, body, s["student_bytes"])
-        try:
-            text = text_bytes.decode("utf-8")
-        except UnicodeDecodeError:
-            return _failed(row, "the completion is not valid UTF-8 (cut inside a character)")
-        t_ids = self.teacher_ids(text_bytes, s_ends) if self.retokenize == "per_token" else (chat.encode(t_tok, text) if text else [])
+        if self.retokenize == "per_token":
+            t_ids = self.teacher_ids(text_bytes, s_ends)
+        else:
+            t_ids = self.encode_bytes(text_bytes)
+            if t_ids is None:
+                return _failed(row, "the completion is not valid UTF-8 and the teacher's tokenizer is not byte-level")
         t_bytes, t_ends = boundaries(t_tok, t_ids, s["teacher_bytes"])
         if t_bytes != text_bytes:
             return _failed(row, "the teacher's tokenizer does not reproduce the completion's bytes")
@@ -180,6 +186,29 @@ class CrossTokenizer:
         c["one_to_one"] += a.one_to_one() + int(stopped)
         c["covered"] += a.student_covered() + int(stopped)
         return row
+
+    def encode_bytes(self, data: bytes) -> Optional[list[int]]:
+        """The teacher's ids for ``data``: its text as the teacher writes it; bytes that are not
+        UTF-8 (an untrained student's, or a character cut by the budget) as the teacher's
+        single-byte tokens. None when there are such bytes and the teacher has no byte tokens."""
+        text = data.decode("utf-8", errors="surrogateescape")
+        if not any("\udc80" <= ch <= "\udcff" for ch in text):
+            return chat.encode(self.state["teacher_tok"], text) if text else []
+        byte_ids = self.state.get("teacher_byte_ids")
+        if not byte_ids:
+            return None
+        ids, run = [], []
+        for ch in text:
+            if "\udc80" <= ch <= "\udcff":
+                if run:
+                    ids += chat.encode(self.state["teacher_tok"], "".join(run))
+                    run = []
+                ids.append(byte_ids[ord(ch) - 0xDC00])
+            else:
+                run.append(ch)
+        if run:
+            ids += chat.encode(self.state["teacher_tok"], "".join(run))
+        return ids
 
     def teacher_ids(self, text_bytes: bytes, student_ends: list) -> list[int]:
         """The teacher's ids for the text cut at every student boundary that falls between two

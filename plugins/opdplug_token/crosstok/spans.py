@@ -73,6 +73,13 @@ class TokenBytes:
         return self._cache[token_id]
 
 
+def single_byte_ids(tokenizer) -> dict[int, int]:
+    """Byte value -> the id of the byte-level token for that one byte (all 256 are there)."""
+    encoder = {b: c for c, b in _byte_decoder().items()}
+    vocab = tokenizer.get_vocab()
+    return {b: vocab[encoder[b]] for b in range(256) if encoder[b] in vocab}
+
+
 def boundaries(tokenizer, ids: Sequence[int], token_bytes: Optional[TokenBytes] = None) -> tuple[bytes, list[Optional[int]]]:
     """The text of ``ids`` (UTF-8 bytes) and, per token, the byte offset where it ends (None: not
     a clean boundary, e.g. inside a character or where decoding is not prefix-stable)."""

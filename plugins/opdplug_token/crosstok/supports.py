@@ -56,6 +56,7 @@ class CrossVocab:
     rest: Literal["bucket", "uld", "all_uld"] = "bucket"
     """Unmapped mass: one bucket; a bucket plus the sorted-probability distance; ULD alone."""
     uses_estimator: ClassVar[bool] = False
+    any_vocabulary: ClassVar[bool] = True  # reads vocab_map_2_M
 
     def __call__(self, divergence, student: StudentOutputs, scores: TeacherScores, batch: RolloutBatch,
                  mask_B_L: Tensor, *, top_k: int = 16, chunk_size: int = 1024) -> SupportResult:
