@@ -8,6 +8,7 @@ the fields of the component the config chooses.
 from __future__ import annotations
 
 import dataclasses
+import json
 import tomllib
 import types
 import typing
@@ -362,9 +363,13 @@ def dump_toml(data: dict) -> str:
             return '""'
         raise TypeError(f"cannot write {type(v).__name__} to TOML")
 
+    def is_array_of_tables(v: Any) -> bool:
+        return isinstance(v, list) and bool(v) and all(isinstance(x, dict) for x in v)
+
     def table(prefix: str, d: dict) -> None:
-        scalars = {k: v for k, v in d.items() if not isinstance(v, dict)}
+        scalars = {k: v for k, v in d.items() if not isinstance(v, dict) and not is_array_of_tables(v)}
         subtables = {k: v for k, v in d.items() if isinstance(v, dict)}
+        arrays = {k: v for k, v in d.items() if is_array_of_tables(v)}
         if prefix and (scalars or not subtables):
             lines.append(f"[{prefix}]")
         for k, v in scalars.items():
@@ -373,6 +378,16 @@ def dump_toml(data: dict) -> str:
             lines.append("")
         for k, v in subtables.items():
             table(f"{prefix}.{k}" if prefix else k, v)
+        for k, items in arrays.items():  # [[name]] entries; their sub-tables inline
+            for item in items:
+                lines.append(f"[[{prefix + '.' + k if prefix else k}]]")
+                lines.extend(f"{ik} = {inline(iv)}" for ik, iv in item.items())
+                lines.append("")
+
+    def inline(v: Any) -> str:
+        if isinstance(v, dict):
+            return "{" + ", ".join(f"{json.dumps(str(k))} = {inline(x)}" for k, x in v.items()) + "}"
+        return value(v)
 
     table("", data)
     return "\n".join(lines) + "\n"

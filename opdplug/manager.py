@@ -15,6 +15,7 @@ not registered (it may have been the failed plugin's).
 from __future__ import annotations
 
 import dataclasses
+import typing
 import importlib.metadata
 import os
 from dataclasses import dataclass, field
@@ -150,8 +151,10 @@ class Manager:
                 if table in CORE_TABLES or table in tables:
                     other = "opdplug" if table in CORE_TABLES else owners[table]
                     raise PluginError(f"plugin {_owner!r} declares config table [{table}], already taken by {other!r}")
-                if not dataclasses.is_dataclass(cls):
-                    raise PluginError(f"plugin {_owner!r}: config table [{table}] must be a dataclass")
+                # A dataclass is a table; ``list[dataclass]`` an array of tables (``[[table]]``).
+                item = typing.get_args(cls)[0] if typing.get_origin(cls) is list and typing.get_args(cls) else cls
+                if not dataclasses.is_dataclass(item):
+                    raise PluginError(f"plugin {_owner!r}: config table [{table}] must be a dataclass or a list of one")
                 tables[table] = cls
                 owners[table] = _owner
 

@@ -1,0 +1,136 @@
+"""Multi-teacher OPD through the real entry points: ``[[teachers]]`` routed by a dataset column,
+a weighted mixture, per-teacher metrics, a teacher of another family beside one of the student's,
+and the one-line errors."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from opdplug.cli import main
+from opdplug.config import dump_toml, parse_config
+from opdplug.manager import make_plugin_manager
+from opdplug.prepare import setup, teardown
+from opdplug.testing.models import build_bpe_tokenizer, build_model_dir
+
+from crosstok_toys import config_data, make_pair
+
+pytest.importorskip("transformers")
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """A student, a teacher with its tokenizer, a second teacher of another family, and rows
+    of two domains."""
+    tmp = tmp_path_factory.mktemp("multi")
+    student, teacher, _ = make_pair(tmp)
+    other_tok = build_bpe_tokenizer([f"{a} times {b} is {a * b}." for a in range(12) for b in range(12)],
+                                    vocab_size=330, template="llama3")
+    other = build_model_dir(tmp / "other", "qwen3", other_tok, hidden_size=40)
+    rows = [{"prompt": f"What is {i % 7} plus {i % 5}?", "answer": str(i % 7 + i % 5), "domain": "add"} if i % 2 else
+            {"prompt": f"What is {i % 4} times {i % 6}?", "answer": str((i % 4) * (i % 6)), "domain": "mul"} for i in range(24)]
+    data = tmp / "two_domains.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return tmp, student, teacher, other, data
+
+
+def multi_config(tmp, student, teacher, other, data, *, router="column", router_options=None, **sections):
+    cfg = config_data(tmp, student, teacher, data, **sections)
+    cfg["teacher"] = {"scorer": "multi_teacher", "top_k": 4,
+                      "options": {"router": router, "router_options": router_options or
+                                  {"column": "domain", "routes": {"add": "adder", "mul": "multiplier"}}}}
+    cfg["teachers"] = [{"name": "adder", "path": str(teacher)}, {"name": "multiplier", "path": str(other)}]
+    return cfg
+
+
+def test_rows_go_to_the_teacher_of_their_domain(world):
+    from opdplug_local.models import model_rollout
+    from opdplug.types import PRODUCER_STUDENT
+
+    tmp, student, teacher, other, data = world
+    manager = make_plugin_manager()
+    ctx = setup(parse_config(multi_config(tmp, student, teacher, other, data), manager.plugin_tables()), manager)
+    try:
+        prompts = ctx.task.prompts(6, seed=0, split="train")
+        batch = model_rollout(ctx.student_module(), prompts, producer=PRODUCER_STUDENT, max_new_tokens=8,
+                              temperature=1.0, top_p=1.0, tokenizer=ctx.tokenizer,
+                              generator=torch.Generator().manual_seed(0), on_policy=True)
+        scorer = ctx.component("scorers", "multi_teacher", ctx.config.teacher.options, "teacher.scorer")
+        with torch.no_grad():
+            scores = scorer(ctx, batch)
+            adder_scorer, view = scorer.state["teachers"]["adder"]
+            direct = adder_scorer(view, batch)  # the exact same-tokenizer path, every row
+        add_rows = [b for b, p in enumerate(prompts) if p.meta["domain"] == "add"]
+        mask = batch.loss_mask_B_L.bool()
+        for b in add_rows:
+            torch.testing.assert_close(scores.token_logprobs_B_L[b][mask[b]], direct.token_logprobs_B_L[b][mask[b]])
+        m = scorer.metrics()
+        assert m["teacher/adder/rows"] == len(add_rows) and m["teacher/multiplier/rows"] == 6 - len(add_rows)
+        assert "teacher/multiplier/xtok/one_to_one" in m and "teacher/adder/xtok/one_to_one" not in m
+    finally:
+        teardown(ctx)
+
+
+def test_a_mixture_scores_the_mixture_probability(world):
+    from opdplug_local.models import model_rollout
+    from opdplug.types import PRODUCER_STUDENT
+
+    tmp, student, teacher, _, data = world
+    manager = make_plugin_manager()
+    cfg = multi_config(tmp, student, teacher, teacher, data, router="mixture",
+                       router_options={"weights": {"adder": 3, "multiplier": 1}})
+    ctx = setup(parse_config(cfg, manager.plugin_tables()), manager)
+    try:
+        prompts = ctx.task.prompts(3, seed=1, split="train")
+        batch = model_rollout(ctx.student_module(), prompts, producer=PRODUCER_STUDENT, max_new_tokens=6,
+                              temperature=1.0, top_p=1.0, tokenizer=ctx.tokenizer,
+                              generator=torch.Generator().manual_seed(1), on_policy=True)
+        scorer = ctx.component("scorers", "multi_teacher", ctx.config.teacher.options, "teacher.scorer")
+        with torch.no_grad():
+            mixed = scorer(ctx, batch)
+            one = scorer.state["teachers"]["adder"][0](scorer.state["teachers"]["adder"][1], batch)
+        mask = batch.loss_mask_B_L.bool()
+        # both teachers are the same model here, so the mixture is that model: 0.75 p + 0.25 p = p
+        torch.testing.assert_close(mixed.token_logprobs_B_L[mask], one.token_logprobs_B_L[mask], atol=1e-5, rtol=1e-5)
+    finally:
+        teardown(ctx)
+
+
+def test_a_short_routed_run_logs_each_teacher(world, tmp_path):
+    from opdplug.loop import train
+
+    _, student, teacher, other, data = world
+    manager = make_plugin_manager()
+    cfg = multi_config(tmp_path, student, teacher, other, data)
+    train(parse_config(cfg, manager.plugin_tables()), manager)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in rows if "teacher/adder/rows" in r]
+    assert len(steps) == 2
+    assert sum(r["teacher/adder/rows"] + r["teacher/multiplier/rows"] for r in steps) == 8
+    resolved = (tmp_path / "run" / "config.toml")
+    if resolved.exists():  # the resolved config keeps the array of tables
+        assert resolved.read_text().count("[[teachers]]") == 2
+
+
+def test_a_teacher_routed_to_but_not_defined_is_one_line(world, tmp_path, capsys):
+    _, student, teacher, other, data = world
+    cfg = multi_config(tmp_path, student, teacher, other, data,
+                       router_options={"column": "domain", "routes": {"add": "adder", "mul": "physicist"}})
+    path = tmp_path / "c.toml"
+    path.write_text(dump_toml(cfg))
+    assert main(["check", str(path)]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "'physicist' is routed to but not defined" in err[0]
+
+
+def test_a_domain_without_a_route_is_one_line(world, tmp_path, capsys):
+    _, student, teacher, other, data = world
+    cfg = multi_config(tmp_path, student, teacher, other, data,
+                       router_options={"column": "domain", "routes": {"add": "adder"}},
+                       run={"output_dir": str(tmp_path / "run"), "steps": 1, "batch_size": 8, "progress": False, "resume": False})
+    path = tmp_path / "c.toml"
+    path.write_text(dump_toml(cfg))
+    assert main(["train", str(path)]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no teacher is routed for domain = 'mul'" in err[0]
