@@ -361,6 +361,8 @@ def dump_toml(data: dict) -> str:
             return "[" + ", ".join(value(x) for x in v) + "]"
         if v is None:
             return '""'
+        if isinstance(v, dict):  # inline (only inside [[arrays]]; other tables are written as tables)
+            return "{" + ", ".join(f"{json.dumps(str(k))} = {value(x)}" for k, x in v.items()) + "}"
         raise TypeError(f"cannot write {type(v).__name__} to TOML")
 
     def is_array_of_tables(v: Any) -> bool:
@@ -381,13 +383,8 @@ def dump_toml(data: dict) -> str:
         for k, items in arrays.items():  # [[name]] entries; their sub-tables inline
             for item in items:
                 lines.append(f"[[{prefix + '.' + k if prefix else k}]]")
-                lines.extend(f"{ik} = {inline(iv)}" for ik, iv in item.items())
+                lines.extend(f"{ik} = {value(iv)}" for ik, iv in item.items())
                 lines.append("")
-
-    def inline(v: Any) -> str:
-        if isinstance(v, dict):
-            return "{" + ", ".join(f"{json.dumps(str(k))} = {inline(x)}" for k, x in v.items()) + "}"
-        return value(v)
 
     table("", data)
     return "\n".join(lines) + "\n"
