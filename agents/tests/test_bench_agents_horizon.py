@@ -31,3 +31,9 @@ def test_quick_bench_trains_every_method_to_its_budget(tmp_path, monkeypatch):
     assert set(data["success"]) == {"teacher", "warm start", "BC", "OPD", "DAgger", "SCoRe", "SCoRe-onpolicy"}
     assert set(results["headline"]["score_vs_opd"]) == {"SCoRe", "SCoRe-onpolicy", "OPD", "score_matches_opd"}
     assert results["headline"]["horizon"] == max(data["config"]["eval_horizons"])
+    # bench/agents_score_offpolicy.py reads that output: the key steps of both writers, measured
+    offpolicy = load_bench(monkeypatch, "agents_score_offpolicy.py")
+    assert offpolicy.main([str(out), "--n", "6", "--horizon", "2"]) == 0
+    measured = json.loads((out / "agents_score_offpolicy.json").read_text())
+    for writer in ("teacher", "student"):
+        assert set(measured[writer]) >= {"key_steps", "student_logprob_per_token", "student_action_logprob", "key_step_optimal"}
