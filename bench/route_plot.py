@@ -34,7 +34,7 @@ def plot(results: dict, path: Path) -> None:
         if ov:
             ax.plot(range(len(ov)), ov, color=COLORS["OPD"], lw=0.8)
         ax.set_xlabel("OPD step")
-        ax.set_ylabel("top-4 overlap, student vs teacher")
+        ax.set_ylabel("top-k overlap, student vs teacher (--overlap-k)")
         ax.set_title("top-k overlap during OPD (student-visited states)", fontsize=9)
         ax.grid(alpha=0.3)
     fig.tight_layout()

@@ -12,7 +12,10 @@ steps and batch rows:
 * **RL+OPD**: GRPO plus the teacher's per-token log-ratio as dense shaping
   (``grpo_teacher_shaping``, weight ``--shaping``).
 
-Every ``--every`` steps a checkpoint is evaluated greedily on held-out prompts. Compute is
+RL runs ``--rl-steps`` (default 4x ``--steps``: it needs no teacher, so a step costs less) at
+``--rl-lr-scale`` times the learning rate; every route reads another prompt stream than the shared
+checkpoint's SFT (seed + 1000). Every ``--every`` steps a checkpoint is evaluated greedily on
+held-out prompts. Compute is
 counted from the tokens processed with ``opdplug_local.demo.flops_of_run`` (as ``make demo`` and
 ``bench/compute_claim.py`` count it: 2N per token for the model that generates, 2N for the
 teacher's scoring where a teacher scores, 6N for the student's update), from the shared
