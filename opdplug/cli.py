@@ -54,6 +54,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("opdplug: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # `opdplug plugins | head`: the reader left; stay quiet like other Unix tools do.
+        # Point stdout at devnull so the interpreter's final flush does not raise again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":

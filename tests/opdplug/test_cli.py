@@ -91,3 +91,17 @@ def test_train_prints_a_summary_and_checkpoints_record_config_and_versions(toy_e
     assert json.loads((ckpt / "state.json").read_text())["versions"] == {
         "opdplug": "opdplug==0.1.0", "toy": "opdplug-toy==0.3", "toy_backend": "opdplug-toy==0.3"}
     assert not (tmp_path / "out").exists()
+
+
+def test_a_reader_that_leaves_early_gets_no_traceback():
+    """``opdplug plugins | head -1``: the pipe is closed under the writer; no traceback, exit 141."""
+    import os
+    import subprocess
+    import sys
+
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader has already left when the first line is written
+    proc = subprocess.run([sys.executable, "-m", "opdplug.cli", "plugins"], stdout=write_end,
+                          stderr=subprocess.PIPE, text=True, timeout=120)
+    os.close(write_end)
+    assert proc.returncode == 141 and "Traceback" not in proc.stderr, proc.stderr
