@@ -38,6 +38,10 @@ class Prompt:
     """Exact token ids of the prompt (BOS included when the tokenizer adds one)."""
     reference_ids: tuple[int, ...] = ()
     """A reference completion (ground truth or teacher sample), EOS included; empty if none."""
+    reference_mask: tuple[int, ...] = ()
+    """1 on the reference tokens to train on, 0 on those it only conditions on (the user and
+    tool turns between the assistant turns of a multi-turn conversation), one per
+    ``reference_ids``; empty: train on every reference token."""
     privileged_ids: tuple[int, ...] = ()
     """Extra context only a privileged teacher sees (e.g. the answer), placed before the prompt."""
     privileged_prompt_ids: tuple[int, ...] = ()
@@ -166,6 +170,13 @@ class TeacherScores:
     """A teacher with another vocabulary (long): row 0 student ids, row 1 the teacher id with the
     identical string. The top-k ids and the dense lm-head are then in the teacher's vocabulary,
     and only supports that map vocabularies read them. None: one shared vocabulary."""
+    topk_student_ids_B_L_K: Optional[torch.Tensor] = None
+    """A teacher with another vocabulary (long): per top-k teacher entry, the student token it
+    projects onto at this position: the longest student token that begins the rest of the
+    teacher token once the bytes the student already wrote inside it are taken off (-1: the
+    entry does not continue the student's text, or ends exactly there). Where
+    ``distribution_B_L`` is False the top-k fields hold the distribution of the teacher token
+    that covers the student's token. None: not computed."""
 
     @property
     def is_dense(self) -> bool:

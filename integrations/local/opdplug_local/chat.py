@@ -12,39 +12,16 @@ from typing import Any, Optional, Sequence
 
 from opdplug.errors import ConfigError
 
-ROLES = ("system", "user", "assistant", "tool")
-"""Roles a ``messages`` row may use (OpenAI style)."""
-SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant",
-                  "assistant": "assistant", "tool": "tool", "function_call": "assistant", "observation": "tool"}
-"""ShareGPT ``from`` values and the OpenAI roles they mean."""
+from .conversations import ROLES, SHAREGPT_ROLES, normalise_turns  # noqa: F401 (re-exported)
 
 
 def normalise_messages(value: Any, where: str) -> list[dict]:
-    """OpenAI ``[{"role", "content"}]`` or ShareGPT ``[{"from", "value"}]`` as the former.
+    """OpenAI ``[{"role", "content"}]`` or ShareGPT ``[{"from", "value"}]`` as the former
+    (``conversations.normalise_turns``).
 
     :param where: names the row in errors, e.g. ``"row 17 of data.jsonl"``.
     """
-    if not isinstance(value, (list, tuple)) or not value:
-        raise ConfigError(f"{where}: messages must be a non-empty list of {{role, content}} objects")
-    out = []
-    for i, m in enumerate(value):
-        if not isinstance(m, dict):
-            raise ConfigError(f"{where}: message {i} is not an object")
-        if "role" in m and m.get("role") is not None:
-            role, content = m["role"], m.get("content")
-            if role not in ROLES:
-                raise ConfigError(f"{where}: message {i} has unknown role {role!r}; allowed: {', '.join(ROLES)}")
-        elif "from" in m:
-            role, content = SHAREGPT_ROLES.get(m["from"]), m.get("value")
-            if role is None:
-                raise ConfigError(f"{where}: message {i} has unknown ShareGPT 'from' {m['from']!r}; "
-                                  f"allowed: {', '.join(SHAREGPT_ROLES)}")
-        else:
-            raise ConfigError(f"{where}: message {i} has neither 'role' nor 'from'")
-        if not isinstance(content, str):
-            raise ConfigError(f"{where}: message {i} ({role}) has no text content")
-        out.append({"role": role, "content": content})
-    return out
+    return normalise_turns(value, where)
 
 
 def has_chat_template(tokenizer) -> bool:
@@ -106,3 +83,37 @@ def chat_reference_ids(tokenizer, messages: Sequence[dict], answer: str, prompt_
 def raw_prompt_ids(tokenizer, text: str) -> list[int]:
     """Raw text as the tokenizer encodes it by default (BOS added if the tokenizer adds one)."""
     return list(tokenizer(text)["input_ids"])
+
+
+def chat_conversation_ids(tokenizer, messages: Sequence[dict], end_ids: Sequence[int],
+                          template_kwargs: Optional[dict] = None) -> tuple[list[int], list[int]]:
+    """A whole conversation as the template renders it, and a loss mask over its ids that is 1
+    exactly on what the model writes in each assistant turn: the turn's content and its
+    end-of-turn token, never the assistant header, the generation prompt's fixed text (such as
+    an empty think block), or any system / user / tool text.
+
+    Each assistant turn ``i`` is located the way it is generated: the ids of
+    ``messages[:i]`` with the generation prompt are a prefix of the whole conversation's ids,
+    and the turn runs from there to its first stop id. A template that renders earlier turns
+    differently once later ones follow (e.g. one that strips past reasoning) has no such
+    prefix: that is a one-line ``ConfigError``, since a mask there would train on text the model
+    never sees at serving time.
+    """
+    ids = encode(tokenizer, render_text(tokenizer, messages, add_generation_prompt=False, template_kwargs=template_kwargs))
+    mask = [0] * len(ids)
+    stops = set(int(i) for i in end_ids)
+    for i, m in enumerate(messages):
+        if m["role"] != "assistant":
+            continue
+        head = encode(tokenizer, render_text(tokenizer, messages[:i], add_generation_prompt=True, template_kwargs=template_kwargs))
+        if ids[: len(head)] != head:
+            raise ConfigError(
+                f"the chat template renders turn {i} differently once later turns follow (its generation prompt is "
+                f"not a prefix of the whole conversation), so assistant turns cannot be masked exactly; "
+                f"train on the last assistant turn only (task.options.loss_turns = \"last\")")
+        end = next((j for j in range(len(head), len(ids)) if ids[j] in stops), None)
+        if end is None:
+            raise ConfigError(f"the chat template writes no stop token after assistant turn {i}; "
+                              f"save the tokenizer with its end-of-turn token as eos_token")
+        mask[len(head): end + 1] = [1] * (end + 1 - len(head))
+    return ids, mask

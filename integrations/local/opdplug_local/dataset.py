@@ -106,9 +106,11 @@ def _check_jsonl(path: Path, key: str) -> None:
             try:
                 value = json.loads(line)
             except ValueError as exc:
-                raise ConfigError(f"{key} = {str(path)!r}: line {number} is not valid JSON ({exc.msg} at column {exc.colno})") from None
+                raise ConfigError(f"{key} = {str(path)!r}: line {number} is not valid JSON ({exc.msg} at column {exc.colno}); "
+                                  f"a .jsonl file holds one complete JSON object per line") from None
             if not isinstance(value, dict):
-                raise ConfigError(f"{key} = {str(path)!r}: line {number} is a JSON {type(value).__name__}, not an object")
+                raise ConfigError(f"{key} = {str(path)!r}: line {number} is a JSON {type(value).__name__}, not an object; "
+                                  f"a .jsonl file holds one JSON object per line (one JSON array belongs in a .json file)")
 
 
 def require_columns(ds, columns: dict[str, str], path: str) -> None:

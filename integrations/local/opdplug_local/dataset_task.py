@@ -17,6 +17,8 @@ prompts the uninterrupted one would have. Other columns reach verifiers in ``Pro
 """
 from __future__ import annotations
 
+import json
+import os
 from dataclasses import dataclass, field
 from typing import Any, Literal, Optional, Sequence
 
@@ -26,7 +28,7 @@ from opdplug.context import derive_seed
 from opdplug.errors import ConfigError
 from opdplug.types import Prompt
 
-from . import chat
+from . import chat, conversations
 from .dataset import Split, load_rows, message_roles, require_columns, split_indices
 from .models import stop_token_ids
 
@@ -50,7 +52,13 @@ class DatasetOptions:
     prompt_column: str = ""
     """A text column: the user turn (or the whole prompt with ``template = "raw"``). Empty: "prompt" if present."""
     messages_column: str = ""
-    """A conversation column (OpenAI role/content or ShareGPT from/value). Empty: "messages" if present."""
+    """A conversation column (OpenAI role/content or ShareGPT from/value). Empty: "messages",
+    else "conversations" (ShareGPT's name), if present."""
+    loss_turns: Literal["last", "all"] = "last"
+    """Conversations: ``last`` trains on the final assistant turn after the rest as the prompt;
+    ``all`` trains on every assistant turn of a multi-turn conversation at once (the prompt runs
+    up to the first assistant turn, the reference is the rest of the conversation with a loss
+    mask that is 1 on assistant text and end-of-turn tokens only)."""
     answer_column: str = ""
     """The reference answer (verifiers compare with it). Empty: "answer" if present."""
     completion_column: str = ""
@@ -65,7 +73,9 @@ class DatasetOptions:
     privileged_template: str = "A correct answer to the next question: {answer}"
     """The system-turn text a privileged-context teacher sees ({answer} and any column by name)."""
     max_prompt_tokens: int = 1024
-    """Prompts longer than this are dropped or left-truncated (``overlong``) and counted."""
+    """Prompts longer than this are dropped or left-truncated (``overlong``) and counted. With
+    ``loss_turns = "all"`` the limit is on the whole conversation, ``max_prompt_tokens +
+    max_new_tokens``, and truncation cuts its end instead."""
     overlong: Literal["drop", "left_truncate"] = "drop"
     """What happens to a prompt over ``max_prompt_tokens``."""
     max_new_tokens: int = 256
@@ -93,6 +103,9 @@ class DatasetTask:
         self.end_ids = stop_token_ids(tokenizer)
         if not self.end_ids:
             raise ConfigError("the tokenizer declares no EOS token; save the model's tokenizer with its eos_token")
+        for path in (o.path, o.eval_path):
+            if path and _is_conversation_jsonl(path, o):  # path:line errors, before the Arrow reader's own
+                conversations.check_file(path, column=o.messages_column, unique_ids=False)
         self.train_rows = load_rows(o.path, key="task.options.path", split=o.split)
         self.columns = self._columns(self.train_rows, o.path)
         self.use_chat = o.template == "chat" or (o.template == "auto" and chat.has_chat_template(tokenizer))
@@ -126,7 +139,7 @@ class DatasetTask:
         o, have = self.options, set(ds.column_names)
         require_columns(ds, {"prompt_column": o.prompt_column, "messages_column": o.messages_column,
                              "answer_column": o.answer_column, "completion_column": o.completion_column}, path)
-        messages = o.messages_column or ("messages" if not o.prompt_column and "messages" in have else "")
+        messages = o.messages_column or next((c for c in conversations.CONVERSATION_KEYS if not o.prompt_column and c in have), "")
         prompt = o.prompt_column or ("prompt" if not messages and "prompt" in have else "")
         if not messages and not prompt:
             raise ConfigError(f"{path!r} has no 'prompt' or 'messages' column; name yours with task.options.prompt_column "
@@ -147,6 +160,8 @@ class DatasetTask:
         o, cols = self.options, self.columns
         answer = row.get(cols["answer"]) if cols["answer"] else None
         reference_text = row.get(cols["completion"]) if cols["completion"] else answer
+        if cols["messages"] and o.loss_turns == "all":
+            return self._conversation_prompt(row, where, answer)
         if cols["messages"]:
             messages = chat.normalise_messages(row[cols["messages"]], where)
             if messages[-1]["role"] == "assistant":  # a finished conversation: its last turn is the reference
@@ -182,6 +197,47 @@ class DatasetTask:
             meta["chat_messages"] = messages
         return Prompt(prompt_ids=tuple(prompt_ids), reference_ids=tuple(reference_ids),
                       privileged_prompt_ids=privileged, meta=meta)
+
+    def _conversation_prompt(self, row: dict, where: str, answer: Any) -> Optional[Prompt]:
+        """``loss_turns = "all"``: the conversation up to its first assistant turn as the prompt,
+        the rest as the reference, masked to the assistant turns (``chat.chat_conversation_ids``)."""
+        o, cols = self.options, self.columns
+        messages = chat.normalise_messages(row[cols["messages"]], where)
+        if o.system_prompt and messages[0]["role"] != "system":
+            messages = [{"role": "system", "content": o.system_prompt}, *messages]
+        turns = conversations.assistant_turns(messages)
+        head = messages[: turns[0]] if turns else messages
+        if not head:
+            raise ConfigError(f"{where}: the conversation starts with an assistant turn; nothing to prompt with")
+        reference_ids: Sequence[int] = ()
+        reference_mask: Sequence[int] = ()
+        if turns:
+            ids, mask = chat.chat_conversation_ids(self.tokenizer, messages, self.end_ids, o.template_kwargs)
+            first, last = mask.index(1), len(mask) - 1 - mask[::-1].index(1)
+            prompt_ids, reference_ids, reference_mask = ids[:first], ids[first: last + 1], mask[first: last + 1]
+        else:  # a held-out conversation waiting for its first answer
+            prompt_ids = self._render(head)
+        limit = o.max_prompt_tokens + o.max_new_tokens
+        if len(prompt_ids) > o.max_prompt_tokens or len(prompt_ids) + len(reference_ids) > limit:
+            if o.overlong == "drop" or len(prompt_ids) > o.max_prompt_tokens:
+                self.dropped += 1
+                return None
+            self.truncated += 1  # cut the conversation's end: its start is what later turns build on
+            keep = limit - len(prompt_ids)
+            reference_ids, reference_mask = reference_ids[:keep], reference_mask[:keep]
+        meta = {k: v for k, v in row.items() if k != cols["messages"]}
+        if answer is not None:
+            meta["answer"] = str(answer)
+        meta["chat_messages"] = head
+        if turns:
+            meta["assistant_turns"] = len(turns)
+        privileged = ()
+        reference_text = answer if answer is not None else (messages[turns[-1]]["content"] if turns else None)
+        if reference_text is not None:
+            context = o.privileged_template.format_map(_Row({**row, "answer": reference_text}))
+            privileged = tuple(self._privileged(head, context))
+        return Prompt(prompt_ids=tuple(prompt_ids), reference_ids=tuple(reference_ids),
+                      reference_mask=tuple(reference_mask), privileged_prompt_ids=privileged, meta=meta)
 
     def _render(self, messages: list[dict]) -> list[int]:
         if self.use_chat:
@@ -266,6 +322,22 @@ class DatasetTask:
     def metrics(self) -> dict:
         """Cumulative counts of prompts dropped or truncated for length (component lifecycle)."""
         return {"data/dropped_prompts": float(self.dropped), "data/truncated_prompts": float(self.truncated)}
+
+
+def _is_conversation_jsonl(path: str, o: DatasetOptions) -> bool:
+    """A .jsonl file whose rows are conversations: a messages column is named, or (no prompt
+    column named) its first record has one of ``conversations.CONVERSATION_KEYS``."""
+    if not path.lower().endswith(".jsonl") or not os.path.isfile(path) or o.prompt_column:
+        return False
+    if o.messages_column:
+        return True
+    with open(path, "rb") as f:
+        first = next((line for line in f if line.strip()), b"")
+    try:
+        record = json.loads(first)
+    except ValueError:
+        return False
+    return isinstance(record, dict) and conversations.conversation_key(record) is not None
 
 
 class _Row(dict):

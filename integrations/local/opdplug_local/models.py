@@ -11,7 +11,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Optional, Sequence
 
 import torch
 
@@ -21,6 +21,7 @@ from .tokenization import END_OF_TURN_TOKENS, check_tokenizers, load_tokenizer, 
 from opdplug.config import Config, ModelOptions
 from opdplug.errors import ConfigError
 from opdplug.types import (
+    PRODUCER_ENV,
     PRODUCER_PAD,
     PRODUCER_PROMPT,
     PRODUCER_REFERENCE,
@@ -163,10 +164,13 @@ def collate(
     logprobs: Sequence[Sequence[float]] | None = None,
     truncated: Sequence[bool] | None = None,
     on_policy: bool | Sequence[bool] = False,
+    loss_masks: Sequence[Optional[Sequence[int]]] | None = None,
 ) -> RolloutBatch:
     """Right-padded ``RolloutBatch`` from prompts and completion token ids (kept exactly).
 
-    ``producer`` and ``on_policy`` are one value for all rows or one per row.
+    ``producer`` and ``on_policy`` are one value for all rows or one per row. ``loss_masks``
+    (one per row, None or empty for all ones) marks which completion tokens are trained on; the
+    others (the user turns inside a multi-turn reference) are marked ``PRODUCER_ENV``.
     """
     rows = [list(p.prompt_ids) + list(c) for p, c in zip(prompts, completions)]
     L = max(len(r) for r in rows)
@@ -185,6 +189,13 @@ def collate(
         loss[i, P : P + C] = 1
         prod[i, :P] = PRODUCER_PROMPT
         prod[i, P : P + C] = producers[i]
+        mask = loss_masks[i] if loss_masks is not None else None
+        if mask is not None and len(mask):
+            if len(mask) != C:
+                raise ValueError(f"row {i}: loss mask of {len(mask)} for a completion of {C} tokens")
+            keep = torch.tensor([1 if m else 0 for m in mask], dtype=torch.long)
+            loss[i, P : P + C] = keep
+            prod[i, P : P + C][keep == 0] = PRODUCER_ENV
         if logprobs is not None:
             lps[i, P : P + C] = torch.tensor(list(logprobs[i]), dtype=torch.float32)
     return RolloutBatch(
@@ -200,16 +211,22 @@ def collate(
     )
 
 
-def split_rows(batch: RolloutBatch) -> list[tuple[list[int], list[float], int, bool, bool]]:
-    """Per row: (completion ids, sampling log-probs, producer, truncated, on_policy)."""
+def split_rows(batch: RolloutBatch) -> list[tuple[list[int], list[float], int, bool, bool, list[int]]]:
+    """Per row: (completion ids, sampling log-probs, producer, truncated, on_policy, loss mask).
+
+    The completion is every real token after the prompt, trained or not (a multi-turn
+    reference keeps its user turns, with 0 in the loss mask)."""
     rows = []
     for i in range(batch.batch_size):
-        keep = batch.loss_mask_B_L[i].bool()
-        producer = int(batch.producer_B_L[i][keep][0]) if keep.any() else PRODUCER_PAD
+        P, end = int(batch.prompt_lens_B[i]), int(batch.attention_mask_B_L[i].sum())
+        mask = batch.loss_mask_B_L[i, P:end]
+        keep = mask.bool()
+        producer = int(batch.producer_B_L[i, P:end][keep][0]) if keep.any() else PRODUCER_PAD
         rows.append((
-            batch.input_ids_B_L[i][keep].tolist(), batch.sampling_logprobs_B_L[i][keep].tolist(), producer,
+            batch.input_ids_B_L[i, P:end].tolist(), batch.sampling_logprobs_B_L[i, P:end].tolist(), producer,
             bool(batch.truncated_B[i]) if batch.truncated_B is not None else False,
             bool(batch.on_policy_B[i]) if batch.on_policy_B is not None else False,
+            mask.tolist(),
         ))
     return rows
 
@@ -223,6 +240,7 @@ def merge_rollouts(prompts: Sequence[Prompt], parts: Sequence[tuple[Sequence[int
     return collate(
         prompts, [r[0] for r in rows], producer=[r[2] for r in rows], pad_id=pad_id,
         logprobs=[r[1] for r in rows], truncated=[r[3] for r in rows], on_policy=[r[4] for r in rows],
+        loss_masks=[r[5] for r in rows],
     )
 
 
@@ -231,7 +249,8 @@ def reference_rollout(prompts: Sequence[Prompt], pad_id: int) -> RolloutBatch:
     missing = [i for i, p in enumerate(prompts) if not p.reference_ids]
     if missing:
         raise ConfigError("the task gives no reference completions; choose a sampler that generates")
-    return collate(prompts, [p.reference_ids for p in prompts], producer=PRODUCER_REFERENCE, pad_id=pad_id)
+    return collate(prompts, [p.reference_ids for p in prompts], producer=PRODUCER_REFERENCE, pad_id=pad_id,
+                   loss_masks=[p.reference_mask for p in prompts])
 
 
 def model_rollout(
