@@ -9,6 +9,9 @@
     opdplug drafter export DRAFTER OUTPUT_DIR [--target DIR] [--kind auto] [--overwrite] [--json]
     opdplug drafter sglang-accept DRAFTER --url URL [--target DIR] [--k 4] [--prompts 32]
                          [--temperature 0] [--retry-budget 30] [--json]
+    opdplug drafter regenerate INPUT.jsonl OUTPUT.jsonl (--target DIR | --sglang-url URL --tokenizer DIR)
+                         [--turns all|last] [--batch-size 8] [--max-new-tokens 256] [--temperature 1]
+                         [--template-kwargs JSON] [--seed 0] [--limit N] [--json]
 
 ``target`` builds (or loads from the cache) the built-in SumChain target of ``target.py`` and
 copies it to ``OUTPUT_DIR/target``, where ``configs/drafter_*.toml`` look for it. ``train`` runs
@@ -22,7 +25,9 @@ per-position acceptance measured and predicted by 1 - TVD, tokens/s and speed-up
 target-only decoding) at every batch size and temperature asked. ``export`` writes what SGLang
 loads (``opdplug_drafters.export.export_drafter``, audited). ``sglang-accept`` puts the
 ``spec_accept_length`` an SGLang server serving the export reports beside opdplug's measured and
-predicted acceptance on the same prompts (``sglang_accept.py``; a GPU check).
+predicted acceptance on the same prompts (``sglang_accept.py``; a GPU check). ``regenerate``
+has the target write the assistant turns of a conversation JSONL (ShareGPT or OpenAI) again,
+batched and resumable, into JSONL of the same normalised form (``regenerate.py``).
 
 Bad input is one line on stderr and a non-zero exit, through ``opdplug``'s error handling.
 """
@@ -183,9 +188,28 @@ class DrafterCommand:
         sa.add_argument("--retry-budget", type=float, default=30.0, help="seconds to keep retrying a failing request (default 30)")
         sa.add_argument("--json", action="store_true", help="print one JSON object only")
 
+        rg = sub.add_parser("regenerate", help="the target writes the assistant turns of a conversation JSONL again (resumable)")
+        rg.add_argument("input", help="conversations: JSONL of OpenAI messages or ShareGPT conversations")
+        rg.add_argument("output", help="JSONL to append to (ids already there are skipped: re-run to resume)")
+        rg.add_argument("--target", help="the target as a local model directory")
+        rg.add_argument("--sglang-url", action="append", default=[], help="an SGLang server serving the target (repeatable)")
+        rg.add_argument("--tokenizer", help="with --sglang-url: a local directory with the served model's tokenizer")
+        rg.add_argument("--turns", default="all", choices=("all", "last"),
+                        help="all: every assistant turn, in order, after the regenerated ones (default); last: the final one")
+        rg.add_argument("--batch-size", type=int, default=8, help="conversations per target call (default 8)")
+        rg.add_argument("--max-new-tokens", type=int, default=256, help="budget of one turn (default 256)")
+        rg.add_argument("--temperature", type=float, default=1.0, help="sampling temperature, 0 = greedy (default 1)")
+        rg.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (default 1: off)")
+        rg.add_argument("--template-kwargs", default="",
+                        help="chat-template switches as JSON, the serving ones, e.g. '{\"enable_thinking\": false}'")
+        rg.add_argument("--seed", type=int, default=0, help="seeds each turn's draws with its conversation id (default 0)")
+        rg.add_argument("--limit", type=int, default=0, help="at most this many conversations this call (default 0: all)")
+        rg.add_argument("--threads", type=int, default=0, help="torch threads for a local target (default 0: torch's)")
+        rg.add_argument("--json", action="store_true", help="no progress bar; print one JSON object only")
+
     def run(self, args) -> int:
         return {"target": self._target, "train": self._train, "eval": self._eval, "export": self._export,
-                "sglang-accept": self._sglang_accept}[args.action](args)
+                "sglang-accept": self._sglang_accept, "regenerate": self._regenerate}[args.action](args)
 
     # -- target -----------------------------------------------------------------------------
     def _target(self, args) -> int:
@@ -307,4 +331,24 @@ class DrafterCommand:
         print(f"  SGLang tokens per verify round (prefill token excluded):          {served.accept_length_per_round:.3f}")
         print(f"  opdplug measured acceptance length (exact speculative sampling):  {ours.acceptance_length:.3f}")
         print(f"  opdplug predicted from 1 - TVD, (1 - b^(k+1)) / (1 - b):          {ours.closed_form_acceptance_length:.3f}")
+        return 0
+
+    # -- regenerate ---------------------------------------------------------------------------
+    def _regenerate(self, args) -> int:
+        import torch
+
+        from .regenerate import LocalGenerator, RegenerateOptions, SGLangGenerator, parse_template_kwargs, regenerate
+
+        options = RegenerateOptions(turns=args.turns, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
+                                    temperature=args.temperature, top_p=args.top_p, seed=args.seed, limit=args.limit,
+                                    template_kwargs=parse_template_kwargs(args.template_kwargs))
+        if bool(args.target) == bool(args.sglang_url):
+            raise ConfigError("give the target as exactly one of --target DIR (local) or --sglang-url URL (served)")
+        if args.sglang_url and not args.tokenizer:
+            raise ConfigError("--sglang-url needs --tokenizer DIR: a local copy of the served model's tokenizer (its chat template)")
+        if args.threads > 0:
+            torch.set_num_threads(args.threads)
+        generator = (LocalGenerator(args.target) if args.target else SGLangGenerator(args.sglang_url, args.tokenizer))
+        summary = regenerate(args.input, args.output, generator, options, progress=not args.json)
+        print(json.dumps(summary))
         return 0
