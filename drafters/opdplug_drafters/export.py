@@ -32,12 +32,14 @@ from safetensors.torch import load_file, save_file
 from opdplug.errors import ConfigError
 
 from .eagle3.checkpoint import CONFIG, WEIGHTS, config_from_dict, read_head_files, write_dir_atomically
-from .eagle3.config import ARCHITECTURE, aux_layers_of, check_aux_layers, config_json, tensor_specs
+from .eagle3.config import ARCHITECTURE, TARGET_TYPES, aux_layers_of, check_aux_layers, config_json, tensor_specs
 from .eagle3.vocab import check_vocab_maps
 
 TARGET_EMBED_KEY = "model.embed_tokens.weight"
-# config.json switches that make SGLang build parameters (or outputs) this head does not have.
-_UNSUPPORTED_FLAGS = ("fc_norm", "use_aux_norm", "norm_before_fc", "bias", "attention_bias", "mlp_bias", "norm_output")
+# config.json switches that make SGLang build parameters this head does not have. The variant
+# norms (fc_norm / use_aux_norm, norm_before_fc, norm_output) are not here: the head has them, and
+# tensor_specs asks for their tensors whenever the config sets them (config.norm_specs).
+_UNSUPPORTED_FLAGS = ("bias", "attention_bias", "mlp_bias")
 
 
 def export_drafter(
@@ -115,11 +117,18 @@ def audit_eagle3(
     target_embed_V_H: Optional[torch.Tensor] = None,
 ) -> None:
     """Raise a one-line ``ConfigError`` unless ``config`` + ``tensors`` is an EAGLE-3 head SGLang
-    loads completely for ``target_config``: the config's architecture, depth, sizes, explicit
+    loads completely for ``target_config`` (a Llama, Qwen2 or Qwen3 target): the config's
+    architecture, depth, sizes (hidden size, heads, head_dim against the target's), explicit
     capture layers (distinct, ascending, capturable in the target) and no switch that adds
-    parameters; every tensor of ``tensor_specs`` present with its shape and dtype, finite, and no
-    other; ``d2t``/``t2d`` consistent; the embedding equal to the target's."""
+    parameters the head lacks; every tensor of ``tensor_specs`` present with its shape and dtype
+    (the variant's norms included: ``fc_norm.{i}``, ``input_norm``), finite, and no other;
+    ``d2t``/``t2d`` consistent; the embedding equal to the target's."""
     V, H, L = int(target_config.vocab_size), int(target_config.hidden_size), int(target_config.num_hidden_layers)
+    if getattr(target_config, "model_type", None) not in TARGET_TYPES:
+        raise ConfigError(
+            f"EAGLE-3 export audit: the target is {getattr(target_config, 'model_type', None)!r}; heads are exported "
+            f"for {', '.join(TARGET_TYPES)} targets, whose capture convention SGLang 0.5.23 shares"
+        )
     expect = {"architectures": [ARCHITECTURE], "model_type": "llama", "num_hidden_layers": 1,
               "hidden_size": H, "vocab_size": V, "tie_word_embeddings": False}
     for key, value in expect.items():
@@ -129,7 +138,6 @@ def audit_eagle3(
         raise ConfigError(f"EAGLE-3 export audit: config.json target_hidden_size is {config['target_hidden_size']}, the target's hidden size is {H}")
     flags = [f for f in _UNSUPPORTED_FLAGS if config.get(f)]
     eagle = config.get("eagle_config") or {}
-    flags += [f"eagle_config.{f}" for f in ("norm_before_fc",) if isinstance(eagle, dict) and eagle.get(f)]
     if flags:
         raise ConfigError(f"EAGLE-3 export audit: config.json sets {flags[0]}, which makes SGLang build weights or outputs this head does not have")
     if not isinstance(eagle, dict) or eagle.get("use_aux_hidden_state", True) is False:
@@ -307,8 +315,9 @@ SGLANG_CHECK_SCRIPT = Path(__file__).parent / "eagle3" / "sglang_check.py"
 
 @torch.no_grad()
 def write_sglang_reference(head, path: Union[str, os.PathLike], *, n_tokens: int = 9, seed: int = 0) -> Path:
-    """Random tokens, features and positions with the head's logits and pre-norm output over them
-    (one causal extend), for ``sglang_check.py`` to recompute with SGLang's modules."""
+    """Random tokens, features and positions with the head's logits and the hidden state it hands
+    to the next draft step over them (one causal extend; ``head.carry``: the pre-norm output, or
+    the normed one for EAGLE-3.1), for ``sglang_check.py`` to recompute with SGLang's modules."""
     g = torch.Generator().manual_seed(seed)
     tokens_N = torch.randint(0, head.config.vocab_size, (n_tokens,), generator=g)
     feats_N_A = torch.randn(n_tokens, head.fc.in_features, generator=g).to(head.fc.weight.dtype)
@@ -320,7 +329,7 @@ def write_sglang_reference(head, path: Union[str, os.PathLike], *, n_tokens: int
     logits = head.logits(out_1_N_H)[0]
     path = Path(path)
     save_file({"tokens": tokens_N, "features": feats_N_A.contiguous(), "positions": positions_N,
-               "logits": logits.contiguous(), "hidden": out_1_N_H[0].contiguous()}, str(path))
+               "logits": logits.contiguous(), "hidden": head.carry(out_1_N_H)[0].contiguous()}, str(path))
     return path
 
 

@@ -25,7 +25,8 @@ def feature_entries(head, seq: list, feats_N_A: torch.Tensor):
 
 @torch.no_grad()
 def chain_step(head, token: int, out_1_1_H, position: int, keys: list, values: list):
-    """One chain step: appends its key/value to ``keys``/``values``; returns the new output."""
+    """One chain step fed ``out_1_1_H`` (the previous step's ``head.carry``): appends its
+    key/value to ``keys``/``values``; returns the new (pre-norm) output."""
     q, kj, vj = head.project(torch.tensor([[token]]), out_1_1_H, torch.tensor([[position]]))
     keys.append(kj)
     values.append(vj)
@@ -45,7 +46,7 @@ def reference_propose(head, seq: list, feats_N_A: torch.Tensor, k: int, temperat
     ids, probs = [], []
     for j in range(k):
         if j:
-            out = chain_step(head, int(d2t[ids[-1]]), out, len(seq) - 2 + j, keys, values)
+            out = chain_step(head, int(d2t[ids[-1]]), head.carry(out), len(seq) - 2 + j, keys, values)
         logits = head.logits(out)[0, 0].float()
         if temperature == 0:
             ids.append(int(logits.argmax()))

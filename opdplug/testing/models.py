@@ -139,16 +139,26 @@ ARCHITECTURES = ("llama", "qwen2", "qwen3")
 
 def build_model(arch: str, tokenizer, *, hidden_size: int = 64, num_hidden_layers: int = 2,
                 num_attention_heads: int = 4, num_key_value_heads: int = 2, intermediate_size: int = 0,
-                seed: int = 0, tie_word_embeddings: bool = False, max_position_embeddings: int = 2048):
+                seed: int = 0, tie_word_embeddings: bool = False, max_position_embeddings: int = 2048,
+                head_dim: int = 0, rope_theta: float = 0.0):
     """A randomly initialised causal LM of ``arch`` (llama | qwen2 | qwen3) for ``tokenizer``,
-    its ``generation_config`` carrying every stop id the tokenizer declares."""
+    its ``generation_config`` carrying every stop id the tokenizer declares.
+
+    :param head_dim: attention head width (0: ``hidden_size // num_attention_heads``); real Qwen3
+        models have a wider one (Qwen3-0.6B: hidden 1024, 16 heads of 128), which llama and qwen3
+        configs accept and qwen2 does not.
+    :param rope_theta: rotary base (0: the config class's default; Qwen models ship 1e6)."""
     import torch
     import transformers
 
     if arch not in ARCHITECTURES:
         raise ValueError(f"arch must be one of {', '.join(ARCHITECTURES)}, got {arch!r}")
     config_class = {"llama": transformers.LlamaConfig, "qwen2": transformers.Qwen2Config, "qwen3": transformers.Qwen3Config}[arch]
-    extra = {"head_dim": hidden_size // num_attention_heads} if arch == "qwen3" else {}
+    if head_dim and arch == "qwen2":
+        raise ValueError("qwen2 configs have no head_dim: it is always hidden_size // num_attention_heads")
+    extra = {"head_dim": head_dim or hidden_size // num_attention_heads} if arch in ("qwen3", "llama") else {}
+    if rope_theta:
+        extra["rope_parameters"] = {"rope_type": "default", "rope_theta": float(rope_theta)}
     config = config_class(
         vocab_size=len(tokenizer), hidden_size=hidden_size, num_hidden_layers=num_hidden_layers,
         num_attention_heads=num_attention_heads, num_key_value_heads=num_key_value_heads,

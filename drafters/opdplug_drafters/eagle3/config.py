@@ -10,10 +10,25 @@ captures the stream entering layer ``k + 1`` (``set_eagle3_layers_to_capture`` a
 happens in the attention prologue of that layer, before its input norm). So
 ``eagle_aux_hidden_state_layer_ids = [i - 1 for i in aux_layers]``, and ``i`` ranges over
 ``0 .. L-1`` (``L`` itself, the final output, is never captured by SGLang).
+
+Targets. The head is always SGLang's Llama EAGLE-3 class, whatever the target's family: public
+EAGLE-3 heads for Qwen targets are ``LlamaForCausalLMEagle3`` too. ``draft_config`` takes the
+target's shape (hidden size, heads, key/value heads, head_dim, rope, norm eps, vocabulary) from a
+Llama, Qwen2 or Qwen3 config; SGLang 0.5.23's ``LlamaForCausalLM``, ``Qwen2ForCausalLM`` and
+``Qwen3ForCausalLM`` all capture with the same convention (``set_eagle3_layers_to_capture`` adds 1).
+
+Variants (``HeadNorms``). ``"eagle3"`` is the original head. ``"eagle3.1"`` adds what the public
+EAGLE-3.1 checkpoints set (config flags ``fc_norm`` and ``norm_output``; SGLang 0.5.23 reads both):
+an RMSNorm on each auxiliary feature before they are concatenated into ``fc`` (tensors
+``fc_norm.{i}.weight``, ``[H]`` each), and post-norm feedback: the hidden state a draft step passes
+to the next is the head's output AFTER its final ``norm`` (the one before ``lm_head``) instead of
+before it. ``norm_before_fc`` is the other layout SGLang reads (one RMSNorm over the whole
+concatenation, tensor ``input_norm.weight``, ``[n_aux * H]``; NVIDIA's gpt-oss heads).
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from dataclasses import asdict, dataclass
+from typing import Optional, Sequence, Union
 
 import torch
 import transformers
@@ -22,6 +37,55 @@ from opdplug.errors import ConfigError
 
 ARCHITECTURE = "LlamaForCausalLMEagle3"
 """The ``architectures`` entry SGLang's model registry maps to its EAGLE-3 Llama head."""
+
+TARGET_TYPES = ("llama", "qwen2", "qwen3")
+"""Target ``model_type``s a head is built for (their capture convention in SGLang is checked)."""
+
+
+# ----------------------------------------------------------------------------- variants
+@dataclass(frozen=True)
+class HeadNorms:
+    """The optional norms of a head, under the ``config.json`` keys SGLang 0.5.23 reads."""
+
+    fc_norm: bool = False
+    """An RMSNorm on each auxiliary feature (width H) before concatenation and ``fc``."""
+    norm_before_fc: bool = False
+    """One RMSNorm over the concatenated features (width n_aux * H) before ``fc``."""
+    norm_output: bool = False
+    """Feed the NORMED output (after ``norm``, as ``lm_head`` sees it) to the next draft step."""
+
+    def flags(self) -> dict[str, bool]:
+        """The config.json keys to write (only the ones set, so an EAGLE-3 head's file is unchanged)."""
+        return {k: True for k, v in asdict(self).items() if v}
+
+
+VARIANTS = {"eagle3": HeadNorms(), "eagle3.1": HeadNorms(fc_norm=True, norm_output=True)}
+"""Named variants: the original EAGLE-3 head, and EAGLE-3.1 as its public checkpoints set it."""
+
+
+def head_norms(variant: Union[str, HeadNorms] = "eagle3", *, norm_before_fc: bool = False) -> HeadNorms:
+    """The ``HeadNorms`` of a variant name (``VARIANTS``), plus ``norm_before_fc`` if asked; a
+    one-line ``ConfigError`` for an unknown name."""
+    if isinstance(variant, HeadNorms):
+        norms = variant
+    elif variant in VARIANTS:
+        norms = VARIANTS[variant]
+    else:
+        raise ConfigError(f"unknown EAGLE-3 variant {variant!r}; choose one of {', '.join(repr(v) for v in VARIANTS)}")
+    if norm_before_fc:
+        norms = HeadNorms(fc_norm=norms.fc_norm, norm_before_fc=True, norm_output=norms.norm_output)
+    return norms
+
+
+def norms_of(config) -> HeadNorms:
+    """The ``HeadNorms`` a head config (a HF config or a ``config.json`` dict) asks for, read the way
+    SGLang 0.5.23 reads them (``fc_norm`` or the legacy ``use_aux_norm``; ``norm_before_fc`` in
+    ``eagle_config`` or at the top; ``norm_output``)."""
+    get = config.get if isinstance(config, dict) else (lambda k, d=None: getattr(config, k, d))
+    eagle = get("eagle_config") or {}
+    before = eagle.get("norm_before_fc", get("norm_before_fc", False)) if isinstance(eagle, dict) else get("norm_before_fc", False)
+    return HeadNorms(fc_norm=bool(get("fc_norm") or get("use_aux_norm", False)),
+                     norm_before_fc=bool(before), norm_output=bool(get("norm_output", False)))
 
 
 # ----------------------------------------------------------------------------- aux layers
@@ -92,21 +156,29 @@ def draft_config(
     draft_vocab_size: int,
     aux_layers: Sequence[int],
     intermediate_size: Optional[int] = None,
+    variant: Union[str, HeadNorms] = "eagle3",
 ) -> transformers.LlamaConfig:
-    """The head's config, i.e. the ``config.json`` SGLang reads: the target's Llama shape
-    (hidden size, heads, head_dim, rope, norm eps, vocab) with one layer, the draft vocabulary and
-    the explicit capture layers."""
-    if getattr(target_config, "model_type", None) != "llama":
+    """The head's config, i.e. the ``config.json`` SGLang reads: the target's shape (hidden size,
+    heads, head_dim, rope, norm eps, vocab) as a one-layer Llama, the draft vocabulary, the
+    explicit capture layers and the variant's norm flags (``head_norms``).
+
+    :param target_config: a Llama, Qwen2 or Qwen3 config (``TARGET_TYPES``)."""
+    model_type = getattr(target_config, "model_type", None)
+    if model_type not in TARGET_TYPES:
         raise ConfigError(
-            f"an EAGLE-3 head is built for Llama targets; this target is {getattr(target_config, 'model_type', None)!r}"
+            f"an EAGLE-3 head is built for {', '.join(TARGET_TYPES)} targets; this target is {model_type!r}"
         )
     layers = check_aux_layers(aux_layers, target_config.num_hidden_layers)
-    data = target_config.to_dict()
-    for key in ("_name_or_path", "transformers_version", "auto_map", "quantization_config"):
-        data.pop(key, None)
+    norms = head_norms(variant)
+    H, heads = int(target_config.hidden_size), int(target_config.num_attention_heads)
+    # Only the shape is taken: the target's own switches (Qwen2's q/k/v bias, Qwen3's q/k norms,
+    # sliding windows, per-layer lists) describe ITS layers, not the head's.
+    data = {key: getattr(target_config, key) for key in _SHAPE_KEYS if getattr(target_config, key, None) is not None}
     data.update(
         architectures=[ARCHITECTURE],
         num_hidden_layers=1,
+        num_key_value_heads=int(getattr(target_config, "num_key_value_heads", None) or heads),
+        head_dim=int(getattr(target_config, "head_dim", None) or H // heads),
         vocab_size=int(target_config.vocab_size),
         draft_vocab_size=int(draft_vocab_size),
         intermediate_size=int(intermediate_size or target_config.intermediate_size),
@@ -115,9 +187,15 @@ def draft_config(
         mlp_bias=False,
         use_cache=True,
         eagle_config={"eagle_aux_hidden_state_layer_ids": sglang_layer_ids(layers), "use_aux_hidden_state": True},
+        **norms.flags(),
     )
-    data.pop("layer_types", None)  # per-layer lists sized for the target's depth
     return transformers.LlamaConfig(**data)
+
+
+_SHAPE_KEYS = ("hidden_size", "num_attention_heads", "hidden_act", "max_position_embeddings", "rms_norm_eps",
+               "initializer_range", "rope_parameters", "rope_theta", "rope_scaling", "bos_token_id",
+               "eos_token_id", "pad_token_id")
+"""What a head copies from its target's config (besides the sizes ``draft_config`` sets itself)."""
 
 
 def config_json(config: transformers.PretrainedConfig, dtype: torch.dtype) -> dict:
@@ -131,7 +209,7 @@ def config_json(config: transformers.PretrainedConfig, dtype: torch.dtype) -> di
     for key in ("architectures", "model_type", "hidden_size", "intermediate_size", "num_hidden_layers",
                 "num_attention_heads", "num_key_value_heads", "head_dim", "vocab_size", "draft_vocab_size",
                 "max_position_embeddings", "rms_norm_eps", "hidden_act", "rope_parameters",
-                "tie_word_embeddings", "eagle_config"):
+                "tie_word_embeddings", "eagle_config", *HeadNorms().__dataclass_fields__):
         if key in full:
             data[key] = full[key]
     data["dtype"] = str(dtype).removeprefix("torch.")
@@ -166,4 +244,17 @@ def tensor_specs(config: transformers.PretrainedConfig) -> dict[str, tuple[tuple
         "lm_head.weight": ((Vd, H), "float"),
         "d2t": ((Vd,), "int64"),
         "t2d": ((V,), "bool"),
+        **norm_specs(config),
     }
+
+
+def norm_specs(config) -> dict[str, tuple[tuple[int, ...], str]]:
+    """The tensors the variant's norms add (``norms_of``), under the names SGLang's
+    ``load_weights`` maps to ``model.input_norm`` and ``model.fc_norm.{i}``."""
+    H, n_aux, norms = config.hidden_size, len(aux_layers_of(config)), norms_of(config)
+    specs = {}
+    if norms.norm_before_fc:
+        specs["input_norm.weight"] = ((n_aux * H,), "float")
+    if norms.fc_norm:
+        specs.update({f"fc_norm.{i}.weight": ((H,), "float") for i in range(n_aux)})
+    return specs

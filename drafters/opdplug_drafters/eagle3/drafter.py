@@ -80,6 +80,9 @@ class _LeanHead:
             self.embed_normed_V_H = embed_normed_V_H
             self.hidden_norm_H = layer.hidden_norm.weight.detach()
             self.fc_H_A = head.fc.weight.detach()
+            self.norms = head.norms
+            self.input_norm_A = head.input_norm.weight.detach() if head.norms.norm_before_fc else None
+            self.fc_norm_n_H = torch.stack([n.weight for n in head.fc_norm]).detach() if head.norms.fc_norm else None
             self.o_H_I = att.o_proj.weight.detach()
             self.post_norm_H = layer.post_attention_layernorm.weight.detach()
             self.gate_up = torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]).detach()
@@ -135,6 +138,20 @@ class _LeanHead:
     def logits(self, out_B_H: torch.Tensor) -> torch.Tensor:
         """Draft-vocabulary logits ``[B, Vd]`` (float32)."""
         return F.linear(self.norm(out_B_H, self.final_norm_H), self.lm_head_Vd_H).float()
+
+    def fuse(self, feats_B_N_A: torch.Tensor) -> torch.Tensor:
+        """``Eagle3Head.fuse``: the variant's feature norms, then ``fc``."""
+        if self.input_norm_A is not None:
+            feats_B_N_A = self.norm(feats_B_N_A, self.input_norm_A)
+        if self.fc_norm_n_H is not None:
+            parts = feats_B_N_A.unflatten(-1, (self.fc_norm_n_H.shape[0], -1))  # [B, N, n_aux, H]: each feature alone
+            normed = F.rms_norm(parts.float(), (parts.shape[-1],), None, self.eps).to(parts.dtype)
+            feats_B_N_A = (self.fc_norm_n_H * normed).flatten(-2)
+        return F.linear(feats_B_N_A, self.fc_H_A)
+
+    def carry(self, out_B_N_H: torch.Tensor) -> torch.Tensor:
+        """``Eagle3Head.carry``: what a draft step hands to the next."""
+        return self.norm(out_B_N_H, self.final_norm_H) if self.norms.norm_output else out_B_N_H
 
 
 class Eagle3Drafter:
@@ -267,7 +284,7 @@ class Eagle3Drafter:
             rows_B_N = torch.arange(B, device=lean.device)[:, None].expand(B, width)
             # Padding slots (past a row's new entries) are written but never committed: a later
             # query only sees slots up to its own position, all written by then.
-            hidden_B_N_H = F.linear(feats_B_N_A, lean.fc_H_A)
+            hidden_B_N_H = lean.fuse(feats_B_N_A)
             S = max(keep) + width
             out_B_N_H = lean.step(tokens_B_N, hidden_B_N_H, positions_B_N, self._k, self._v, rows_B_N, S)
             self._out.index_put_((rows_B_N, positions_B_N), out_B_N_H)
@@ -286,7 +303,7 @@ class Eagle3Drafter:
         rows_B_1 = rows_B[:, None]
         for j in range(1, k):
             positions_B_1 = torch.tensor(last, device=lean.device)[:, None] + j
-            out_B_1_H = lean.step(draft_to_target[idx_B][:, None], out_B_1_H, positions_B_1, self._k, self._v, rows_B_1,
+            out_B_1_H = lean.step(draft_to_target[idx_B][:, None], lean.carry(out_B_1_H), positions_B_1, self._k, self._v, rows_B_1,
                                   max(last) + j + 1)
             idx_B, p_B_Vd = self._draw(lean.logits(out_B_1_H[:, 0]), temperature, generator)
             ids.append(idx_B)

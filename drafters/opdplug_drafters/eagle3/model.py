@@ -10,7 +10,11 @@ What SGLang 0.5.23 builds (``sglang/srt/models/llama_eagle3.py``) and what this 
   features (first step) or the head's own previous output (later steps); the residual is ``h``
   itself (un-normed); then ``o_proj`` + residual, ``post_attention_layernorm``, SiLU MLP + residual;
 * ``norm`` then ``lm_head`` [draft_vocab, H] give the draft logits; the PRE-norm output
-  (``mlp + residual``) is the hidden state fed to the next draft step;
+  (``mlp + residual``) is the hidden state fed to the next draft step (EAGLE-3.1, ``norm_output``:
+  the normed one, as SGLang's ``LlamaModel`` returns it as ``aux`` then);
+* optional norms of the variant (``config.HeadNorms``): ``fc_norm`` (one RMSNorm per auxiliary
+  feature before ``fc``, EAGLE-3.1) and ``input_norm`` (one over the concatenation,
+  ``norm_before_fc``), applied in that order, as SGLang applies them;
 * ``embed_tokens``: the target's table, frozen (SGLang replaces the draft's table with the
   target's at serving time via ``set_embed``; a copy is still exported so every parameter SGLang
   builds is set from the file);
@@ -34,7 +38,7 @@ from torch import nn
 
 from opdplug.errors import ConfigError
 
-from .config import aux_layers_of
+from .config import aux_layers_of, norms_of
 
 
 # ----------------------------------------------------------------------------- modules
@@ -103,7 +107,14 @@ class Eagle3Head(nn.Module):
             raise ConfigError(f"draft_vocab_size = {Vd} must be in 1..{V} (the target's vocabulary)")
         self.embed_tokens = nn.Embedding(V, H)
         self.embed_tokens.weight.requires_grad_(False)  # the target's table: never trained
-        self.fc = nn.Linear(len(self.aux_layers) * H, H, bias=False)
+        self.norms = norms_of(config)
+        n_aux = len(self.aux_layers)
+        # Created only when the variant has them, so an EAGLE-3 head's state_dict is unchanged.
+        if self.norms.norm_before_fc:
+            self.input_norm = RMSNorm(n_aux * H, config.rms_norm_eps)
+        if self.norms.fc_norm:
+            self.fc_norm = nn.ModuleList(RMSNorm(H, config.rms_norm_eps) for _ in range(n_aux))
+        self.fc = nn.Linear(n_aux * H, H, bias=False)
         self.midlayer = Eagle3MidLayer(config)
         self.norm = RMSNorm(H, config.rms_norm_eps)
         self.lm_head = nn.Linear(H, Vd, bias=False)
@@ -171,8 +182,14 @@ class Eagle3Head(nn.Module):
         return x * cos + torch.cat([-x[..., half:], x[..., :half]], dim=-1) * sin
 
     def fuse(self, features_B_N_A: torch.Tensor) -> torch.Tensor:
-        """The fc projection of the concatenated target features: ``[B, N, H]``."""
-        return self.fc(features_B_N_A.to(self.fc.weight.dtype))
+        """The fc projection of the concatenated target features: ``[B, N, H]`` (after the
+        variant's feature norms: the whole concatenation first, then each feature, as SGLang)."""
+        x = features_B_N_A.to(self.fc.weight.dtype)
+        if self.norms.norm_before_fc:
+            x = self.input_norm(x)
+        if self.norms.fc_norm:
+            x = torch.cat([norm(chunk) for norm, chunk in zip(self.fc_norm, x.chunk(len(self.fc_norm), dim=-1))], dim=-1)
+        return self.fc(x)
 
     def project(
         self, tokens_B_N: torch.Tensor, hidden_B_N_H: torch.Tensor, positions_B_N: torch.Tensor
@@ -200,6 +217,11 @@ class Eagle3Head(nn.Module):
     def logits(self, out_B_N_H: torch.Tensor) -> torch.Tensor:
         """Draft-vocabulary logits ``[B, N, Vd]``."""
         return self.lm_head(self.norm(out_B_N_H))
+
+    def carry(self, out_B_N_H: torch.Tensor) -> torch.Tensor:
+        """The hidden state a draft step hands to the next: its pre-norm output, or with
+        ``norm_output`` (EAGLE-3.1) that output after ``norm``."""
+        return self.norm(out_B_N_H) if self.norms.norm_output else out_B_N_H
 
     @property
     def scaling(self) -> float:
@@ -247,8 +269,9 @@ class Eagle3Head(nn.Module):
             keys.append(k)
             values.append(v)
             attn = self._ttt_attention(q, keys, values, mask0_B_1_N_N)
-            hidden_B_N_H = self.finish(attn, hidden_B_N_H)
-            out.append(self.logits(hidden_B_N_H))
+            out_B_N_H = self.finish(attn, hidden_B_N_H)
+            out.append(self.logits(out_B_N_H))
+            hidden_B_N_H = self.carry(out_B_N_H)
         return out
 
     def _ttt_attention(self, q_B_N_h_D, keys, values, mask0_B_1_N_N) -> torch.Tensor:

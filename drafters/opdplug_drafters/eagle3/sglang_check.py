@@ -13,7 +13,9 @@ is skipped by SGLang by design, ``d2t`` becomes ``hot_token_id``), every loaded 
 its file tensor, no NaN left outside vocabulary padding rows, ``hot_token_id == d2t + arange``
 consistent with ``t2d``. With a reference file (tokens, features, positions and opdplug's logits
 and pre-norm output of one extend over them), the head's forward is recomputed with SGLang's own
-modules (attention by hand: RadixAttention needs a serving batch) and compared.
+modules (attention by hand: RadixAttention needs a serving batch) and compared; the variant norms
+SGLang built (``input_norm``, ``fc_norm``, ``norm_output``) are applied as its forward does, and
+reported under ``variant_norms``.
 
 Prints one line ``REPORT {json}``; ``problems`` lists everything wrong (empty: all good).
 """
@@ -147,7 +149,18 @@ if reference_path != "-":
         return mod.forward_native(x, residual) if residual is not None else mod.forward_native(x)
     with torch.no_grad():
         embeds = m.embed_tokens.weight[ref["tokens"]]  # the table SGLang serves with (target's copy)
-        h = m.fc(ref["features"])
+        feats = ref["features"]
+        # The feature norms SGLang's LlamaModel built from the config (EAGLE-3.1 variants), in
+        # the order its forward applies them: the whole concatenation, then each feature.
+        if getattr(m, "input_norm", None) is not None:
+            feats = norm(m.input_norm, feats)
+        if getattr(m, "fc_norm", None) is not None:
+            chunks = feats.chunk(len(m.fc_norm), dim=-1)
+            feats = torch.cat([norm(n, c) for n, c in zip(m.fc_norm, chunks)], dim=-1)
+        report["variant_norms"] = {"input_norm": getattr(m, "input_norm", None) is not None,
+                                   "fc_norm": getattr(m, "fc_norm", None) is not None,
+                                   "norm_output": bool(getattr(m, "norm_output", False))}
+        h = m.fc(feats)
         residual = h
         x = torch.cat([norm(layer.input_layernorm, embeds), norm(layer.hidden_norm, h)], dim=-1)
         qkv, _ = layer.self_attn.qkv_proj(x)
@@ -162,6 +175,8 @@ if reference_path != "-":
         hidden, residual = norm(layer.post_attention_layernorm, o, residual)
         mlp = layer.mlp.down_proj(layer.mlp.act_fn(layer.mlp.gate_up_proj(hidden)[0]))[0]
         normed, aux = norm(m.norm, mlp, residual)
+        if getattr(m, "norm_output", False):  # SGLang hands the normed state to the next step then
+            aux = normed
         logits = normed @ model.lm_head.weight[: config.draft_vocab_size].t()
     report["max_abs_diff_logits"] = float((logits - ref["logits"]).abs().max())
     report["max_abs_diff_hidden"] = float((aux - ref["hidden"]).abs().max())
