@@ -79,6 +79,8 @@ PAIRS = [
     (("teacher_topk", "divergences", "forward_kl"), ("xtok_topk", "divergences", "forward_kl")),
     (("full", "divergences", "reverse_kl"), ("xtok_full", "divergences", "reverse_kl")),
     (("full", "divergences", "jsd"), ("xtok_full", "divergences", "jsd")),
+    (("teacher_topk", "divergences", "reverse_kl"), ("xtok_project", "divergences", "reverse_kl")),
+    (("teacher_topk", "divergences", "forward_kl"), ("xtok_project", "divergences", "forward_kl")),
 ]
 
 

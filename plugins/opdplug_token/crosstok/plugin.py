@@ -9,7 +9,7 @@ from opdplug.hookspecs import hookimpl
 from opdplug.types import PRODUCER_STUDENT
 
 from .scorer import CrossTokenizer
-from .supports import CrossVocab
+from .supports import CrossVocab, ProjectedTopK
 
 
 @hookimpl
@@ -24,6 +24,7 @@ def opd_register_supports(register):
     register("xtok_topk_uld", CrossVocab("topk", "uld"))
     register("xtok_full_uld", CrossVocab("full", "uld"))
     register("uld", CrossVocab("topk", "all_uld"))
+    register("xtok_project", ProjectedTopK())
 
 
 PREFLIGHT_ROWS = 8
@@ -43,7 +44,7 @@ def opd_preflight(ctx):
     if getattr(scorer, "aligns", lambda: False)() and not getattr(support, "any_vocabulary", False):
         raise ConfigError(
             f"loss.support = {support_name!r} compares the two models id by id, but the teacher has another "
-            f"tokenizer: use sampled, xtok_topk, xtok_full, their _uld variants, or uld"
+            f"tokenizer: use sampled, xtok_project, xtok_topk, xtok_full, their _uld variants, or uld"
         )
     from opdplug_local.models import model_rollout
 

@@ -57,6 +57,10 @@ class _Row:
     student_chunks: tuple[int, ...] = ()
     teacher_chunks: tuple[int, ...] = ()
     num_chunks: int = 0
+    cover: tuple = ()
+    """Per student token: (index of the teacher token covering its first byte, bytes of that
+    teacher token already written before it), or None where the offsets are unknown."""
+    text: bytes = b""
     failed: str = ""
 
 
@@ -176,6 +180,8 @@ class CrossTokenizer:
         if t_bytes != text_bytes:
             return _failed(row, "the teacher's tokenizer does not reproduce the completion's bytes")
         a = align(s_ends, t_ends)
+        row.text = text_bytes
+        row.cover = _cover(s_ends, t_ends, text_bytes) + (((len(t_ids), b""),) if stopped else ())
         row.teacher_completion = t_ids + ([s["teacher_end"]] if stopped else [])
         row.student_chunks = a.student_chunk_N + ((a.num_chunks,) if stopped else ())
         row.teacher_chunks = a.teacher_chunk_M + ((a.num_chunks,) if stopped else ())
@@ -265,6 +271,7 @@ class CrossTokenizer:
         scored = torch.zeros(B, L, dtype=torch.bool)
         dist = torch.zeros(B, L, dtype=torch.bool)
         src_b, src_s, src_t = [], [], []
+        in_b, in_s, in_t = [], [], []
         t_lp = inner.token_logprobs_B_L.detach().float().cpu()
         for b, r in enumerate(rows):
             P = int(batch.prompt_lens_B[b])
@@ -288,6 +295,8 @@ class CrossTokenizer:
                     seen.add(c)
                     dist[b, P + j] = True
                     src_b.append(b), src_s.append(P + j), src_t.append(Pt + first_teacher[c])
+                elif r.cover[j] is not None:  # inside a chunk: the covering teacher token's distribution
+                    in_b.append(b), in_s.append(P + j), in_t.append(Pt + r.cover[j][0])
         token_lp = token_lp * batch.loss_mask_B_L.to(torch.float32)
         scored = scored & batch.loss_mask_B_L.bool()
         idx = (torch.tensor(src_b, dtype=torch.long), torch.tensor(src_s, dtype=torch.long), torch.tensor(src_t, dtype=torch.long))
@@ -295,15 +304,19 @@ class CrossTokenizer:
                    vocab_map_2_M=self.state["map"].pairs_2_M(), temperature=inner.temperature,
                    scored_by_teacher=inner.scored_by_teacher)
         if inner.topk_ids_B_L_K is not None and inner.topk_logprobs_B_L_K is not None:
+            # Every scored position gets the top-k of the teacher token covering its first byte
+            # (chunk starts: the token starting there); ``distribution_B_L`` tells them apart.
+            every = tuple(torch.cat([i, torch.tensor(j, dtype=torch.long)]) for i, j in zip(idx, (in_b, in_s, in_t)))
             K = inner.topk_ids_B_L_K.shape[-1]
             ids = torch.zeros(B, L, K, dtype=torch.long)
             lp = torch.full((B, L, K), float("-inf"))
-            ids[idx[0], idx[1]] = inner.topk_ids_B_L_K.cpu()[idx[0], idx[2]]
-            lp[idx[0], idx[1]] = inner.topk_logprobs_B_L_K.float().cpu()[idx[0], idx[2]]
-            out.update(topk_ids_B_L_K=ids, topk_logprobs_B_L_K=lp)
+            ids[every[0], every[1]] = inner.topk_ids_B_L_K.cpu()[every[0], every[2]]
+            lp[every[0], every[1]] = inner.topk_logprobs_B_L_K.float().cpu()[every[0], every[2]]
+            out.update(topk_ids_B_L_K=ids, topk_logprobs_B_L_K=lp,
+                       topk_student_ids_B_L_K=self.project(batch, rows, ids, every))
             if inner.tail_logmass_B_L is not None:
                 tail = torch.zeros(B, L)
-                tail[idx[0], idx[1]] = inner.tail_logmass_B_L.float().cpu()[idx[0], idx[2]]
+                tail[every[0], every[1]] = inner.tail_logmass_B_L.float().cpu()[every[0], every[2]]
                 out["tail_logmass_B_L"] = tail
         if inner.is_dense:
             h = inner.hidden_B_L_H
@@ -313,6 +326,23 @@ class CrossTokenizer:
             out.update(hidden_B_L_H=hidden, lm_head_V_H=inner.lm_head_V_H)
         self.state["counts"]["rows_skipped"] += sum(1 for r in rows if r.failed)
         return TeacherScores(**out)
+
+    def project(self, batch: RolloutBatch, rows: list[_Row], ids_B_L_K, where) -> Optional[torch.Tensor]:
+        """``TeacherScores.topk_student_ids_B_L_K`` at the positions ``where`` (None: the two
+        tokenizers are not both byte-level, so there are no byte strings to project)."""
+        s = self.state
+        if s["student_bytes"] is None or s["teacher_bytes"] is None:
+            return None
+        if "projection" not in s:
+            s["projection"] = Projection(s["student_bytes"], s["teacher_bytes"], s["student_end"], s["teacher_end"],
+                                         len(s["student_tok"]), encode=lambda text: chat.encode(s["student_tok"], text))
+        proj = s["projection"]
+        out = torch.full(ids_B_L_K.shape, -1, dtype=torch.long)
+        for b, pos in zip(where[0].tolist(), where[1].tolist()):
+            cover = rows[b].cover[pos - int(batch.prompt_lens_B[b])]
+            if cover is not None:
+                out[b, pos] = torch.tensor([proj(t, cover[1]) for t in ids_B_L_K[b, pos].tolist()])
+        return out
 
     # -- diagnostics -----------------------------------------------------------------------------
     def alignment_report(self, batch: RolloutBatch) -> dict:
@@ -329,6 +359,79 @@ class CrossTokenizer:
             report["alignment_skip_reasons"] = reasons
         s["counts"] = saved
         return report
+
+
+def _cover(student_ends: list, teacher_ends: list, text: bytes) -> tuple:
+    """For each student token, the teacher token its first byte falls in and the bytes of that
+    teacher token before it (see ``_Row.cover``)."""
+    if any(e is None for e in student_ends) or any(e is None for e in teacher_ends):
+        return tuple(None for _ in student_ends)
+    out, k, start = [], 0, 0
+    t_starts = [0] + list(teacher_ends[:-1])
+    for end in student_ends:
+        while k < len(teacher_ends) - 1 and teacher_ends[k] <= start:
+            k += 1
+        out.append((k, text[t_starts[k]:start]) if teacher_ends else None)
+        start = end
+    return tuple(out)
+
+
+class Projection:
+    """Teacher token -> student token, given the bytes of it the student already wrote.
+
+    The teacher's entry ``t`` continues the student's text written so far inside it (``u``) when
+    its bytes start with ``u`` and go on; the rest ``t[len(u):]`` is written by the student
+    first as the longest student token that begins it (byte-level vocabularies have every single
+    byte, so one always exists). The student's end of turn stands for the teacher's. Cached:
+    the pairs seen are few (teacher top-k ids x prefixes of teacher tokens).
+
+    With ``encode`` (text -> student ids), the student token is the first one the student's own
+    tokenizer writes for the rest, so its pre-tokenizer and merges decide (" The" may be " " +
+    "The" even where a " T" token exists); the longest prefix is the fallback for bytes that are
+    not text on their own. Either way the rest is tokenized alone, without the text after it.
+    """
+
+    def __init__(self, student_bytes, teacher_bytes, student_end: int, teacher_end: int, student_vocab: int,
+                 encode=None):
+        self.by_bytes: dict[bytes, int] = {}
+        for i in range(student_vocab):
+            b = student_bytes.of(i) if i not in student_bytes.special else None
+            if b:
+                self.by_bytes.setdefault(b, i)
+        self.longest = max((len(b) for b in self.by_bytes), default=0)
+        self.student_bytes_of = student_bytes.of
+        self.teacher_bytes = teacher_bytes
+        self.ends = (student_end, teacher_end)
+        self.encode = encode
+        self.cache: dict[tuple[int, bytes], int] = {}
+
+    def __call__(self, teacher_id: int, written: bytes) -> int:
+        key = (teacher_id, written)
+        if key not in self.cache:
+            self.cache[key] = self._project(teacher_id, written)
+        return self.cache[key]
+
+    def _project(self, teacher_id: int, written: bytes) -> int:
+        if teacher_id == self.ends[1]:
+            return self.ends[0] if not written else -1
+        tb = self.teacher_bytes.of(teacher_id) if teacher_id not in self.teacher_bytes.special else None
+        if not tb or len(tb) <= len(written) or not tb.startswith(written):
+            return -1
+        rest = tb[len(written):]
+        if self.encode is not None:
+            try:
+                ids = self.encode(rest.decode("utf-8"))
+            except UnicodeDecodeError:  # part of a character: no text to tokenize
+                ids = None
+            if ids:
+                first = self.student_bytes_of(ids[0])
+                if first and rest.startswith(first):
+                    return int(ids[0])
+        for n in range(min(len(rest), self.longest), 0, -1):
+            sid = self.by_bytes.get(rest[:n])
+            if sid is not None:
+                return sid
+        return -1
 
 
 def _zero_counts() -> dict:
