@@ -166,16 +166,20 @@ def main(argv=None) -> int:
     # -------------------------------------------------------------------- EAGLE-3
     eagle = None
     try:
-        from opdplug_drafters.eagle3 import Eagle3Drafter, Eagle3Options, read_metrics, train_eagle3
+        from opdplug_drafters.eagle3 import Eagle3Drafter, Eagle3Options, eagle3_config, read_metrics, train_eagle3
     except ImportError as exc:
         print(f"EAGLE-3: not available ({exc})")
         results["eagle3"] = f"not available: {exc}"
     else:
-        options = Eagle3Options(steps=budget.eagle3_steps, batch_size=budget.eagle3_batch, max_new_tokens=32,
-                                eval_prompts=16 if not args.quick else 2, eval_every=max(1, budget.eagle3_steps // 6),
-                                temperature=1.0, progress=True)
+        options = Eagle3Options(max_new_tokens=32, eval_prompts=16 if not args.quick else 2,
+                                eval_every=max(1, budget.eagle3_steps // 6), temperature=1.0)
         t_e = time.perf_counter()
-        er = train_eagle3(target_dir, tokenizer, options, out / "eagle3", task=task)
+        # The core loop with the EAGLE-3 stages; the run's [task] is the bench's SumChain recipe.
+        er = train_eagle3(eagle3_config(
+            target_dir, out / "eagle3", options=options, manager=manager,
+            run={"steps": budget.eagle3_steps, "batch_size": budget.eagle3_batch, "lr": 3e-3, "warmup_steps": 10,
+                 "progress": True, "resume": False},
+            task={"name": "sumchain", "options": recipe.task_options()}), manager)
         eagle = Eagle3Drafter.from_pretrained(er.output_dir, target)
         results["drafters"]["EAGLE-3"] = {"dir": str(er.output_dir), "train_seconds": time.perf_counter() - t_e,
                                           "aux_layers": list(er.aux_layers)}

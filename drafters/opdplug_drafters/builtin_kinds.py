@@ -3,15 +3,16 @@
 * ``standalone``: a small causal LM with the target's tokenizer, trained by DistillSpec through
   the ordinary OPD loop (the config's ``[student]`` is the drafter, ``[teacher]`` the target);
   exported as a plain Hugging Face directory (SGLang's ``STANDALONE``).
-* ``eagle3``: an EAGLE-3 head over the target's hidden states, trained by
-  ``eagle3.train_eagle3`` with ``[drafter.options]`` (or ``[drafter.eagle3]``) as its
-  ``Eagle3Options``; exported as SGLang's ``LlamaForCausalLMEagle3``.
+* ``eagle3``: an EAGLE-3 head over the target's hidden states, trained by the core loop with the
+  kind's own stages (``eagle3.stages``; ``[run]`` as every run, ``[drafter.options]`` or
+  ``[drafter.eagle3]`` as its ``Eagle3Options``); exported as SGLang's ``LlamaForCausalLMEagle3``.
 
 Heavy modules are imported when a kind is used, not when it is registered.
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 from pathlib import Path
 from typing import Any
@@ -82,7 +83,7 @@ def _eagle3_module():
 
 def _is_eagle3(path: Path) -> bool:
     path = Path(path)
-    for config in (path / "config.json", path / "head" / "config.json"):
+    for config in (path / "config.json", path / "final" / "config.json", path / "head" / "config.json"):
         if config.is_file():
             try:
                 if "LlamaForCausalLMEagle3" in json.loads(config.read_text()).get("architectures", []):
@@ -107,43 +108,65 @@ def _load_eagle3(path: Path, target) -> Any:
 
 
 def eagle3_options(table: dict):
-    """An EAGLE-3 kind table validated into ``eagle3.Eagle3Options`` (one-line errors)."""
+    """An EAGLE-3 kind table validated into ``eagle3.options.Eagle3Options`` (one-line errors;
+    a key that now lives in ``[run]`` says so)."""
     from opdplug.config import from_dict
 
-    options_class = _eagle3_module().Eagle3Options
+    from .eagle3.options import Eagle3Options, moved_keys_error
+
+    _eagle3_module()
+    moved_keys_error(table, "drafter.options")
     table = dict(table)
     aux = table.pop("aux_layers", None)  # a tuple field: the TOML list is checked here
     if aux is not None and (not isinstance(aux, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in aux)):
         raise ConfigError(f"drafter.options.aux_layers must be a list of integers, got {aux!r}")
-    options = from_dict(options_class, table, "[drafter.options]")
+    options = from_dict(Eagle3Options, table, "[drafter.options]")
     return dataclasses.replace(options, aux_layers=tuple(aux)) if aux is not None else options
 
 
+def _run_eagle3_options(ctx):
+    """The run's validated EAGLE-3 options (what ``opd_validate`` checked)."""
+    from .kinds import kind_options
+
+    drafter = ctx.config.plugin("drafter")
+    return kind_options(ctx.registry.get("drafter_kinds", drafter.kind, "drafter.kind"), drafter)
+
+
+@functools.cache
+def _eagle3_stages():
+    _eagle3_module()  # a one-line error if the module cannot load
+    from .eagle3.stages import Eagle3Stages
+
+    return Eagle3Stages(_run_eagle3_options)
+
+
 def _train_eagle3(request: TrainRequest) -> TrainOutcome:
-    """``eagle3.train_eagle3`` on the target, then the head measured as it will be served."""
+    """The core loop with the EAGLE-3 stages (``eagle3.train_eagle3``), then the head measured
+    as it will be served (exact speculative decoding with the target)."""
     from opdplug_local import models as local
 
     from .evaluation import format_table, report_dicts
 
     eagle3 = _eagle3_module()
-    changes: dict[str, Any] = {}
+    run: dict[str, Any] = {"output_dir": str(request.output_dir)}
     if request.steps:
-        changes["steps"] = request.steps
+        run["steps"] = request.steps
     if request.quiet:
-        changes["progress"] = False
-    options = dataclasses.replace(request.options, **changes)
-    tokenizer = local.load_tokenizer(str(request.target_dir))
-    task = request.task(tokenizer)
-    result = eagle3.train_eagle3(str(request.target_dir), tokenizer, options, request.output_dir, task=task)
-    png = eagle3.plot_metrics(result.output_dir, Path(result.output_dir) / "acceptance_vs_steps.png")
+        run["progress"] = False
+    # The run records its target by absolute path: 'drafter eval|export RUN' work from anywhere.
+    config = request.config.replace(run=run, teacher={"path": str(request.target_dir.resolve())})
+    result = eagle3.train_eagle3(config, request.manager)
+    png = eagle3.plot_metrics(result.output_dir, Path(result.output_dir) / "acceptance_vs_steps.png") if result.evals else None
     # The training proxy is teacher-forced; measure the head the way it will be served.
-    target = local.load_model(str(request.target_dir), "teacher.path").eval()
+    target, tokenizer = request.load_target()
+    task = request.task(tokenizer)
     reports = request.measure(target, tokenizer, task, _load_eagle3(Path(result.output_dir), target))
     (Path(result.output_dir) / "drafter_eval.json").write_text(json.dumps(report_dicts(reports), indent=1))
     return TrainOutcome(
         output_dir=Path(result.output_dir), steps=result.steps_done, acceptance=acceptance_of(reports),
-        summary={"head_dir": str(result.head_dir), "train_accept_len_proxy": result.final_eval.get("accept_len"),
-                 "png": str(png)},
+        summary={"head_dir": str(result.head_dir), "last_loss": result.history[-1]["loss"] if result.history else None,
+                 "train_accept_len_proxy": result.evals[-1]["accept_len"] if result.evals else None,
+                 "png": str(png) if png else None},
         text=format_table(reports),
     )
 
@@ -161,4 +184,5 @@ STANDALONE = DrafterKind(
 EAGLE3 = DrafterKind(
     "eagle3", "an EAGLE-3 head over the target's hidden states (training-time test)",
     load=_load_eagle3, recognises=_is_eagle3, train=_train_eagle3, validate_options=eagle3_options, export=_export_eagle3,
+    stages=_eagle3_stages,
 )

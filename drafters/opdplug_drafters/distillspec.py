@@ -26,6 +26,7 @@ from opdplug.errors import ConfigError
 from opdplug.hookspecs import hookimpl
 
 from .evaluation import evaluate
+from .kinds import get_kind
 from .standalone import StandaloneDrafter
 
 EVAL_FILE = "drafter_eval.jsonl"
@@ -77,6 +78,8 @@ def opd_configure(ctx) -> None:
     options = _options(ctx)
     if options is None or not options.is_set():
         return
+    if getattr(get_kind(ctx.registry, options.kind), "stages", None) is not None:
+        return  # the kind's own stages train it in the loop (loop_stages); nothing to measure here
     if options.kind != "standalone":
         raise ConfigError(f"drafter.kind = {options.kind!r} is not trained by the OPD loop; run 'opdplug drafter train CONFIG'")
     if ctx.teacher is None:

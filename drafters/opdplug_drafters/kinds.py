@@ -14,6 +14,10 @@ registers through its own ``opdplug`` entry point works wherever a built-in one 
   does not train it);
 * ``export(source, output_dir, target_dir) -> Path``: ``opdplug drafter export``, writing
   ``output_dir`` atomically (None: no export).
+* ``stages() -> object``: the kind trains in the core loop (``opdplug.loop``) with stages of its
+  own (load the models, roll out, score, forward, loss, save): see ``loop_stages`` (None: the
+  kind either trains the config's ``[student]`` with the loop's default stages, as
+  ``standalone`` does, or trains on its own in ``train``).
 
 The built-in kinds, ``standalone`` and ``eagle3``, are in ``builtin_kinds``.
 """
@@ -129,6 +133,9 @@ class DrafterKind:
     """``[drafter.options]`` -> the kind's options, one-line ``ConfigError`` (None: takes none)."""
     export: Optional[Callable[[Path, Path, Path], Path]] = None
     """``export(source, output_dir, target_dir) -> output_dir``, written atomically (None: none)."""
+    stages: Optional[Callable[[], Any]] = None
+    """The kind's core-loop stages object, imported when first asked for (``loop_stages``); None:
+    none of its own."""
     fallback: bool = False
     """``--kind auto`` asks this kind last (its ``recognises`` accepts any model directory)."""
 

@@ -29,7 +29,7 @@ def test_shipped_drafter_configs_validate(name):
         assert (config.rollout.sampler, config.loss.divergence) == expected[name]
     else:
         eagle = eagle3_options(options.kind_table()[1])
-        assert eagle.steps == 300 and eagle.ttt_steps == 7
+        assert config.run.steps == 300 and config.run.checkpoint_every > 0 and eagle.ttt_steps == 7
 
 
 def test_drafter_table_defaults_leave_other_runs_alone():
@@ -45,7 +45,8 @@ def test_drafter_table_defaults_leave_other_runs_alone():
     ({"eval_temperatures": [-1.0]}, "eval_temperatures"),
     ({"kind": "eagle3", "eagle3": {"stepz": 3}}, "[drafter.eagle3] has unknown key 'stepz'"),
     ({"kind": "eagle3", "options": {"stepz": 3}}, "[drafter.options] has unknown key 'stepz'"),
-    ({"kind": "eagle3", "eagle3": {"steps": "many"}}, "steps"),
+    ({"kind": "eagle3", "eagle3": {"steps": 3}}, "drafter.eagle3.steps is now [run] steps"),
+    ({"kind": "eagle3", "eagle3": {"ttt_steps": "many"}}, "ttt_steps"),
     ({"kind": "eagle3", "eagle3": {"aux_layers": ["a"]}}, "aux_layers"),
     ({"kind": "eagle3", "eagle3": {"steps": 1}, "options": {"steps": 2}}, "once"),
     ({"eagle3": {"steps": 1}}, "drafter.kind = 'standalone'"),
@@ -63,8 +64,8 @@ def test_bad_drafter_tables_are_one_line_errors(table, needle):
 
 def test_eagle3_table_becomes_their_options():
     pytest.importorskip("opdplug_drafters.eagle3")
-    options = eagle3_options({"steps": 5, "aux_layers": [1, 3, 5], "draft_vocab_size": 16})
-    assert options.steps == 5 and options.aux_layers == (1, 3, 5) and options.draft_vocab_size == 16
+    options = eagle3_options({"ttt_steps": 5, "aux_layers": [1, 3, 5], "draft_vocab_size": 16})
+    assert options.ttt_steps == 5 and options.aux_layers == (1, 3, 5) and options.draft_vocab_size == 16
 
 
 def test_kinds_are_registered():

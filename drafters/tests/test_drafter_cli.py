@@ -121,11 +121,11 @@ def test_eagle3_train_eval_export(quick_target, tmp_path, capsys):
     config = write_config(tmp_path / "e3.toml", quick_target / "target", tmp_path / "e3",
                           student=None, rollout=None, loss=None,
                           drafter={"kind": "eagle3", "draft_tokens": 3, "eval_prompts": 2, "eval_batch_size": 2,
-                                   "eagle3": {"steps": 2, "batch_size": 2, "eval_prompts": 2, "eval_every": 1,
-                                              "max_new_tokens": 8, "ttt_steps": 2}})
-    code, out, err = run_cli(capsys, "drafter", "train", str(config), "--json")
+                                   "eagle3": {"eval_prompts": 2, "eval_every": 1, "max_new_tokens": 8, "ttt_steps": 2}})
+    code, out, err = run_cli(capsys, "drafter", "train", str(config), "--json", "--steps", "2")
     assert code == 0, err
-    assert out["kind"] == "eagle3" and Path(out["png"]).is_file()
+    assert out["kind"] == "eagle3" and out["steps"] == 2 and Path(out["png"]).is_file()
+    assert (Path(out["output_dir"]) / "checkpoints" / "latest").is_file()  # the core loop's checkpoints
     assert all(1.0 <= a <= 4.0 for a in out["acceptance"].values())
     run = Path(out["output_dir"])
     code, out, err = run_cli(capsys, "drafter", "eval", str(run), "--json", "--prompts", "2", "--no-timing",

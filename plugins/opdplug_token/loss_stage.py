@@ -49,7 +49,11 @@ def opd_loss(ctx, batch, scores, credit, student):
 
 def needs_self_test(ctx) -> bool:
     """Self-scoring must give ~0 for every divergence-based loss; supervised NLL on teacher or
-    reference samples is a cross-entropy, not a divergence, and is exempt."""
+    reference samples is a cross-entropy, not a divergence, and is exempt. So is a student that
+    says ``opd_self_test = False``: one the samplers cannot draw from and whose loss another
+    plugin computes (an EAGLE-3 head, which drafts from the target's features)."""
+    if getattr(ctx.student_module(), "opd_self_test", True) is False:
+        return False
     support, fn, _ = loss_components(ctx)
     if getattr(support, "uses_estimator", False):
         return getattr(fn, "sampler", "student") == "student"

@@ -1,6 +1,6 @@
 """Reading and writing EAGLE-3 heads: ``config.json`` + ``model.safetensors``, written atomically.
 
-A training run writes its head to ``<run>/head/`` without ``embed_tokens.weight`` (it is the
+A training run writes its head to ``<run>/final/`` (older runs: ``<run>/head/``) without ``embed_tokens.weight`` (it is the
 target's table, frozen; SGLang replaces it by the target's anyway). ``export.export_drafter`` adds
 it back and audits everything. Every loader here accepts a run directory, a head directory or an
 exported directory.
@@ -24,7 +24,9 @@ from .config import config_json, tensor_specs
 from .model import Eagle3Head
 
 HEAD_SUBDIR = "head"
-"""Where ``train_eagle3`` puts the head inside its output directory."""
+"""Where the old ``train_eagle3`` loop put the head inside its output directory (still read)."""
+FINAL_SUBDIR = "final"
+"""Where a core-loop run puts the head inside its output directory (``opd_save_model``)."""
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
 OPTIONAL_KEYS = frozenset({"embed_tokens.weight"})
@@ -34,11 +36,11 @@ OPTIONAL_KEYS = frozenset({"embed_tokens.weight"})
 def resolve_head_dir(path: Union[str, os.PathLike]) -> Path:
     """The directory holding the head's ``config.json`` and ``model.safetensors`` under ``path``."""
     path = Path(path)
-    for candidate in (path, path / HEAD_SUBDIR):
+    for candidate in (path, path / FINAL_SUBDIR, path / HEAD_SUBDIR):
         if (candidate / CONFIG).is_file() and (candidate / WEIGHTS).is_file():
             return candidate
     raise ConfigError(
-        f"{str(path)!r} holds no EAGLE-3 head ({CONFIG} and {WEIGHTS}, or {HEAD_SUBDIR}/ with both); "
+        f"{str(path)!r} holds no EAGLE-3 head ({CONFIG} and {WEIGHTS}, or {FINAL_SUBDIR}/ or {HEAD_SUBDIR}/ with both); "
         f"point at the output directory of train_eagle3 or at an exported head"
     )
 

@@ -1,0 +1,68 @@
+"""``[drafter.eagle3]`` (or ``[drafter.options]`` with ``kind = "eagle3"``): what is particular
+to an EAGLE-3 head. How it trains (steps, batch size, optimizer, schedule, clipping, seed,
+checkpoints, logging) is the ``[run]`` table every opdplug run has: the head trains in the core
+loop (``stages``)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+from opdplug.errors import ConfigError
+
+MOVED_TO_RUN = {
+    "steps": "steps", "batch_size": "batch_size", "lr": "lr", "warmup_steps": "warmup_steps",
+    "weight_decay": "weight_decay", "grad_clip": "max_grad_norm", "log_every": "log_every", "seed": "seed",
+    "progress": "progress",
+}
+"""Keys the EAGLE-3 table had while the head trained in a loop of its own, and their ``[run]`` name now."""
+
+
+@dataclass(frozen=True)
+class Eagle3Options:
+    """The EAGLE-3 kind's options: the head, its data and its held-out proxy."""
+
+    ttt_steps: int = 7
+    """Training-time-test unroll depth: draft steps trained per position (EAGLE-3 uses 7)."""
+    step_decay: float = 0.8
+    """Weight of TTT step j's loss is ``step_decay ** j``."""
+    draft_vocab_size: Optional[int] = None
+    """Draft vocabulary size; None = the target's whole vocabulary."""
+    aux_layers: Optional[tuple[int, ...]] = None
+    """Target HF hidden-state indices fused by the head (i = the stream entering layer i; SGLang
+    config id i - 1); None = ``config.default_aux_layers`` of the target's depth."""
+    intermediate_size: Optional[int] = None
+    """MLP width of the head; None = the target's."""
+    max_new_tokens: int = 64
+    """Generation budget of the target's completions (rows also stop at the target's stop ids)."""
+    temperature: float = 1.0
+    """Temperature the target samples its completions at (0 = greedy). Sample at the serving
+    temperature: the head learns the target's distribution either way, but the data (and the
+    proxy ``accept_len``'s exactness) follow this. (``[rollout] temperature`` is the student's
+    sampling temperature in token-level runs; an EAGLE-3 head never samples while training.)"""
+    vocab_prompts: int = 256
+    """Prompts whose target completions are counted to choose the draft vocabulary (only when
+    ``draft_vocab_size`` is smaller than the target's)."""
+    eval_prompts: int = 64
+    """Held-out (eval split) prompts whose target completions measure the acceptance proxies."""
+    eval_every: int = 25
+    """Measure the proxies on them every this many optimizer steps (and after the last); 0: never."""
+    init_from_target: bool = True
+    """Warm-start ``lm_head`` (draft rows) and ``norm`` from the target's lm-head and final norm."""
+
+    def __post_init__(self) -> None:
+        if self.ttt_steps < 1 or not 0 < self.step_decay <= 1:
+            raise ConfigError(f"eagle3 needs ttt_steps >= 1 and 0 < step_decay <= 1; got ttt_steps={self.ttt_steps}, "
+                              f"step_decay={self.step_decay}")
+        if self.temperature < 0:
+            raise ConfigError(f"eagle3 needs temperature >= 0 (0: greedy), got {self.temperature}")
+        if self.max_new_tokens < 1 or self.eval_every < 0 or self.eval_prompts < 0 or self.vocab_prompts < 1:
+            raise ConfigError("eagle3 needs max_new_tokens >= 1, vocab_prompts >= 1, eval_prompts >= 0 and eval_every >= 0")
+
+
+def moved_keys_error(table: dict, where: str) -> None:
+    """A one-line error for a key that now belongs to ``[run]`` (configs written for the old loop)."""
+    moved = [key for key in table if key in MOVED_TO_RUN]
+    if moved:
+        key = moved[0]
+        raise ConfigError(f"{where}.{key} is now [run] {MOVED_TO_RUN[key]}: the EAGLE-3 head trains in the core loop "
+                          f"with the same [run] options as every run")
