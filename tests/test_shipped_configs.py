@@ -23,14 +23,26 @@ def test_shipped_config_is_valid(path, tiny_models, tmp_path):
     options = config.task.options
     if config.task.name == "dataset":  # the data a build script writes: written here the same way
         from opdplug.testing.models import build_bpe_tokenizer
+        from opdplug_local import chatgen
         from opdplug_local.wordproblems import write_jsonl
 
-        write_jsonl(tmp_path, 200, 0, eval_fraction=0.05)
+        conversations = "conversations" in options["path"]  # examples/conversations/build.py's data
+        if conversations:
+            paths = chatgen.write_splits(tmp_path, 60, 10, seed=0)
+            for name in {Path(options["path"]).name, Path(options.get("eval_path", "eval.jsonl")).name} - {"train.jsonl", "eval.jsonl"}:
+                (tmp_path / name).write_text(paths["train"].read_text())  # e.g. the regenerated file
+        else:
+            write_jsonl(tmp_path, 200, 0, eval_fraction=0.05)
         tokenizer = build_bpe_tokenizer(vocab_size=300)
         options = {**options, "path": str(tmp_path / Path(options["path"]).name),
                    **({"eval_path": str(tmp_path / Path(options["eval_path"]).name)} if options.get("eval_path") else {})}
         task = build_task(manager.registry, config.task.name, options, tokenizer)
-        assert task.prompts(2, seed=0, split="eval") and task.verifier is not None
+        assert task.prompts(2, seed=0, split="eval")
+        if conversations:  # every training row carries its assistant turns, masked
+            assert all(p.reference_ids and 0 in p.reference_mask and 1 in p.reference_mask for p in task.take(0, 4, seed=0)[0]) \
+                or options.get("loss_turns", "last") != "all"
+        else:
+            assert task.verifier is not None
         return
     if config.task.name == "agent" and options.get("env") == "gymnasium":  # a game: no closed vocabulary
         from opdplug.testing.models import build_bpe_tokenizer
