@@ -47,7 +47,7 @@ test: test-env
 
 # Two processes under accelerate launch (gloo DDP on CPU) against one: 1-2 minutes.
 test-multiprocess: test-env
-	$(VENV)/bin/python -m pytest -q tests/opdplug/test_multiprocess.py -m multiprocess
+	$(VENV)/bin/python -m pytest -q tests/opdplug/test_multiprocess.py drafters/tests/test_eagle3_multiprocess.py -m multiprocess
 
 # A real SGLang server on 127.0.0.1. SGLang pins another torch, so it gets its own environment
 # (.venv-sglang, about 3.4 GB, made once by the setup script); the lane is skipped, with the

@@ -194,3 +194,32 @@ def test_options_of_the_old_loop_point_to_run(target_dir, tmp_path):
         Eagle3Options(ttt_steps=0)
     with pytest.raises(ConfigError):
         Eagle3Options(temperature=-1.0)
+
+
+def test_data_from_the_rollout_sampler_trains_on_the_tasks_answers(target_dir, tmp_path):
+    """``data = "rollout"``: the configured sampler writes the sequences (here ``reference``: the
+    task's own answers, as a conversation file's assistant turns would be)."""
+    from opdplug.prepare import validate
+
+    manager = make_plugin_manager()
+
+    def config(name: str, sampler: str):
+        c = small_run(target_dir, tmp_path / name)
+        return c.replace(rollout={"sampler": sampler},
+                         plugins={**c.plugins, "drafter": c.plugins["drafter"].__class__(
+                             kind="eagle3", eagle3={"ttt_steps": 3, "draft_vocab_size": 20, "vocab_prompts": 16,
+                                                    "eval_every": 0, "data": "rollout"})})
+
+    result = train_eagle3(validate(config("ref", "reference"), manager).config, manager)
+    tok = local.load_tokenizer(str(target_dir))
+    task = SumChain(tok, max_len=4)
+    assert result.history[0]["rollout/on_policy"] == 0.0
+    # Each row's completion is the task's reference answer: the loss tokens are exactly those
+    # (the loop draws step s's prompts from derive_seed(run.seed, "prompts", s)).
+    from opdplug.context import derive_seed
+
+    expected = [sum(len(p.reference_ids) for p in task.prompts(4, seed=derive_seed(0, "prompts", s))) for s in range(4)]
+    assert [m["tokens"] for m in result.history] == expected
+    assert all(m["loss"] > 0 for m in result.history)
+    with pytest.raises(ConfigError, match="cannot sample"):
+        train_eagle3(config("student", "on_policy"), manager)

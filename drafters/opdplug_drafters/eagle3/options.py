@@ -5,7 +5,7 @@ loop (``stages``)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Literal, Optional
 
 from opdplug.errors import ConfigError
 
@@ -32,6 +32,12 @@ class Eagle3Options:
     config id i - 1); None = ``config.default_aux_layers`` of the target's depth."""
     intermediate_size: Optional[int] = None
     """MLP width of the head; None = the target's."""
+    data: Literal["target", "rollout"] = "target"
+    """Where the training sequences come from. ``target``: the target samples a completion of every
+    prompt (``temperature``, ``max_new_tokens``): the head learns the distribution it will verify
+    against. ``rollout``: the run's ``[rollout] sampler`` writes them, e.g. ``reference`` (the
+    task's own answers: a conversation file's assistant turns, with the task's loss mask) or
+    ``teacher``; never a sampler that samples the student (a head cannot sample)."""
     max_new_tokens: int = 64
     """Generation budget of the target's completions (rows also stop at the target's stop ids)."""
     temperature: float = 1.0

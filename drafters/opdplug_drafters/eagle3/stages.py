@@ -10,6 +10,7 @@ resume, metrics and progress like any student.
   from ``run.seed``, warm-started from the target's lm-head and final norm;
 * rollout: the TARGET samples the completions (``[drafter.eagle3] temperature`` and
   ``max_new_tokens``), one seed per global row, so the data does not depend on the processes;
+  or, with ``data = "rollout"``, the configured ``[rollout] sampler`` (e.g. the task's answers);
 * score: feature capture (``capture.feature_scores``): the target's auxiliary hidden states and
   its next-token distribution over the draft vocabulary;
 * student forward + loss: the TTT unroll and its token-summed loss (``ttt_loss.token_sum``),
@@ -60,7 +61,11 @@ class Eagle3Student(nn.Module):
         super().__init__()
         self.head = head
 
-    def forward(self, input_ids_B_L, features_B_L_A, attention_mask_B_L, ttt_steps: int) -> list[torch.Tensor]:
+    def forward(self, input_ids_B_L=None, features_B_L_A=None, attention_mask_B_L=None, ttt_steps: int = 0,
+                **causal_lm_kwargs) -> list[torch.Tensor]:
+        if causal_lm_kwargs or features_B_L_A is None:  # called as a causal LM: by a sampler
+            raise ConfigError("an EAGLE-3 head cannot sample: with drafter.eagle3.data = 'rollout', choose a [rollout] "
+                              "sampler that does not sample the student (reference, teacher)")
         return self.head.ttt_forward(input_ids_B_L, features_B_L_A, attention_mask_B_L, ttt_steps)
 
 
@@ -182,13 +187,21 @@ class Eagle3Stages:
         from opdplug_local.models import model_rollout
 
         options = self.state(ctx).options
+        if options.data == "rollout":  # the configured [rollout] sampler, as the kernel's own stage calls it
+            from opdplug.stages import opd_rollout as configured_rollout
+
+            return self._no_rootless_tokens(configured_rollout(ctx=ctx, prompts=prompts, step=step))
         batch = model_rollout(
             ctx.teacher, prompts, producer=PRODUCER_TEACHER, max_new_tokens=options.max_new_tokens,
             temperature=options.temperature, top_p=1.0, tokenizer=ctx.tokenizer, generator=None,
             row_seeds=ctx.row_seeds(prompts, "eagle3", step), on_policy=False,
         )
-        # A token at index 0 or 1 has no chain root before it (step 0 at root t predicts t + 2):
-        # it is not a loss token, so the loop's token count is exactly the TTT loss's.
+        return self._no_rootless_tokens(batch)
+
+    @staticmethod
+    def _no_rootless_tokens(batch):
+        """A token at index 0 or 1 has no chain root before it (step 0 at root t predicts t + 2):
+        it is not a loss token, so the loop's token count is exactly the TTT loss's root count."""
         loss_mask_B_L = batch.loss_mask_B_L.clone()
         loss_mask_B_L[:, :2] = 0
         return batch.replace(loss_mask_B_L=loss_mask_B_L)
