@@ -1,6 +1,6 @@
 """A drafter kind from another distribution (``tests/thirdparty_drafter``, installed by ``make
-test-env``), loaded through its ``opdplug`` entry point: ``opdplug drafter train`` and ``eval``
-take it from a config alone, exactly as they take the built-in kinds."""
+test-env``), loaded through its ``opdplug`` entry point: ``opdplug drafter train``, ``eval``
+and ``export`` take it from a config alone, exactly as they take the built-in kinds."""
 from __future__ import annotations
 
 import json
@@ -41,7 +41,7 @@ def test_the_kind_comes_from_the_entry_point():
     assert info.distribution == "opdplug-example-drafter" and not info.error
 
 
-def test_train_eval_from_a_config_alone(quick_target, tmp_path, capsys):
+def test_train_eval_export_from_a_config_alone(quick_target, tmp_path, capsys):
     drafter = {"kind": "bigram", "draft_tokens": 3, "eval_prompts": 3, "eval_batch_size": 3,
                "options": {"prompts": 16, "max_new_tokens": 16}}
     config = write_config(tmp_path / "bigram.toml", quick_target / "target", tmp_path / "run", drafter)
@@ -58,9 +58,20 @@ def test_train_eval_from_a_config_alone(quick_target, tmp_path, capsys):
     assert out["kind"] == "bigram"  # recognised by the kind's own `recognises`
     assert out["reports"][0]["identical_to_target"] is True and 1.0 <= out["reports"][0]["acceptance_length"] <= 3.0
 
-    # The kind has no export: one line, naming it.
+    # Export through the kind's own export; the exported directory is a drafter the kind loads.
+    code, out, err = run_cli(capsys, "drafter", "export", str(run), str(tmp_path / "out"), "--json")
+    assert code == 0, err
+    assert out["kind"] == "bigram" and Path(out["output_dir"]) == tmp_path / "out"
+    assert (tmp_path / "out" / "bigram.json").is_file() and not list(tmp_path.glob(".out-*"))  # atomic: no leftovers
+    code, again, err = run_cli(capsys, "drafter", "eval", str(tmp_path / "out"), "--target", str(quick_target / "target"),
+                               "--json", "--prompts", "3", "--no-timing", "--batch-sizes", "3", "--k", "2")
+    assert code == 0, err
+    assert again["kind"] == "bigram" and again["reports"][0]["identical_to_target"] is True
+    # The same drafter: the exported table is the trained one.
+    assert json.loads((tmp_path / "out" / "bigram.json").read_text()) == json.loads((run / "bigram.json").read_text())
+    # An existing export is not overwritten unless asked: one line.
     code, _, err = run_cli(capsys, "drafter", "export", str(run), str(tmp_path / "out"), "--json")
-    assert code == 2 and err.count("\n") == 1 and "'bigram' has no export" in err
+    assert code == 2 and err.count("\n") == 1 and "already exists" in err
 
 
 def test_its_options_and_unknown_kinds_are_one_line_errors(quick_target, tmp_path, capsys):

@@ -13,6 +13,9 @@ It uses only public API: ``opdplug.hookimpl``, ``opdplug.config.from_dict`` and
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional, Sequence
@@ -117,8 +120,30 @@ def _load(path: Path, target) -> BigramDrafter:
     return BigramDrafter(counts_V_V, data["options"]["smoothing"])
 
 
+def _export(source: Path, output_dir: Path, target_dir: Path) -> Path:
+    """The table alone, checked against the target's vocabulary, written to ``output_dir``
+    atomically (a temporary directory beside it, renamed into place)."""
+    data = json.loads((Path(source) / TABLE).read_text())
+    config = json.loads((Path(target_dir) / "config.json").read_text())
+    V = int(config["vocab_size"])
+    if len(data["counts"]) != V:
+        raise ConfigError(f"{str(source)!r}: the bigram table has {len(data['counts'])} rows, the target's vocabulary {V}")
+    output_dir = Path(output_dir)
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}-", dir=output_dir.parent))
+    try:
+        (tmp / TABLE).write_text(json.dumps(data))
+        if output_dir.exists():
+            shutil.rmtree(output_dir)
+        os.replace(tmp, output_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return output_dir
+
+
 BIGRAM = DrafterKind("bigram", "next token given the previous one, counted on the target's samples",
-                     load=_load, recognises=_recognises, train=_train, validate_options=_validate)
+                     load=_load, recognises=_recognises, train=_train, validate_options=_validate, export=_export)
 
 
 @hookimpl
