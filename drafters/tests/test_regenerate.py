@@ -178,6 +178,15 @@ def test_the_command_line(world, tmp_path, capsys):
     assert not (tmp_path / "x.jsonl").exists()
 
 
+@pytest.mark.parametrize("arch", ["llama", "qwen3"])
+def test_other_target_architectures(world, tmp_path, arch):
+    root, _, source, generator = world
+    target = build_model_dir(tmp_path / arch, arch, generator.tokenizer, hidden_size=32, num_hidden_layers=1, seed=5)
+    local = LocalGenerator(str(target))
+    summary = regenerate(source, tmp_path / "out.jsonl", local, RegenerateOptions(limit=2, batch_size=2, **OPTIONS), progress=False)
+    assert summary["written"] == 2 and len(read(tmp_path / "out.jsonl")) == 2
+
+
 def test_options_are_checked():
     with pytest.raises(ConfigError, match="--turns"):
         RegenerateOptions(turns="first")

@@ -230,19 +230,31 @@ def test_lambda_mix_keeps_the_user_turns_of_a_reference(tmp_path, tokenizers):
 
 
 # -- through the command line --------------------------------------------------------------------
-def test_a_bad_conversation_file_is_one_line_and_exit_2(tmp_path, tokenizers, capsys):
+CLI_CASES = {
+    "unknown_from": ([{"conversations": [{"from": "narrator", "value": "x"}]}], {}, ":3: ", "unknown role (ShareGPT 'from') 'narrator'"),
+    "missing_key": ([{"text": "x"}], {}, ":3: ", "no 'messages' or 'conversations' key"),
+    "empty": ([{"messages": []}], {}, ":3: ", "the conversation is empty"),
+    "named_column": ([{"conversations": CONVERSATION}], {"messages_column": "messages"}, ":3: ", "no 'messages' key"),
+    "pretty_json": (["[", json.dumps({"messages": CONVERSATION}), "]"], {}, "line 1 is not valid JSON",
+                    "one complete JSON object per line"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CLI_CASES))
+def test_a_bad_conversation_file_is_one_line_and_exit_2(tmp_path, tokenizers, capsys, case):
+    lines, options, where, problem = CLI_CASES[case]
     model = build_model_dir(tmp_path / "model", "qwen2", tokenizers["chatml"], hidden_size=32)
-    write_jsonl(tmp_path / "conv.jsonl", [{"messages": CONVERSATION}, {"messages": CONVERSATION},
-                                          {"conversations": [{"from": "narrator", "value": "x"}]}])
+    first = [json.dumps({"messages": CONVERSATION})] * 2 if case != "pretty_json" else []
+    write_jsonl(tmp_path / "conv.jsonl", first + lines)
     config = {"run": {"output_dir": str(tmp_path / "never"), "steps": 1, "progress": False},
               "student": {"path": str(model)}, "teacher": {"scorer": "self"},
-              "task": {"name": "dataset", "options": {"path": str(tmp_path / "conv.jsonl"), "loss_turns": "all"}}}
+              "task": {"name": "dataset", "options": {"path": str(tmp_path / "conv.jsonl"), "loss_turns": "all", **options}}}
     (tmp_path / "c.toml").write_text(dump_toml(config))
     capsys.readouterr()  # what building the model printed
     for command in ("check", "train"):
         code = main([command, str(tmp_path / "c.toml")])
         out = capsys.readouterr()
         assert code == 2 and out.out == "" and len(out.err.strip().splitlines()) == 1, out.err
-        assert f"{tmp_path / 'conv.jsonl'}:3: " in out.err and "unknown role (ShareGPT 'from') 'narrator'" in out.err
+        assert str(tmp_path / "conv.jsonl") in out.err and where in out.err and problem in out.err, out.err
         assert "Traceback" not in out.err
     assert not (tmp_path / "never").exists()
