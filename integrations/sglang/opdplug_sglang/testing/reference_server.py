@@ -24,9 +24,14 @@ import torch
 
 
 class ReferenceServer:
-    """Serves ``model_dir`` on 127.0.0.1 (a free port) until ``stop``."""
+    """Serves ``model_dir`` on 127.0.0.1 (a free port) until ``stop``.
 
-    def __init__(self, model_dir: str):
+    With ``aux_layer_ids`` it also answers like a server started with SGLang's capture-only flags
+    (``opdplug_sglang.features.server_flags``): ``return_hidden_states`` requests get the hidden
+    states entering layers ``id + 1`` concatenated (``[L, n_aux * H]``, as one block, only when a
+    token is generated), and ``/server_info`` reports those settings."""
+
+    def __init__(self, model_dir: str, aux_layer_ids: Optional[list] = None):
         from opdplug_local.models import load_model, load_tokenizer
 
         self.model_path = str(model_dir)
@@ -34,6 +39,7 @@ class ReferenceServer:
         self.tokenizer = load_tokenizer(model_dir)
         self.lock = threading.Lock()
         self.requests = 0
+        self.aux_layer_ids = None if aux_layer_ids is None else [int(i) for i in aux_layer_ids]
         self._server: Optional[ThreadingHTTPServer] = None
 
     # ------------------------------------------------------------------ model
@@ -106,6 +112,45 @@ class ReferenceServer:
                 "prompt_tokens": len(ids), "completion_tokens": len(out)}
         return {"text": self.tokenizer.decode(out), "output_ids": out, "meta_info": meta}
 
+    @torch.no_grad()
+    def _with_hidden_states(self, req: dict, i: int) -> dict:
+        """A one-token generation that also returns input log-probs and the prompt's hidden
+        states (the capture-only layout of SGLang 0.5.23: ``hidden_states = [[L rows]]``, the
+        output rows' log-probs at the sampling temperature)."""
+        ids = list(req["input_ids"][i] if isinstance(req["input_ids"][0], list) else req["input_ids"])
+        sp = req["sampling_params"][i] if isinstance(req["sampling_params"], list) else req["sampling_params"]
+        if sp.get("max_new_tokens") != 1:
+            raise ValueError("the stand-in returns hidden states for max_new_tokens = 1 only")
+        answer = self._score(req, i)
+        out = self.model(torch.tensor([ids]), output_hidden_states=True)
+        if self.aux_layer_ids is not None:
+            hidden = torch.cat([out.hidden_states[k + 1][0] for k in sorted(self.aux_layer_ids)], dim=-1)
+        else:
+            hidden = out.hidden_states[-1][0]
+        logp = torch.log_softmax(out.logits[0, -1].float() / sp.get("temperature", 1.0), dim=-1)
+        g = torch.Generator().manual_seed(int(sp.get("sampling_seed", 0)))
+        tok = int(torch.multinomial(logp.exp(), 1, generator=g))
+        k = req.get("top_logprobs_num") or 0
+        k = k[i] if isinstance(k, list) else k
+        chosen = req.get("token_ids_logprob") or []
+        chosen = chosen[i] if chosen and isinstance(chosen[0], list) else chosen
+        meta = answer["meta_info"]
+        meta.update(hidden_states=[hidden.tolist()], output_token_logprobs=[[float(logp[tok]), tok, None]],
+                    completion_tokens=1, cached_tokens=0, finish_reason={"type": "length", "length": 1})
+        if k:
+            v, j = logp.topk(k)
+            meta["output_top_logprobs"] = [[[float(a), int(b), None] for a, b in zip(v, j)]]
+        if chosen:
+            meta["output_token_ids_logprobs"] = [[[float(logp[c]), int(c), None] for c in chosen]]
+        return {"text": self.tokenizer.decode([tok]), "output_ids": [tok], "meta_info": meta}
+
+    def server_info(self) -> dict:
+        """The ``/server_info`` keys opdplug reads."""
+        aux = self.aux_layer_ids is not None
+        return {"version": "0.5.23", "disable_radix_cache": True, "enable_return_hidden_states": True,
+                "enable_return_aux_hidden_states": aux, "aux_hidden_state_capture": "eagle3" if aux else None,
+                "return_aux_hidden_state_layer_ids": self.aux_layer_ids, "speculative_algorithm": None}
+
     def generate(self, req: dict):
         batched = isinstance(req["input_ids"][0], list)
         for row in (req["input_ids"] if batched else [req["input_ids"]]):
@@ -120,7 +165,10 @@ class ReferenceServer:
             self.requests += 1
             for i in range(n):
                 sp = req["sampling_params"][i] if isinstance(req["sampling_params"], list) else req["sampling_params"]
-                answers.append(self._score(req, i) if sp.get("max_new_tokens", 1) == 0 else self._sample(req, i))
+                if req.get("return_hidden_states") and sp.get("max_new_tokens", 1) > 0:
+                    answers.append(self._with_hidden_states(req, i))
+                else:
+                    answers.append(self._score(req, i) if sp.get("max_new_tokens", 1) == 0 else self._sample(req, i))
         return answers if batched else answers[0]
 
     def update_weights(self, req: dict) -> dict:
@@ -157,6 +205,8 @@ class ReferenceServer:
                     self._send({"model_path": ref.model_path, "tokenizer_path": ref.model_path, "is_generation": True})
                 elif self.path.startswith("/health"):
                     self._send({})
+                elif self.path.startswith(("/server_info", "/get_server_info")):
+                    self._send(ref.server_info())
                 else:
                     self._send({"error": "not found"}, 404)
 
