@@ -8,8 +8,8 @@ kind is looked up in the registry, never by name, so a third-party kind plugs in
 
 The stages object has ``load_models(ctx)``, ``rollout(ctx, prompts, step)``, ``score(ctx,
 batch)``, ``student_forward(ctx, batch)``, ``loss(ctx, batch, scores, credit, student)`` and
-``save_model(ctx, directory)``; optionally ``validate(ctx)``, ``configure(ctx)`` and
-``step_end(ctx, step, metrics)`` (``plugin.py`` calls those three from its own hooks). They follow
+``save_model(ctx, directory)``; optionally ``preflight(ctx)``, ``validate(ctx)``, ``configure(ctx)``
+and ``step_end(ctx, step, metrics)`` (``plugin.py`` calls the last three from its own hooks). They follow
 the hookspecs of the same names (``opd_*``).
 """
 from __future__ import annotations
@@ -65,3 +65,8 @@ def opd_loss(ctx, batch, scores, credit, student):
 @hookimpl
 def opd_save_model(ctx, directory):
     return call(ctx, "save_model", directory)
+
+
+@hookimpl
+def opd_preflight(ctx):
+    return call(ctx, "preflight")

@@ -18,7 +18,7 @@ from . import distillspec, loop_stages
 from .builtin_kinds import EAGLE3, STANDALONE
 from .kinds import get_kind, kind_options
 from .loop_stages import (  # noqa: F401 (hooks)
-    opd_load_models, opd_loss, opd_rollout, opd_save_model, opd_score, opd_student_forward,
+    opd_load_models, opd_loss, opd_preflight, opd_rollout, opd_save_model, opd_score, opd_student_forward,
 )
 from .options import DrafterOptions
 

@@ -223,3 +223,15 @@ def test_data_from_the_rollout_sampler_trains_on_the_tasks_answers(target_dir, t
     assert all(m["loss"] > 0 for m in result.history)
     with pytest.raises(ConfigError, match="cannot sample"):
         train_eagle3(config("student", "on_policy"), manager)
+
+
+def test_check_reports_the_head(target_dir, tmp_path, capsys):
+    from opdplug.cli import main
+
+    path = tmp_path / "check.toml"
+    path.write_text(dump_toml({"run": {"output_dir": str(tmp_path / "never")}, "teacher": {"path": str(target_dir)},
+                               "drafter": {"kind": "eagle3", "eagle3": {"ttt_steps": 2, "max_new_tokens": 6}}}))
+    assert main(["check", str(path)]) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert report["eagle3"]["sglang_layer_ids"] == [0, 1, 2] and report["eagle3"]["initial_loss"] > 0
+    assert not (tmp_path / "never").exists()

@@ -31,12 +31,12 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from opdplug.errors import ConfigError
+from opdplug.errors import ConfigError, PreflightError
 from opdplug.types import PRODUCER_TEACHER, LoadedModels, LossOutput
 
 from .capture import Batch, feature_scores
 from .checkpoint import save_head
-from .config import check_aux_layers, default_aux_layers, draft_config, sglang_layer_ids
+from .config import check_aux_layers, default_aux_layers, draft_config, head_norms, sglang_layer_ids
 from .model import Eagle3Head
 from .options import Eagle3Options
 from .ttt import generate, target_batch, ttt_loss
@@ -157,7 +157,8 @@ class Eagle3Stages:
         task = build_task(ctx.registry, config.task.name, config.task.options, tokenizer)
         d2t, t2d = choose_vocab(target, task, tokenizer, options, config.run.seed)
         head_config = draft_config(target.config, draft_vocab_size=int(d2t.shape[0]), aux_layers=aux,
-                                   intermediate_size=options.intermediate_size)
+                                   intermediate_size=options.intermediate_size,
+                                   variant=head_norms(options.variant, norm_before_fc=options.norm_before_fc))
         with torch.random.fork_rng(devices=[]):  # the head's initialisation leaves the run's RNG alone
             torch.manual_seed(config.run.seed)
             head = Eagle3Head(head_config)
@@ -181,6 +182,24 @@ class Eagle3Stages:
                           pad_id=pad_id_of(ctx.tokenizer), seed=seed * 31 + 17)
         head = self.head(ctx)
         state.eval_batch = target_batch(ctx.teacher, sample, head.aux_layers, head.draft_to_target_Vd)
+
+    def preflight(self, ctx) -> dict:
+        """What ``opdplug check`` prints about the head, and a finite TTT loss on one target batch."""
+        from opdplug_local.tokenization import pad_id_of, stop_token_ids
+
+        head, options = self.head(ctx), self.state(ctx).options
+        prompts = ctx.task.prompts(2, seed=ctx.config.run.seed, split="eval")
+        sample = generate(ctx.teacher, prompts, options, eos_id=stop_token_ids(ctx.tokenizer, ctx.teacher),
+                          pad_id=pad_id_of(ctx.tokenizer), seed=0)
+        with torch.no_grad():
+            loss, _ = ttt_loss(head, target_batch(ctx.teacher, sample, head.aux_layers, head.draft_to_target_Vd),
+                               options.ttt_steps, options.step_decay)
+        if not torch.isfinite(loss):
+            raise PreflightError(f"the EAGLE-3 head's TTT loss on the target's own samples is {float(loss)} before training")
+        return {"eagle3": {"aux_layers": list(head.aux_layers), "sglang_layer_ids": sglang_layer_ids(head.aux_layers),
+                           "draft_vocab_size": int(head.d2t.shape[0]), "ttt_steps": options.ttt_steps,
+                           "trainable_params": sum(p.numel() for p in head.parameters() if p.requires_grad),
+                           "initial_loss": float(loss)}}
 
     # -- stages -------------------------------------------------------------------------------
     def rollout(self, ctx, prompts, step: int):
