@@ -17,7 +17,8 @@ decoded without special tokens.
 
 Output: JSONL in the normalised form (``opdplug_local.conversations``), the input record with
 its ``messages`` replaced, plus ``"regenerated": {"turns": [...], "truncated": n}`` (turn indices
-written by the target; how many hit ``max_new_tokens``). Each finished conversation is one
+written by the target; how many hit ``max_new_tokens``; the template switches as JSON text,
+which the dataset task checks against its own ``template_kwargs``). Each finished conversation is one
 ``write`` of one whole line to a file opened for appending, so a killed run leaves only whole
 lines; re-running skips every id already in the output (a torn last line, should the file
 system leave one, is cut off first). Conversations go through the target ``batch_size`` at a
@@ -206,7 +207,10 @@ def regenerate_batch(records: Sequence[dict], generator, options: RegenerateOpti
             else:
                 messages[b][at] = turn
             truncated[b] += int(new.truncated)
-    return [{**r, "messages": m, "regenerated": {"turns": p, "truncated": t}}
+    # The switches are recorded (as JSON text: Arrow cannot hold an empty struct) so that the
+    # dataset task can refuse to train with other ones (SpecForge issue 296).
+    switches = json.dumps(options.template_kwargs, sort_keys=True)
+    return [{**r, "messages": m, "regenerated": {"turns": p, "truncated": t, "template_kwargs": switches}}
             for r, m, p, t in zip(records, messages, plans, truncated)]
 
 

@@ -135,6 +135,26 @@ def test_the_template_switch_reaches_every_prompt(world, tmp_path, thinking):
     assert all(m["content"] == "ok" for r in read(tmp_path / "t.jsonl").values() for m in r["messages"] if m["role"] == "assistant")
 
 
+def test_training_with_other_switches_than_the_regeneration_is_refused(world, tmp_path):
+    """SpecForge issue 296 as a one-line error: the regenerated file records its switches."""
+    from opdplug.manager import make_plugin_manager
+    from opdplug.prepare import build_task
+
+    root, _, source, generator = world
+    out = tmp_path / "off.jsonl"
+    regenerate(source, out, Recorder(generator.tokenizer), RegenerateOptions(template_kwargs={"enable_thinking": False}, **OPTIONS),
+               progress=False)
+    registry = make_plugin_manager().registry
+    same = build_task(registry, "dataset", {"path": str(out), "loss_turns": "all", "template_kwargs": {"enable_thinking": False}},
+                      generator.tokenizer)
+    assert len(same.take(0, 3, seed=0)[0]) == 3
+    for switches in ({}, {"enable_thinking": True}):
+        other = build_task(registry, "dataset", {"path": str(out), "template_kwargs": switches}, generator.tokenizer)
+        with pytest.raises(ConfigError, match=r"regenerated with template_kwargs \{'enable_thinking': False\} but "
+                                              r"task.options.template_kwargs = "):
+            other.take(0, 1, seed=0)
+
+
 def test_an_sglang_served_target_writes_the_same_greedy_turns(world, tmp_path):
     from opdplug_sglang.testing.reference_server import ReferenceServer
 

@@ -158,6 +158,7 @@ class DatasetTask:
     def make_prompt(self, row: dict, where: str) -> Optional[Prompt]:
         """The ``Prompt`` of one row, or None when it is over the length limit and dropped."""
         o, cols = self.options, self.columns
+        _check_switches(row, o.template_kwargs, where)
         answer = row.get(cols["answer"]) if cols["answer"] else None
         reference_text = row.get(cols["completion"]) if cols["completion"] else answer
         if cols["messages"] and o.loss_turns == "all":
@@ -322,6 +323,24 @@ class DatasetTask:
     def metrics(self) -> dict:
         """Cumulative counts of prompts dropped or truncated for length (component lifecycle)."""
         return {"data/dropped_prompts": float(self.dropped), "data/truncated_prompts": float(self.truncated)}
+
+
+def _check_switches(row: dict, template_kwargs: dict, where: str) -> None:
+    """A row ``opdplug drafter regenerate`` wrote records the template switches its assistant
+    turns were generated with: training with other ones would teach text the target does not
+    write with these (SpecForge issue 296), so that is a one-line error."""
+    record = row.get("regenerated")
+    recorded = record.get("template_kwargs") if isinstance(record, dict) else None
+    if not isinstance(recorded, str):
+        return
+    try:
+        used = json.loads(recorded)
+    except ValueError:
+        return
+    if used != dict(template_kwargs):
+        raise ConfigError(f"{where}: its assistant turns were regenerated with template_kwargs {used} but "
+                          f"task.options.template_kwargs = {dict(template_kwargs)}; use the switches the target is served "
+                          f"with in both (opdplug drafter regenerate --template-kwargs)")
 
 
 def _is_conversation_jsonl(path: str, o: DatasetOptions) -> bool:

@@ -230,6 +230,29 @@ def test_lambda_mix_keeps_the_user_turns_of_a_reference(tmp_path, tokenizers):
 
 
 # -- through the command line --------------------------------------------------------------------
+def test_training_counts_exactly_the_assistant_tokens(tmp_path, tokenizers, capsys):
+    """``opdplug train`` on multi-turn references (SFT, no teacher): the tokens trained in a step
+    that visits every conversation once are exactly their assistant turns' tokens."""
+    tok = tokenizers["chatml"]
+    model = build_model_dir(tmp_path / "model", "qwen3", tok, hidden_size=32, num_hidden_layers=1)
+    records = chatgen.generate(4, seed=9)
+    write_jsonl(tmp_path / "conv.jsonl", records)
+    options = {"path": str(tmp_path / "conv.jsonl"), "loss_turns": "all", "template_kwargs": {"enable_thinking": False}}
+    config = {"run": {"output_dir": str(tmp_path / "run"), "steps": 1, "batch_size": 4, "progress": False},
+              "student": {"path": str(model)}, "teacher": {"scorer": "none"}, "rollout": {"sampler": "reference"},
+              "loss": {"support": "sampled", "estimator": "nll"}, "task": {"name": "dataset", "options": options}}
+    (tmp_path / "sft.toml").write_text(dump_toml(config))
+    assert main(["train", str(tmp_path / "sft.toml")]) == 0
+    capsys.readouterr()
+    row = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])
+    task = task_for(tmp_path / "run", tok, records, **{k: v for k, v in options.items() if k != "path"})
+    prompts = task.take(0, 4, seed=0)[0]
+    assistant = [m["content"] for r in records for m in r["messages"] if m["role"] == "assistant"]
+    expected = sum(len(tok(a + "<|im_end|>", add_special_tokens=False)["input_ids"]) for a in assistant)
+    assert row["tokens"] == sum(sum(p.reference_mask) for p in prompts) == expected
+
+
+
 CLI_CASES = {
     "unknown_from": ([{"conversations": [{"from": "narrator", "value": "x"}]}], {}, ":3: ", "unknown role (ShareGPT 'from') 'narrator'"),
     "missing_key": ([{"text": "x"}], {}, ":3: ", "no 'messages' or 'conversations' key"),
