@@ -223,3 +223,35 @@ def test_audit_of_variant_norms(target, tmp_path, case):
         export_drafter("eagle3", src, tmp_path / "export", target_dir=root / "target")
     assert "\n" not in str(info.value)
     assert not (tmp_path / "export").exists()
+
+
+def test_the_variant_is_a_kind_option_trained_through_the_core_loop(target, tmp_path):
+    """``[drafter.eagle3] variant = "eagle3.1"``: the core loop trains the variant's norms, and the
+    run's head and its export carry them."""
+    from safetensors.torch import load_file
+
+    from opdplug.prepare import validate
+    from opdplug.manager import make_plugin_manager
+    from opdplug_drafters.eagle3 import eagle3_config, train_eagle3
+
+    root, model, _ = target
+    manager = make_plugin_manager()
+    with pytest.raises(ConfigError, match="unknown EAGLE-3 variant 'eagle4'") as info:
+        validate(eagle3_config(root / "target", tmp_path / "bad", options={"variant": "eagle4"}, manager=manager), manager)
+    assert "\n" not in str(info.value)
+    config = eagle3_config(
+        root / "target", tmp_path / "run", manager=manager,
+        run={"steps": 3, "batch_size": 4, "lr": 3e-3, "warmup_steps": 1, "progress": False},
+        options={"variant": "eagle3.1", "norm_before_fc": True, "ttt_steps": 3, "draft_vocab_size": 20,
+                 "max_new_tokens": 8, "vocab_prompts": 16, "eval_prompts": 0, "eval_every": 0},
+        task={"name": "sumchain", "options": {"max_len": 4}},
+    )
+    train_eagle3(config, manager)
+    head = Eagle3Drafter.from_pretrained(tmp_path / "run", model).head
+    assert head.norms == HeadNorms(fc_norm=True, norm_before_fc=True, norm_output=True)
+    final = load_file(str(tmp_path / "run" / "final" / "model.safetensors"))
+    for name in ("fc_norm.0.weight", "fc_norm.2.weight", "input_norm.weight"):
+        assert not torch.equal(final[name], torch.ones_like(final[name])), name  # trained away from 1
+    out = export_drafter("eagle3", tmp_path / "run", tmp_path / "export", target_dir=root / "target")
+    data = json.loads((out / "config.json").read_text())
+    assert data["fc_norm"] is True and data["norm_output"] is True and data["norm_before_fc"] is True

@@ -32,6 +32,14 @@ class Eagle3Options:
     config id i - 1); None = ``config.default_aux_layers`` of the target's depth."""
     intermediate_size: Optional[int] = None
     """MLP width of the head; None = the target's."""
+    variant: str = "eagle3"
+    """``"eagle3"``, or ``"eagle3.1"``: an RMSNorm on each auxiliary feature before ``fc`` and the
+    normed output (after the norm before ``lm_head``) fed back to the next draft step, as the
+    public EAGLE-3.1 checkpoints set it (config flags ``fc_norm``, ``norm_output``; SGLang 0.5.23
+    loads both). See ``config.HeadNorms``."""
+    norm_before_fc: bool = False
+    """Also one RMSNorm over the concatenated features before ``fc`` (SGLang's ``norm_before_fc``,
+    NVIDIA's gpt-oss heads), with either variant."""
     data: Literal["target", "rollout"] = "target"
     """Where the training sequences come from. ``target``: the target samples a completion of every
     prompt (``temperature``, ``max_new_tokens``): the head learns the distribution it will verify
@@ -56,6 +64,9 @@ class Eagle3Options:
     """Warm-start ``lm_head`` (draft rows) and ``norm`` from the target's lm-head and final norm."""
 
     def __post_init__(self) -> None:
+        from .config import head_norms
+
+        head_norms(self.variant, norm_before_fc=self.norm_before_fc)  # an unknown name is a one-line error
         if self.ttt_steps < 1 or not 0 < self.step_decay <= 1:
             raise ConfigError(f"eagle3 needs ttt_steps >= 1 and 0 < step_decay <= 1; got ttt_steps={self.ttt_steps}, "
                               f"step_decay={self.step_decay}")
