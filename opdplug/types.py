@@ -127,6 +127,20 @@ class RolloutBatch:
 
 
 @dataclass(frozen=True)
+class SparseDistribution:
+    """A distribution over the student's vocabulary given as a few weighted ids per position."""
+
+    ids_B_L_J: torch.Tensor
+    """Student token ids (long; -1 where a column is unused). An id may appear more than once:
+    its masses add up."""
+    logmass_B_L_J: torch.Tensor
+    """Log of the mass each column puts on its id (float32; -inf where unused)."""
+    tail_logmass_B_L: torch.Tensor
+    """Log of the mass on no listed id (float32). Masses and tail are normalised together by
+    whoever reads them, so they need not sum to one."""
+
+
+@dataclass(frozen=True)
 class TeacherScores:
     """The teacher's view of a ``RolloutBatch``. Sparse by default; dense only where local."""
 
@@ -170,13 +184,10 @@ class TeacherScores:
     """A teacher with another vocabulary (long): row 0 student ids, row 1 the teacher id with the
     identical string. The top-k ids and the dense lm-head are then in the teacher's vocabulary,
     and only supports that map vocabularies read them. None: one shared vocabulary."""
-    topk_student_ids_B_L_K: Optional[torch.Tensor] = None
-    """A teacher with another vocabulary (long): per top-k teacher entry, the student token it
-    projects onto at this position: the longest student token that begins the rest of the
-    teacher token once the bytes the student already wrote inside it are taken off (-1: the
-    entry does not continue the student's text, or ends exactly there). Where
-    ``distribution_B_L`` is False the top-k fields hold the distribution of the teacher token
-    that covers the student's token. None: not computed."""
+    student_distribution: Optional["SparseDistribution"] = None
+    """A teacher with another vocabulary: its next-token distribution re-expressed over the
+    student's vocabulary at each position, given the text the student has written (see
+    ``SparseDistribution``). None: not computed."""
 
     @property
     def is_dense(self) -> bool:

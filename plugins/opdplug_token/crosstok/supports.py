@@ -28,7 +28,7 @@ from typing import ClassVar, Literal
 
 import torch
 
-from opdplug.types import RolloutBatch, StudentOutputs, TeacherScores
+from opdplug.types import RolloutBatch, SparseDistribution, StudentOutputs, TeacherScores
 
 from ..metrics import complement_logsumexp, entropy
 from ..support_chunks import (
@@ -143,70 +143,66 @@ class CrossVocab:
 
 @dataclass(frozen=True)
 class ProjectedTopK:
-    """``xtok_project``: the teacher's top-k projected onto the student's vocabulary.
+    """``xtok_project``: the teacher's distribution re-expressed over the student's vocabulary.
 
-    At every scored position, each top-k teacher entry that continues the text the student has
-    written so far becomes the student token that would write its next bytes
-    (``scores.topk_student_ids_B_L_K``); entries that do not continue it are dropped and the rest
-    renormalised with the teacher's tail (the teacher's distribution conditioned on the student's
-    prefix, approximated at its top-k). Student ids that receive mass are outcomes; everything
-    else on both sides is one bucket. Unlike the bucket supports nearly all of the teacher's mass
-    lands on named student tokens, so the student is never rewarded for spreading its mass; and
-    positions inside a teacher token are trained too. With one tokenizer the projection is the
-    identity and this is ``teacher_topk``.
+    The ``cross_tokenizer`` scorer turns the teacher's top-k at every scored position into
+    ``scores.student_distribution``: each teacher entry that continues the text the student has
+    written becomes the student token that would write its next bytes, and on shared boundaries
+    the teacher's "this token ended" bias is undone by mixing in the entries that extend the
+    previous token (see ``CrossTokenizer.project``). Here that sparse distribution and its tail
+    are normalised; student ids that receive mass are outcomes and everything else, on both
+    sides, is one bucket. Unlike the bucket supports nearly all the teacher's mass lands on named
+    student tokens, so the student is never rewarded for spreading its mass, and positions inside
+    a teacher token are trained too. With one tokenizer it is ``teacher_topk``.
 
-    Approximations (exact only where noted): a student token longer than the teacher token
-    under it gets only the mass of teacher tokens that contain it, never the continuation over
-    the next teacher token; a teacher entry that ends exactly where the student's written prefix
-    ends is dropped (its continuation is another teacher position).
+    What it approximates: the teacher's top-k stands for its whole distribution (its tail is
+    one more outcome); a student token longer than the teacher token under it gets only the mass
+    of teacher tokens that contain it (not the continuation over the next teacher token); inside
+    a teacher token, an entry ending exactly where the student is has its continuation at a
+    position the teacher did not score, so it is dropped.
     """
 
     uses_estimator: ClassVar[bool] = False
-    any_vocabulary: ClassVar[bool] = True  # reads topk_student_ids_B_L_K
+    any_vocabulary: ClassVar[bool] = True  # reads student_distribution
 
     def __call__(self, divergence, student: StudentOutputs, scores: TeacherScores, batch: RolloutBatch,
                  mask_B_L: Tensor, *, top_k: int = 16, chunk_size: int = 1024) -> SupportResult:
-        if scores.topk_logprobs_B_L_K is None:
-            raise ValueError("the xtok_project support needs the teacher's top-k: set teacher.top_k > 0")
-        proj_B_L_K = scores.topk_student_ids_B_L_K
-        if proj_B_L_K is None:
-            if scores.vocab_map_2_M is not None:
-                raise ValueError("the xtok_project support needs byte-level tokenizers on both sides (the teacher's "
-                                 "scorer found no byte strings to project); use xtok_topk or sampled")
-            proj_B_L_K = scores.topk_ids_B_L_K  # one vocabulary: the projection is the identity
+        dist = scores.student_distribution
+        if dist is None and scores.vocab_map_2_M is None and scores.topk_ids_B_L_K is not None:
+            tail = (scores.tail_logmass_B_L if scores.tail_logmass_B_L is not None
+                    else sparse_teacher_tail(upcast(scores.topk_logprobs_B_L_K))[0])
+            dist = SparseDistribution(scores.topk_ids_B_L_K, scores.topk_logprobs_B_L_K, tail)  # one vocabulary
+        if dist is None:
+            raise ValueError("the xtok_project support needs the teacher's top-k (teacher.top_k > 0) and, with another "
+                             "tokenizer, byte-level tokenizers on both sides; otherwise use xtok_topk or sampled")
         g = gather_masked(student, scores, batch, mask_B_L)
         dev = g.mask_B_L.device
         V_s = student.lm_head_V_H.shape[0]
-        proj_N_K = proj_B_L_K.to(dev)[g.mask_B_L]
-        lp_N_K = upcast(scores.topk_logprobs_B_L_K.to(dev)[g.mask_B_L])
-        if scores.tail_logmass_B_L is not None:
-            tail_N = upcast(scores.tail_logmass_B_L.to(dev)[g.mask_B_L])
-            clamped = torch.zeros((), device=dev)
-        else:
-            tail_N, clamped = sparse_teacher_tail(lp_N_K)
-        per_token = {"h_s": g.student_hidden_N_H, "tok": g.tokens_N, "proj": proj_N_K, "t_lp": lp_N_K, "t_tail": tail_N}
+        per_token = {"h_s": g.student_hidden_N_H, "tok": g.tokens_N, "ids": dist.ids_B_L_J.to(dev)[g.mask_B_L],
+                     "mass": upcast(dist.logmass_B_L_J.to(dev)[g.mask_B_L]),
+                     "tail": upcast(dist.tail_logmass_B_L.to(dev)[g.mask_B_L])}
 
         def chunk_fn(c: dict, w_s: Tensor):
             logq_C_V = chunk_logp(c["h_s"], w_s, g.temperature, V_s)
             token_logq_C = token_logp(logq_C_V, c["tok"])
-            keep = (c["proj"] >= 0) & (c["proj"] < V_s) & torch.isfinite(c["t_lp"])
-            t_kept = torch.where(keep, c["t_lp"], NEG)
-            log_z = torch.logsumexp(torch.cat([t_kept, c["t_tail"][:, None]], -1), -1)
+            keep = (c["ids"] >= 0) & (c["ids"] < V_s) & torch.isfinite(c["mass"])
+            mass = torch.where(keep, c["mass"], NEG)
+            log_z = torch.logsumexp(torch.cat([mass, c["tail"][:, None]], -1), -1)
             has = keep.any(-1)
-            p_C_V = torch.zeros_like(logq_C_V, dtype=t_kept.dtype).scatter_add(
-                -1, c["proj"].clamp(0, V_s - 1), (t_kept - log_z[:, None]).exp())
+            p_C_V = torch.zeros_like(logq_C_V, dtype=mass.dtype).scatter_add(
+                -1, c["ids"].clamp(0, V_s - 1), (mass - log_z[:, None]).exp())
             named = p_C_V > 0
-            t_C_V1 = with_tail(torch.where(named, p_C_V.log(), NEG), c["t_tail"] - log_z)
+            t_C_V1 = with_tail(torch.where(named, p_C_V.log(), NEG), c["tail"] - log_z)
             s_rest = torch.logsumexp(torch.where(named, NEG, logq_C_V), -1)
             s_C_V1 = with_tail(torch.where(named, logq_C_V, NEG), s_rest)
             values_C = torch.where(has, divergence(s_C_V1, t_C_V1), torch.zeros_like(s_rest))
             with torch.no_grad():
                 m = pair_metrics(s_C_V1[has], t_C_V1[has])
                 m["student_entropy"] = entropy(logq_C_V).sum()
-                m["tail_mass"] = (c["t_tail"] - log_z)[has].float().exp().sum()
+                m["tail_mass"] = (c["tail"] - log_z)[has].float().exp().sum()
                 m["xtok_unprojected_tokens"] = (~has).sum().float()
             return (values_C, token_logq_C), m
 
         outs, sums = map_chunks(chunk_fn, per_token, (student.lm_head_V_H,), chunk_size)
-        sums["clamped"] = clamped
+        sums.update(metric_zeros(dev))
         return finish(g, student, *(outs or (None, None)), sums)
