@@ -1,16 +1,27 @@
-"""Performance 4: one OPD step at about 0.5B parameters in bf16 on a GPU.
+"""Performance 4: one OPD step in bf16 on a GPU, with its MFU against the device's measured peak.
 
-Builds a student and a teacher from config (random weights; the shape of a 0.5B Llama-style
-model: hidden 896, 24 layers, 14 query / 2 key-value heads, MLP 4864, vocabulary 151936), and
-times the pieces of opdplug's OPD step on random prompts, the way ``opdplug.loop.train_step``
-runs them:
+Builds a student and a teacher from config (random weights) and times the pieces of opdplug's
+OPD step on random prompts. Sizes (``--size``):
+
+* ``realistic`` (default): the shapes of ``vs_trl.py --size realistic``: a ~22M Llama student
+  (hidden 384, 6 layers) and a ~88M teacher (hidden 768, 10 layers), vocabulary 16384;
+* ``0.5b``: student and teacher both shaped like a 0.5B Llama (hidden 896, 24 layers, 14 query /
+  2 key-value heads, MLP 4864, vocabulary 151936);
+* ``tiny``: a smoke test of the script itself (``--smoke`` = ``--device cpu --size tiny`` with a
+  few tokens).
+
+The phases are run the way ``opdplug.loop.train_step`` runs them:
 
 1. rollout: ``sampling.sample`` (KV-cached; the no-grad fast path when the model is a plain Llama),
 2. scoring: ``local.score_with_model`` on the teacher (dense: hidden states + lm_head),
 3. loss: ``full`` support (chunked, checkpointed full-vocabulary reverse KL) on the student's
    hidden states, then backward and an AdamW step.
 
-Reports tokens per second per phase and for the whole step, peak memory
+Reports tokens per second per phase and for the whole step; MFU per phase and for the step: the
+FLOPs an OPD step must do, counted as ``opdplug_local.demo.flops_of_run`` counts them (2N per
+token forward for generation and scoring, 6N per token for the student's update), over the
+phase's time, against the best ``torch.matmul`` rate measured on the device in the run's dtype
+on the step's dominant shapes (the MLPs and lm-heads at the step's token count); peak memory
 (``torch.cuda.max_memory_allocated``), and the chunked loss's achieved memory bandwidth against
 the device's measured copy bandwidth (a large device-to-device ``copy_``). The bandwidth of the
 loss counts the bytes its [chunk, V] float32 intermediates must at least move: per token and
@@ -19,8 +30,9 @@ vocabulary entry, forward writes and reads the student and teacher logits and lo
 writes and reads the logits' gradient (2 x 4 bytes): 56 bytes per (token, vocabulary entry).
 This is a floor on the traffic, so the achieved bandwidth it gives is a lower bound.
 
-    python bench/gpu_step.py                          # needs a CUDA device
-    python bench/gpu_step.py --device cpu --size tiny # smoke test of the script itself (CPU, seconds)
+    python bench/gpu_step.py                          # needs a CUDA device: realistic size, bf16
+    python bench/gpu_step.py --size 0.5b              # the 0.5B shapes
+    python bench/gpu_step.py --smoke                  # smoke test of the script itself (CPU, seconds)
 
 Writes runs/bench/gpu_step.json; the last printed line is the headline.
 """
@@ -36,12 +48,18 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-SHAPES = {
-    # about 0.49B parameters with untied embeddings of V = 151936
-    "0.5b": dict(hidden_size=896, num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2,
-                 intermediate_size=4864, vocab_size=151936),
-    "tiny": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                 intermediate_size=128, vocab_size=512),
+_HALF_B = dict(hidden_size=896, num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2,
+               intermediate_size=4864, vocab_size=151936)  # about 0.49B parameters with untied embeddings
+_TINY = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+             intermediate_size=128, vocab_size=512)
+SHAPES = {  # size -> (student shape, teacher shape)
+    "realistic": (  # vs_trl_realistic.RealisticRecipe's student and teacher
+        dict(hidden_size=384, num_hidden_layers=6, num_attention_heads=6, num_key_value_heads=2,
+             intermediate_size=1024, vocab_size=16384),
+        dict(hidden_size=768, num_hidden_layers=10, num_attention_heads=12, num_key_value_heads=4,
+             intermediate_size=2048, vocab_size=16384)),
+    "0.5b": (_HALF_B, _HALF_B),
+    "tiny": (_TINY, _TINY),
 }
 BYTES_PER_TOKEN_VOCAB = 56  # the floor of the chunked loss's traffic (module docstring)
 
@@ -80,10 +98,25 @@ def copy_bandwidth(device, gib: float = 1.0, reps: int = 5) -> float:
     return 2 * a.numel() * 4 / statistics.median(times) / 1e9
 
 
+def matmul_peak(shapes: dict, rows: int, dtype, device, reps: int = 5) -> dict:
+    """Best TFLOP/s of ``torch.matmul`` in ``dtype`` on ``device`` over the step's dominant shapes."""
+    per = {}
+    for role, shape in shapes.items():
+        H = shape["hidden_size"]
+        for name, n in (("MLP", shape["intermediate_size"]), ("lm-head", shape["vocab_size"])):
+            a = torch.randn(rows, H, dtype=dtype, device=device)
+            b = torch.randn(H, n, dtype=dtype, device=device)
+            a @ b
+            t = min(timed(lambda: a @ b, device)[1] for _ in range(reps))
+            per[f"{role} {name}"] = 2 * rows * H * n / t / 1e12
+    return {"peak_tflops": max(per.values()), "per_shape_tflops": per}
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="cuda")
-    p.add_argument("--size", choices=sorted(SHAPES), default="0.5b")
+    p.add_argument("--size", choices=sorted(SHAPES), default="realistic")
+    p.add_argument("--smoke", action="store_true", help="--device cpu --size tiny, batch 2, 8 + 6 tokens: checks the script runs")
     p.add_argument("--dtype", choices=("bfloat16", "float32"), default="bfloat16")
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--prompt-len", type=int, default=256)
@@ -92,6 +125,8 @@ def main() -> int:
     p.add_argument("--steps", type=int, default=4, help="timed steps (after one warm-up step)")
     p.add_argument("--out", default=str(ROOT / "runs" / "bench" / "gpu_step.json"))
     a = p.parse_args()
+    if a.smoke:
+        a.device, a.size, a.batch, a.prompt_len, a.new_tokens, a.chunk, a.steps = "cpu", "tiny", 2, 8, 6, 16, 1
     if a.device.startswith("cuda") and not torch.cuda.is_available():
         print("gpu_step: no CUDA device here; run it on a GPU machine (or --device cpu --size tiny to check the script)")
         return 2
@@ -103,10 +138,11 @@ def main() -> int:
     from opdplug_token.divergences import ReverseKL
     from opdplug_token.supports import Full
 
-    shape = SHAPES[a.size]
-    student, teacher = build(shape, 0, dtype, device), build(shape, 1, dtype, device).eval()
+    shape, teacher_shape = SHAPES[a.size]
+    student, teacher = build(shape, 0, dtype, device), build(teacher_shape, 1, dtype, device).eval()
     teacher.requires_grad_(False)
     n_params = sum(x.numel() for x in student.parameters())
+    n_teacher = sum(x.numel() for x in teacher.parameters())
     optimizer = torch.optim.AdamW(student.parameters(), lr=1e-5)
     gen = torch.Generator().manual_seed(0)
     V = shape["vocab_size"]
@@ -156,7 +192,7 @@ def main() -> int:
         out.values_B_L.sum().backward()
         student.zero_grad(set_to_none=True)
 
-    print(f"{a.size}: {n_params / 1e6:.0f}M parameters per model, {a.dtype}, {device}; batch {a.batch}, prompt {a.prompt_len}, "
+    print(f"{a.size}: student {n_params / 1e6:.1f}M, teacher {n_teacher / 1e6:.1f}M parameters, {a.dtype}, {device}; batch {a.batch}, prompt {a.prompt_len}, "
           f"{a.new_tokens} new tokens; fast path: {fastpath.unsupported_reason(student) or 'on'}", flush=True)
     step()  # warm-up (allocator, kernels)
     if device.type == "cuda":
@@ -174,21 +210,30 @@ def main() -> int:
     gen_tok = statistics.median(r["loss_tokens"] for r in runs)
     seq_tok = statistics.median(r["sequence_tokens"] for r in runs)
     step_s = sum(med.values())
+    peak = matmul_peak({"student": shape, "teacher": teacher_shape}, int(seq_tok), dtype, device)
+    flops = {"generation_s": 2 * n_params * seq_tok, "scoring_s": 2 * n_teacher * seq_tok, "update_s": 6 * n_params * seq_tok}
+    mfu = {k: flops[k] / med[k] / 1e12 / peak["peak_tflops"] for k in flops}
+    mfu["step"] = sum(flops.values()) / step_s / 1e12 / peak["peak_tflops"]
     rows = [("generation (student tokens/s)", gen_tok / med["generation_s"]),
             ("teacher scoring (sequence tokens/s)", seq_tok / med["scoring_s"]),
             ("loss + backward + AdamW (sequence tokens/s)", seq_tok / med["update_s"]),
             ("whole step (student tokens/s)", gen_tok / step_s)]
     for name, v in rows:
         print(f"{name:46s}{v:12.0f}")
+    for k, name in (("generation_s", "generation"), ("scoring_s", "teacher scoring"), ("update_s", "loss + backward + AdamW"), ("step", "whole step")):
+        print(f"{'MFU ' + name:46s}{mfu[k]:12.1%}")
+    print(f"{'matmul peak (TFLOP/s, ' + a.dtype + ', measured)':46s}{peak['peak_tflops']:12.2f}")
     print(f"{'peak memory (GiB)':46s}{peak_gib:12.2f}")
     print(f"{'chunked loss bandwidth (GB/s, lower bound)':46s}{loss_bw:12.1f}")
     print(f"{'device copy bandwidth (GB/s)':46s}{copy_bw:12.1f}")
     result = {"settings": vars(a), "params": n_params, "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
               "phases_s": med, "tokens_per_s": dict(rows), "peak_gib": peak_gib, "loss_bandwidth_gbs": loss_bw,
-              "copy_bandwidth_gbs": copy_bw, "runs": runs}
+              "copy_bandwidth_gbs": copy_bw, "runs": runs, "teacher_params": n_teacher, "flops_per_step": flops,
+              "matmul_peak": peak, "mfu": mfu, "step_s": step_s}
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(result, indent=1))
-    print(f"HEADLINE {gen_tok / step_s:.0f} student tokens/s per OPD step, peak {peak_gib:.1f} GiB, "
+    print(f"HEADLINE {a.size} {a.dtype}: step {step_s * 1e3:.1f} ms, MFU {mfu['step']:.1%} of {peak['peak_tflops']:.1f} TFLOP/s, "
+          f"{gen_tok / step_s:.0f} student tokens/s per OPD step, peak {peak_gib:.1f} GiB, "
           f"chunked loss at {loss_bw / copy_bw:.2f}x of copy bandwidth ({loss_bw:.0f} / {copy_bw:.0f} GB/s)")
     return 0
 

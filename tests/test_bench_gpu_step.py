@@ -31,3 +31,14 @@ def test_gpu_step_without_cuda_says_so(tmp_path):
         return
     proc = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_step.py")], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "no CUDA device" in proc.stdout
+
+
+def test_gpu_step_smoke_mode_prints_mfu(tmp_path):
+    """``--smoke``: the one-command CPU check (tiny size) prints the MFU lines and the headline."""
+    out = tmp_path / "gpu_step.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_step.py"), "--smoke", "--out", str(out)],
+                          capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "MFU whole step" in proc.stdout and proc.stdout.strip().splitlines()[-1].startswith("HEADLINE tiny")
+    result = json.loads(out.read_text())
+    assert result["settings"]["size"] == "tiny" and 0 < result["mfu"]["step"] and result["matmul_peak"]["peak_tflops"] > 0
