@@ -3,9 +3,10 @@
 ``eagle3.served.sglang_capture`` asks an SGLang server (capture-only mode: aux hidden states
 without a draft) for the auxiliary hidden states, the draft vocabulary's log-probs, the top-1 id
 and each token's log-prob; the local reference here is a plain Hugging Face forward. Both are
-compared to 1e-4 on targets of the three supported families, and a head trained a few steps on
-the served features follows the loss curve of the same head trained on the local ones to 1e-4
-relative. Runs against the in-process stand-in (default suite) and a real SGLang 0.5.23 server
+compared to 1e-4 on targets of the three supported families; a head trained a few steps on the
+served features follows the loss curve of the same head trained on the local ones to 1e-4
+relative, by hand and through the core loop (``served_feature_scores`` plugged into
+``opd_score`` ahead of the kind's local capture). Runs against the in-process stand-in (default suite) and a real SGLang 0.5.23 server
 (the ``sglang`` lane, ``make test-sglang``).
 """
 import pytest
@@ -13,6 +14,7 @@ import torch
 
 pytest.importorskip("opdplug_sglang")
 
+from opdplug import hookimpl  # noqa: E402
 from opdplug.errors import ConfigError, PreflightError  # noqa: E402
 from opdplug_drafters.eagle3.config import sglang_layer_ids  # noqa: E402
 from opdplug_drafters.eagle3.served import served_source, sglang_capture  # noqa: E402
@@ -145,3 +147,66 @@ def test_a_server_without_capture_is_refused(tmp_path):
         with pytest.raises(ConfigError, match="aux_layers"):
             sglang_capture(source, torch.ones(1, 4, dtype=torch.long), torch.ones(1, 4, dtype=torch.long),
                            torch.ones(1, 4, dtype=torch.long), (0, 1, 2), torch.arange(8))
+
+
+class ServedScorePlugin:
+    """The EAGLE-3 score stage taken from a server: ``served_feature_scores`` plugged into the
+    core loop's ``opd_score`` ahead of the kind's own (local) capture."""
+
+    def __init__(self, url: str):
+        self.url, self.source = url, None
+
+    def _source(self, ctx, head):
+        if self.source is None:
+            self.source = served_source([self.url], head.aux_layers, hidden_size=head.config.hidden_size,
+                                        vocab_size=head.config.vocab_size)
+        return self.source
+
+    @hookimpl(tryfirst=True)
+    def opd_score(self, ctx, batch):
+        from opdplug_drafters.eagle3.served import served_feature_scores
+        from opdplug_drafters.eagle3.stages import Eagle3Stages
+
+        head = Eagle3Stages.head(ctx)
+        return served_feature_scores(self._source(ctx, head), batch, head.aux_layers, head.draft_to_target_Vd)
+
+
+@pytest.fixture(scope="module")
+def sumchain_target(tmp_path_factory):
+    from opdplug_drafters.eagle3.toy import toy_target
+
+    path = tmp_path_factory.mktemp("served-loop") / "target"
+    toy_target(num_layers=4, directory=path)
+    return path
+
+
+@pytest.fixture(scope="module", params=SERVER_KINDS)
+def sumchain_server(request, sumchain_target):
+    running = serve(request.param, sumchain_target, aux_layer_ids=sglang_layer_ids(AUX))
+    yield running
+    running.stop()
+
+
+def test_core_loop_run_on_served_features_follows_the_local_run(sumchain_target, sumchain_server, tmp_path):
+    """An EAGLE-3.1 head trained by the core loop whose score stage is the server's follows the
+    loss curve of the same run with the local capture to 1e-4 relative."""
+    from opdplug.manager import make_plugin_manager
+    from opdplug_drafters.eagle3 import eagle3_config, train_eagle3
+
+    def run(name, plugins):
+        manager = make_plugin_manager(plugins)
+        config = eagle3_config(
+            sumchain_target, tmp_path / name, manager=manager,
+            run={"steps": 4, "batch_size": 4, "lr": 3e-3, "warmup_steps": 1, "progress": False},
+            options={"variant": "eagle3.1", "ttt_steps": 3, "draft_vocab_size": 20, "max_new_tokens": 8,
+                     "vocab_prompts": 16, "eval_prompts": 0, "eval_every": 0, "aux_layers": list(AUX)},
+            task={"name": "sumchain", "options": {"max_len": 4}},
+        )
+        return [m["loss"] for m in train_eagle3(config, manager).history]
+
+    plugin = ServedScorePlugin(sumchain_server.url)
+    want = run("local", [])
+    got = run("served", [plugin])
+    assert plugin.source is not None and plugin.source.tokens > 0  # the server did the scoring
+    assert len(got) == len(want) == 4 and want[-1] < want[0]
+    torch.testing.assert_close(torch.tensor(got), torch.tensor(want), rtol=1e-4, atol=1e-6)
