@@ -4,6 +4,7 @@ and ``export`` take it from a config alone, exactly as they take the built-in ki
 from __future__ import annotations
 
 import json
+import tomllib
 from pathlib import Path
 
 from opdplug.cli import main
@@ -81,4 +82,37 @@ def test_its_options_and_unknown_kinds_are_one_line_errors(quick_target, tmp_pat
     assert code == 2 and err.count("\n") == 1 and "prompts" in err
     typo = write_config(tmp_path / "typo.toml", quick_target / "target", tmp_path / "typo", {"kind": "bigramm"})
     code, _, err = run_cli(capsys, "drafter", "train", str(typo))
-    assert code == 2 and err.count("\n") == 1 and "allowed: bigram, eagle3, standalone" in err
+    assert code == 2 and err.count("\n") == 1 and "allowed: bigram, bigram_table, eagle3, standalone" in err
+
+
+def test_a_kind_of_its_own_trains_in_the_core_loop(quick_target, tmp_path, capsys):
+    """``bigram_table`` gives ``DrafterKind.stages`` (models, rollout, student forward, save):
+    ``opdplug drafter train`` runs the core loop with them, and the loop's own machinery does the
+    rest: the local target scores, ``[loss]`` (TVD) is the loss, ``[run]`` the optimizer, with
+    checkpoints and metrics. Then eval and export, as for any kind."""
+    drafter = {"kind": "bigram_table", "draft_tokens": 3, "eval_prompts": 3, "eval_batch_size": 3,
+               "options": {"max_new_tokens": 12}}
+    config = write_config(tmp_path / "table.toml", quick_target / "target", tmp_path / "table", drafter)
+    data = tomllib.loads(config.read_text())
+    data["run"].update(steps=6, batch_size=8, lr=0.3, checkpoint_every=3)
+    data["loss"] = {"support": "full", "divergence": "tvd"}
+    config.write_text(dump_toml(data))
+    code, out, err = run_cli(capsys, "drafter", "train", str(config), "--json")
+    assert code == 0, err
+    run = Path(out["output_dir"])
+    assert out["kind"] == "bigram_table" and out["steps"] == 6 and all(0 < loss < 1 for loss in out["losses"])
+    from safetensors.torch import load_file
+
+    assert float(load_file(str(run / "final" / "bigram_table.safetensors"))["logits_V_V"].abs().max()) > 0.1  # from zeros
+    assert (run / "checkpoints" / "latest").read_text().strip() == "step-000006"  # the core loop's checkpoints
+    assert (run / "final" / "bigram_table.safetensors").is_file()
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    # The token plugin's [loss] computed it (its diagnostics are logged), the local target scored.
+    assert [r["step"] for r in rows] == list(range(6)) and all({"reverse_kl", "teacher_entropy"} <= set(r) for r in rows)
+    code, ev, err = run_cli(capsys, "drafter", "eval", str(run), "--json", "--prompts", "3", "--no-timing",
+                            "--batch-sizes", "3", "--k", "2")
+    assert code == 0, err
+    assert ev["kind"] == "bigram_table" and ev["reports"][0]["identical_to_target"] is True
+    code, ex, err = run_cli(capsys, "drafter", "export", str(run), str(tmp_path / "table_out"), "--json")
+    assert code == 0, err
+    assert ex["kind"] == "bigram_table" and (tmp_path / "table_out" / "bigram_table.safetensors").is_file()

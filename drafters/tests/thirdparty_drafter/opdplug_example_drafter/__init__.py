@@ -3,7 +3,8 @@ previous one, counted on completions the target samples itself.
 
 It uses only public API: ``opdplug.hookimpl``, ``opdplug.config.from_dict`` and
 ``opdplug.errors``; ``opdplug_drafters``' kind protocol (``DrafterKind``, ``TrainRequest``,
-``TrainOutcome``, ``acceptance_of``); ``opdplug_local.sampling.sample``. A config chooses it::
+``TrainOutcome``, ``acceptance_of``); ``opdplug_local.sampling.sample``. ``table.py`` adds ``bigram_table``, the same drafter learnt by opdplug's core loop through
+``DrafterKind.stages``. A config chooses one::
 
     [drafter]
     kind = "bigram"
@@ -18,7 +19,6 @@ import shutil
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Optional, Sequence
 
 import torch
 
@@ -26,6 +26,8 @@ from opdplug import hookimpl
 from opdplug.config import from_dict
 from opdplug.errors import ConfigError
 from opdplug_drafters import DrafterKind, TrainOutcome, TrainRequest, acceptance_of
+
+from .drafter import BigramDrafter
 
 TABLE = "bigram.json"
 
@@ -47,36 +49,6 @@ class BigramOptions:
     def __post_init__(self) -> None:
         if self.prompts < 1 or self.max_new_tokens < 1 or self.temperature < 0 or self.smoothing <= 0:
             raise ConfigError("bigram needs prompts, max_new_tokens >= 1, temperature >= 0 and smoothing > 0")
-
-
-class BigramDrafter:
-    """A ``opdplug_drafters.base.Drafter``: drafts from ``logp_V_V[previous token]``."""
-
-    feature_layers = None
-
-    def __init__(self, counts_V_V: torch.Tensor, smoothing: float):
-        self.logp_V_V = torch.log_softmax(torch.log(counts_V_V.float() + smoothing), dim=-1)
-
-    def reset(self) -> None:
-        pass
-
-    @torch.no_grad()
-    def propose(self, sequences: Sequence[Sequence[int]], features, k: int, *, temperature: float,
-                generator: Optional[torch.Generator]) -> tuple[torch.Tensor, torch.Tensor]:
-        previous_B = torch.tensor([s[-1] for s in sequences], dtype=torch.long)
-        drafts, probs = [], []
-        for _ in range(k):
-            logp_B_V = self.logp_V_V[previous_B]
-            if temperature == 0:
-                token_B = logp_B_V.argmax(-1)
-                p_B_V = torch.nn.functional.one_hot(token_B, logp_B_V.shape[-1]).float()
-            else:
-                p_B_V = torch.softmax(logp_B_V / temperature, dim=-1)
-                token_B = torch.multinomial(p_B_V, 1, generator=generator).squeeze(-1)
-            drafts.append(token_B)
-            probs.append(p_B_V)
-            previous_B = token_B
-        return torch.stack(drafts, dim=1), torch.stack(probs, dim=1)
 
 
 def _validate(table: dict) -> BigramOptions:
@@ -148,4 +120,7 @@ BIGRAM = DrafterKind("bigram", "next token given the previous one, counted on th
 
 @hookimpl
 def opd_register_drafter_kinds(register):
+    from .table import BIGRAM_TABLE  # a kind trained by opdplug's core loop (DrafterKind.stages)
+
     register(BIGRAM.name, BIGRAM)
+    register(BIGRAM_TABLE.name, BIGRAM_TABLE)
