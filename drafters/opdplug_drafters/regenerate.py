@@ -30,6 +30,7 @@ Targets: a local model directory (``LocalGenerator``) or SGLang servers serving 
 """
 from __future__ import annotations
 
+import itertools
 import json
 import os
 from dataclasses import dataclass, field
@@ -225,17 +226,20 @@ def regenerate(input_path: str | os.PathLike, output_path: str | os.PathLike, ge
         raise ConfigError(f"the output {str(output_path)!r} is the input file; write the regenerated turns elsewhere")
     total = conversations.check_file(input_path)  # every line valid and ids unique before any target call
     done = done_ids(output_path)
-    todo = [r for r in conversations.read_conversations(input_path) if r["id"] not in done]
-    skipped = total - len(todo)
-    if options.limit:
-        todo = todo[: options.limit]
+    # Streamed: only one batch of conversations is in memory at a time, whatever the file's size.
+    pending = (r for r in conversations.read_conversations(input_path) if r["id"] not in done)
+    skipped = sum(1 for r in conversations.read_conversations(input_path) if r["id"] in done)
+    n_todo = total - skipped if not options.limit else min(options.limit, total - skipped)
     output_path.parent.mkdir(parents=True, exist_ok=True)
     written = truncated = turns = 0
     fd = os.open(output_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
-        with tqdm(total=len(todo), disable=not progress, desc="regenerate", unit="conv") as bar:
-            for start in range(0, len(todo), options.batch_size):
-                for record in regenerate_batch(todo[start: start + options.batch_size], generator, options):
+        with tqdm(total=n_todo, disable=not progress, desc="regenerate", unit="conv") as bar:
+            while written < n_todo:
+                batch = list(itertools.islice(pending, min(options.batch_size, n_todo - written)))
+                if not batch:
+                    break
+                for record in regenerate_batch(batch, generator, options):
                     append_line(fd, record)
                     written += 1
                     turns += len(record["regenerated"]["turns"])
