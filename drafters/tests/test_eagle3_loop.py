@@ -221,6 +221,10 @@ def test_data_from_the_rollout_sampler_trains_on_the_tasks_answers(target_dir, t
     expected = [sum(len(p.reference_ids) for p in task.prompts(4, seed=derive_seed(0, "prompts", s))) for s in range(4)]
     assert [m["tokens"] for m in result.history] == expected
     assert all(m["loss"] > 0 for m in result.history)
+    # The draft vocabulary is counted on the same data: every id of the task's answers is in it.
+    seen = {t for p in task.prompts(16, seed=0 * 1_000_003 + 999_983) for t in p.reference_ids}
+    t2d = load_file(str(result.head_dir / "model.safetensors"))["t2d"]
+    assert len(seen) <= 20 and all(bool(t2d[t]) for t in seen)
     with pytest.raises(ConfigError, match="cannot sample"):
         train_eagle3(config("student", "on_policy"), manager)
 

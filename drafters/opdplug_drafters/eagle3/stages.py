@@ -93,7 +93,9 @@ class RunState:
 
 
 def choose_vocab(target, task, tokenizer, options: Eagle3Options, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(d2t, t2d)``: the whole vocabulary, or the most frequent ids of the target's completions."""
+    """``(d2t, t2d)``: the whole vocabulary, or the most frequent ids of the training data: the
+    target's completions, or with ``data = "rollout"`` the task's own answers when it has them
+    (as SpecForge counts its vocabulary on the training set)."""
     from opdplug_local.tokenization import pad_id_of, stop_token_ids
 
     V = int(target.config.vocab_size)
@@ -104,6 +106,8 @@ def choose_vocab(target, task, tokenizer, options: Eagle3Options, seed: int) -> 
         return full_vocab(V)
     stops = stop_token_ids(tokenizer, target)
     prompts = task.prompts(options.vocab_prompts, seed=seed * 1_000_003 + 999_983, split="train")
+    if options.data == "rollout" and all(p.reference_ids for p in prompts):
+        return build_vocab(count_tokens([p.reference_ids for p in prompts], V), size, always=stops[:1])
     completions = []
     for start in range(0, len(prompts), 64):
         sample = generate(target, prompts[start:start + 64], options, eos_id=stops, pad_id=pad_id_of(tokenizer),
