@@ -6,7 +6,8 @@ from __future__ import annotations
 import torch
 
 from opdplug.types import PRODUCER_STUDENT, RolloutBatch, SparseDistribution, StudentOutputs, TeacherScores
-from opdplug_token.crosstok.scorer import Projection, _cover
+from opdplug_token.crosstok.projection import Projection
+from opdplug_token.crosstok.scorer import _cover
 from opdplug_token.crosstok.supports import ProjectedTopK
 from opdplug_token.divergences import ReverseKL
 

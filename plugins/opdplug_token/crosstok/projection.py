@@ -1,0 +1,155 @@
+"""The teacher's next-token distribution re-expressed over the student's vocabulary, for the
+``xtok_project`` support: which student token writes each teacher entry's next bytes, and how
+the teacher's top-k at two positions combine into the student's next-token distribution."""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+
+from opdplug.types import RolloutBatch, SparseDistribution, TeacherScores
+
+
+class Projection:
+    """Which student token writes a teacher token's bytes from a given offset on.
+
+    ``next_token(t, offset)`` is the student token that begins at byte ``offset`` of teacher token
+    ``t`` when the student's own tokenizer writes ``t``'s text (its pre-tokenizer and merges decide:
+    " The" may be " " + "The" even where a " T" token exists), or -1 when the student's tokens of
+    ``t`` have no boundary at ``offset`` (the student would not stop there) or ``t`` ends there.
+    Bytes that are not text on their own (part of a character) fall back to the longest student
+    token that begins the rest. The student's end of turn stands for the teacher's. Cached: the
+    pairs seen are few (teacher top-k ids x offsets inside teacher tokens)."""
+
+    def __init__(self, student_bytes, teacher_bytes, student_end: int, teacher_end: int, student_vocab: int,
+                 encode=None):
+        self.by_bytes: dict[bytes, int] = {}
+        for i in range(student_vocab):
+            piece = student_bytes.of(i) if i not in student_bytes.special else None
+            if piece:
+                self.by_bytes.setdefault(piece, i)
+        self.longest = max((len(x) for x in self.by_bytes), default=0)
+        self.student_bytes, self.teacher_bytes = student_bytes, teacher_bytes
+        self.ends = (student_end, teacher_end)
+        self.encode = encode
+        self.cache: dict[tuple[int, int], int] = {}
+
+    def bytes_of(self, teacher_id: int) -> Optional[bytes]:
+        return self.teacher_bytes.of(teacher_id) if teacher_id not in self.teacher_bytes.special else None
+
+    def next_token(self, teacher_id: int, offset: int) -> int:
+        key = (teacher_id, offset)
+        if key not in self.cache:
+            self.cache[key] = self._next(teacher_id, offset)
+        return self.cache[key]
+
+    def _next(self, teacher_id: int, offset: int) -> int:
+        if teacher_id == self.ends[1]:
+            return self.ends[0] if offset == 0 else -1
+        tb = self.bytes_of(teacher_id)
+        if not tb or len(tb) <= offset:
+            return -1
+        if self.encode is not None:
+            try:
+                ids = self.encode(tb.decode("utf-8"))
+            except UnicodeDecodeError:  # part of a character: no text to tokenize
+                ids = None
+            if ids:
+                at = 0
+                for i in ids:
+                    if at == offset:
+                        return int(i)
+                    piece = self.student_bytes.of(i) or b""
+                    at += len(piece)
+                    if at > offset:
+                        return -1
+                return -1
+        rest = tb[offset:]
+        for n in range(min(len(rest), self.longest), 0, -1):
+            sid = self.by_bytes.get(rest[:n])
+            if sid is not None:
+                return sid
+        return -1
+
+    def entries(self, ids_K: list, lps_K: list, written: bytes) -> list:
+        """(student id, log-prob) of each top-k teacher entry that continues ``written``."""
+        out = []
+        for t, lp in zip(ids_K, lps_K):
+            if lp == float("-inf"):
+                continue
+            tb = self.bytes_of(t)
+            if written and (tb is None or not tb.startswith(written)):
+                continue
+            sid = self.next_token(t, len(written))
+            if sid >= 0:
+                out.append((sid, lp))
+        return out
+
+
+def student_distribution(proj: Projection, batch: RolloutBatch, rows: list, inner: TeacherScores) -> SparseDistribution:
+    """The teacher's next-token distribution over the student's vocabulary at every scored
+    position of ``batch`` (``rows``: the scorer's aligned rows; ``inner``: the teacher's scores
+    on its own tokens, with top-k): ``TeacherScores.student_distribution``.
+
+    Inside a teacher token (the student wrote ``u`` of it): the teacher entries that begin
+    with ``u``, each as the student token that writes its next bytes. On a shared boundary
+    right after teacher token ``w``: the teacher's distribution there is conditioned on ``w``
+    being a whole token, which says "``w`` ended" (after " 5" a teacher with a " 54" token
+    is sure the number is over). So it is mixed with the entries at ``w``'s own position
+    that extend ``w`` where the student's tokenizer has a boundary after ``w`` (" 54" ->
+    "4"), weighted by their probability against ``w``'s own: the teacher's probability of
+    the next bytes given the text, not given its token boundary. With one tokenizer no entry
+    qualifies and this is the teacher's own distribution.
+    """
+    B, L = batch.input_ids_B_L.shape
+    t_ids = inner.topk_ids_B_L_K.cpu().tolist()
+    t_lps = inner.topk_logprobs_B_L_K.float().cpu().tolist()
+    tails = (inner.tail_logmass_B_L.float().cpu() if inner.tail_logmass_B_L is not None
+             else log1mexp_of(inner.topk_logprobs_B_L_K.float().cpu())).tolist()
+    token_lp = inner.token_logprobs_B_L.float().cpu().tolist()
+    per_pos: dict[tuple[int, int], tuple[list, float]] = {}
+    for b, r in enumerate(rows):
+        if r.failed:
+            continue
+        P, Pt = int(batch.prompt_lens_B[b]), len(r.teacher_prompt)
+        for j, cover in enumerate(r.cover):
+            if cover is None:
+                continue
+            k, written = cover
+            pos = Pt + k
+            here = proj.entries(t_ids[b][pos], t_lps[b][pos], written)
+            if written or k == 0:
+                per_pos[(b, P + j)] = (here, tails[b][pos])
+                continue
+            w = proj.bytes_of(r.teacher_completion[k - 1]) or b""
+            longer = [e for e in proj.entries(t_ids[b][pos - 1], t_lps[b][pos - 1], w)] if w else []
+            own = token_lp[b][pos - 1]  # the teacher's log-prob of w itself, at its position
+            z1 = _logsumexp([lp for _, lp in longer] + [own])
+            z2 = _logsumexp([lp for _, lp in here] + [tails[b][pos]])
+            scale = own - z1 - z2
+            per_pos[(b, P + j)] = ([(sid, lp - z1) for sid, lp in longer] + [(sid, lp + scale) for sid, lp in here],
+                                   tails[b][pos] + scale)
+    J = max((len(e) for e, _ in per_pos.values()), default=1) or 1
+    ids = torch.full((B, L, J), -1, dtype=torch.long)
+    mass = torch.full((B, L, J), float("-inf"))
+    tail = torch.zeros(B, L)
+    for (b, pos), (entries, t) in per_pos.items():
+        if entries:
+            ids[b, pos, :len(entries)] = torch.tensor([e[0] for e in entries], dtype=torch.long)
+            mass[b, pos, :len(entries)] = torch.tensor([e[1] for e in entries])
+        tail[b, pos] = t
+    return SparseDistribution(ids_B_L_J=ids, logmass_B_L_J=mass, tail_logmass_B_L=tail)
+
+
+def _logsumexp(xs: list) -> float:
+    finite = [x for x in xs if x != float("-inf")]
+    if not finite:
+        return float("-inf")
+    top = max(finite)
+    return top + math.log(sum(math.exp(x - top) for x in finite))
+
+
+def log1mexp_of(topk_lp_B_L_K: torch.Tensor) -> torch.Tensor:
+    """log(1 - sum exp(top-k)): the mass outside a top-k, floored at a tiny value."""
+    return torch.log1p(-torch.logsumexp(topk_lp_B_L_K, -1).exp().clamp(max=1 - 1e-7))
