@@ -6,8 +6,11 @@ word-problem dataset (verifier: the final number):
 
 1. the teacher (Qwen2 architecture, its tokenizer) is SFT'd on the worked solutions;
 2. the student (Llama architecture, the other tokenizer) gets a short SFT cold start;
-3. from that cold start, two routes at equal teacher work (the same number of completions):
-   * OPD through the ``cross_tokenizer`` scorer (per-chunk k2, the reverse-KL gradient);
+3. from that cold start, routes at equal teacher work (the same number of completions):
+   * OPD through the ``cross_tokenizer`` scorer with the ``xtok_project`` support (reverse KL
+     against the teacher's top-k re-expressed over the student's vocabulary);
+   * with ``--sampled``, also OPD with the per-chunk sampled k2 estimator (the reverse-KL
+     gradient on the sampled tokens only), the route that failed here before ``xtok_project``;
    * sequence-level distillation: SFT on the teacher's own decoded answers (one per prompt).
 
 Prints held-out accuracy of each, the share of the gap between the cold start and the teacher
@@ -41,9 +44,14 @@ def task(data: Path, train_file: str = "train.jsonl", completion: str = "solutio
         "answer_column": "answer", "completion_column": completion, "verifier": "final_number", "max_new_tokens": 32}}
 
 
+THREADS = 1
+"""Torch threads per run: one, so that runs on a shared 2-core machine do not oversubscribe it
+(a run at the default thread count was 14x slower per step under load than at one)."""
+
+
 def train(out: Path, name: str, model: str, steps: int, tsk: dict, **sections) -> Path:
     cfg = {"run": {"output_dir": str(out / name), "steps": steps, "batch_size": 32, "lr": 2e-3, "warmup_steps": 20,
-                   "lr_schedule": "cosine", "checkpoint_every": max(steps, 1), "progress": True},
+                   "lr_schedule": "cosine", "checkpoint_every": max(steps, 1), "progress": True, "threads": THREADS},
            "student": {"path": model}, "task": tsk,
            "teacher": {"scorer": "none"}, "rollout": {"sampler": "reference"},
            "loss": {"support": "sampled", "estimator": "nll"}}
@@ -56,6 +64,13 @@ def train(out: Path, name: str, model: str, steps: int, tsk: dict, **sections) -
     return out / name
 
 
+def kl_curve(run: Path) -> tuple[float, float]:
+    """Mean reverse KL per token over a run's first and last 20 logged steps."""
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    kl = [r["reverse_kl"] for r in rows if "reverse_kl" in r]
+    return sum(kl[:20]) / max(len(kl[:20]), 1), sum(kl[-20:]) / max(len(kl[-20:]), 1)
+
+
 def accuracy(run: Path, n: int) -> float:
     return json.loads(sh("eval", str(run), "-n", str(n), "--json"))["accuracy"]
 
@@ -64,10 +79,11 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default="runs/bench_cross_tokenizer")
     p.add_argument("--teacher-steps", type=int, default=800)
-    p.add_argument("--cold-steps", type=int, default=150)
+    p.add_argument("--cold-steps", type=int, default=400, help="OPD needs a student that already follows the format")
     p.add_argument("--steps", type=int, default=400, help="OPD steps; sequence-level KD gets the same completions")
     p.add_argument("--eval-n", type=int, default=300)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--sampled", action="store_true", help="also run OPD with the sampled-token k2 estimator")
     a = p.parse_args(argv)
     from opdplug.testing.models import build_bpe_tokenizer, build_model_dir
     from opdplug_local.wordproblems import write_jsonl
@@ -87,12 +103,17 @@ def main(argv=None) -> None:
                     num_attention_heads=4, num_key_value_heads=2, seed=a.seed + 1)
     teacher = train(out, "teacher", str(out / "teacher-init"), a.teacher_steps, task(data))
     cold = train(out, "cold_start", str(out / "student-init"), a.cold_steps, task(data))
-    opd = train(out, "opd_cross", str(cold / "final"), a.steps, task(data),
-                teacher={"path": str(teacher / "final"), "scorer": "cross_tokenizer"},
-                rollout={"sampler": "on_policy", "temperature": 1.0},
-                loss={"support": "sampled", "estimator": "k2"}, run={
-                    "output_dir": str(out / "opd_cross"), "steps": a.steps, "batch_size": 32, "lr": 1e-3,
-                    "warmup_steps": 20, "lr_schedule": "cosine", "checkpoint_every": a.steps, "progress": True})
+    opd_runs = {}
+    routes = {"opd_project": {"support": "xtok_project", "divergence": "reverse_kl"}}
+    if a.sampled:
+        routes["opd_sampled_k2"] = {"support": "sampled", "estimator": "k2"}
+    for name, loss in routes.items():
+        opd_runs[name] = train(
+            out, name, str(cold / "final"), a.steps, task(data),
+            teacher={"path": str(teacher / "final"), "scorer": "cross_tokenizer", "top_k": 32},
+            rollout={"sampler": "on_policy", "temperature": 1.0}, loss=loss, run={
+                "output_dir": str(out / name), "steps": a.steps, "batch_size": 32, "lr": 1e-3, "warmup_steps": 20,
+                "lr_schedule": "cosine", "checkpoint_every": a.steps, "progress": True, "threads": THREADS})
     # Sequence-level KD: the teacher answers each training prompt once (as many completions as OPD scored).
     n_completions = a.steps * 32
     sh("generate", str(teacher), "--split", "train", "-n", str(n_completions), "--temperature", "1.0",
@@ -105,9 +126,12 @@ def main(argv=None) -> None:
     (data / "teacher_kd.jsonl").write_text("".join(json.dumps(r) + "\n" for r in kd_rows))
     kd = train(out, "seq_kd", str(cold / "final"), a.steps, task(data, "teacher_kd.jsonl"))
     acc = {name: accuracy(run, a.eval_n) for name, run in
-           [("teacher", teacher), ("cold_start", cold), ("opd_cross", opd), ("seq_kd", kd)]}
+           [("teacher", teacher), ("cold_start", cold), *opd_runs.items(), ("seq_kd", kd)]}
     gap = acc["teacher"] - acc["cold_start"]
-    closed = {k: (acc[k] - acc["cold_start"]) / gap if gap > 0 else float("nan") for k in ("opd_cross", "seq_kd")}
+    closed = {k: (acc[k] - acc["cold_start"]) / gap if gap > 0 else float("nan") for k in [*opd_runs, "seq_kd"]}
+    kl = {k: kl_curve(run) for k, run in opd_runs.items()}
+    for k, (first, last) in kl.items():
+        print(f"{k}: reverse KL per token {first:.3f} over the first 20 steps, {last:.3f} over the last 20")
     print("| model | held-out accuracy | gap closed |\n|---|---|---|")
     for k, v in acc.items():
         print(f"| {k} | {v:.3f} | {closed[k]:.0%} |" if k in closed else f"| {k} | {v:.3f} | |")
@@ -115,12 +139,13 @@ def main(argv=None) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(5, 3))
-    ax.bar(list(acc), list(acc.values()), color=["grey", "lightgrey", "tab:blue", "tab:orange"])
+    ax.bar(list(acc), list(acc.values()), color=["grey", "lightgrey"] + ["tab:blue"] * len(opd_runs) + ["tab:orange"])
+    ax.tick_params(axis="x", labelrotation=20)
     ax.set_ylabel("held-out accuracy")
     ax.set_title("teacher of another tokenizer family")
     fig.tight_layout()
     fig.savefig(out / "cross_tokenizer.png", dpi=120)
-    print(f"cross-tokenizer OPD closed {closed['opd_cross']:.0%} of the gap (sequence-level KD: {closed['seq_kd']:.0%}) "
+    print(f"cross-tokenizer OPD closed {closed['opd_project']:.0%} of the gap (sequence-level KD: {closed['seq_kd']:.0%}) "
           f"at {n_completions} teacher-scored completions each; plot {out / 'cross_tokenizer.png'}")
 
 
