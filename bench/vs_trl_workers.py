@@ -1,6 +1,8 @@
 """The workers of ``vs_trl.py``: one training run of one system (opdplug, TRL GKD, TRL
 Distillation), each in its own process, its optimizer steps timed and its time attributed to
-phases, then the evaluation every system gets (``vs_trl_setup.evaluate``)."""
+phases, its resident memory sampled over the training steps (``rss_sampler``), the sequence
+tokens of every step counted (for the FLOPs of ``vs_trl_mfu``), then the evaluation every
+system gets (``vs_trl_setup.evaluate``)."""
 from __future__ import annotations
 
 import cProfile
@@ -11,7 +13,8 @@ import resource
 import time
 from pathlib import Path
 
-from vs_trl_setup import BETA, LENGTHS, THREADS, evaluate, step_prompts
+from rss_sampler import RssSampler
+from vs_trl_setup import BETA, LENGTHS, THREADS, all_step_prompts, evaluate, make_task, pad_id_of, task_section
 
 from opdplug_local.demo import demo_config
 
@@ -20,10 +23,13 @@ from opdplug_local.demo import demo_config
 class Phases:
     """Exclusive wall time per phase: a call nested in an active phase is not counted again."""
 
-    def __init__(self, prof=None):
+    def __init__(self, prof=None, steps: int = 0):
         self.t = {}
         self.active = None
         self.prof = prof
+        self.rss = RssSampler()
+        self.steps = steps
+        self.seq_tokens = []  # per optimizer step: non-padding tokens of prompt + completion
 
     def wrap(self, name, fn):
         def wrapped(*a, **k):
@@ -40,8 +46,15 @@ class Phases:
 
     def reset(self):
         self.t = {}
+        self.rss.start()  # memory of the training steps only (set-up and evaluation are outside)
         if self.prof is not None:  # profile the training steps only, not imports and set-up
             self.prof.enable()
+
+    def step_end(self, marks: list):
+        """Called at every optimizer step's end: the time mark, and the sampler stops after the last."""
+        marks.append(time.perf_counter())
+        if len(marks) == self.steps:
+            self.rss.stop()
 
 
 # ----------------------------------------------------------------------------- workers
@@ -53,6 +66,7 @@ def worker_opdplug(a, phases: Phases, marks: list):
     from opdplug.hookspecs import hookimpl
 
     recipe = DemoRecipe(min_len=LENGTHS[0], max_len=LENGTHS[1], threads=THREADS)
+    size_sections = task_section(a.size)  # realistic: the dataset task (the demo's SumChain otherwise)
     config, manager = demo_config(
         recipe, Path(a.work) / "run",
         run={"seed": a.seed, "steps": a.steps, "batch_size": a.batch, "lr": a.lr, "progress": False, "log_every": 10**6,
@@ -62,12 +76,14 @@ def worker_opdplug(a, phases: Phases, marks: list):
         rollout={"sampler": "on_policy", "temperature": 1.0, "max_new_tokens": a.max_new_tokens},
         loss={"support": "full", "divergence": a.divergence, "update": "direct",
               **({"divergence_options": {"beta": 0.5}} if a.divergence == "jsd" else {})},
+        **size_sections,
     )
 
     class Mark:
         @hookimpl
         def opd_step_end(self, ctx, step, metrics):
-            marks.append(time.perf_counter())
+            phases.seq_tokens.append(metrics["rollout/sequence_tokens_total"])
+            phases.step_end(marks)
 
         @hookimpl
         def opd_configure(self, ctx):
@@ -115,7 +131,7 @@ def step_marks(phases: Phases, marks: list):
             marks.append(("begin", time.perf_counter()))
 
         def on_step_end(self, args, state, control, **kw):
-            marks.append(time.perf_counter())
+            phases.step_end(marks)
 
     return Mark()
 
@@ -127,18 +143,17 @@ def worker_trl(a, phases: Phases, marks: list):
     from trl.experimental.gkd import GKDConfig, GKDTrainer
 
     from opdplug_local import models as local
-    from opdplug_local.tasks import SumChain
 
     tok = local.load_tokenizer(a.student)
     student = local.load_model(a.student, "student")
     teacher = local.load_model(a.teacher, "teacher")
-    task = SumChain(tokenizer=tok, min_len=LENGTHS[0], max_len=LENGTHS[1])
+    task = make_task(a.size, tok)
     rows = []
-    for s in range(a.steps):  # the same prompts, in the same order, as opdplug's steps
-        for p in step_prompts(task, a.seed, s, a.batch):
+    for step in all_step_prompts(task, a.seed, a.steps, a.batch):  # the same prompts, in the same order, as opdplug's steps
+        for p in step:
             rows.append({"prompt_ids": list(p.prompt_ids), "completion_ids": list(p.reference_ids)})
     ds = datasets.Dataset.from_list(rows)
-    pad_id = tok.pad_token_id
+    pad_id = pad_id_of(tok)
 
     def left_pad(seqs, value):
         L = max(len(x) for x in seqs)
@@ -172,7 +187,14 @@ def worker_trl(a, phases: Phases, marks: list):
                          processing_class=tok, data_collator=collate, callbacks=[step_marks(phases, marks)])
     trainer._get_train_sampler = lambda *x, **k: SequentialSampler(ds)
     # phase wrappers
-    GKDTrainer.generate_on_policy_outputs = staticmethod(phases.wrap("generation", GKDTrainer.generate_on_policy_outputs))
+    real_gen = GKDTrainer.generate_on_policy_outputs
+
+    def generate(*x, **k):
+        out = real_gen(*x, **k)
+        phases.seq_tokens.append(float(out[1].sum()))  # new_attention_mask: prompt + completion tokens
+        return out
+
+    GKDTrainer.generate_on_policy_outputs = staticmethod(phases.wrap("generation", generate))
     trainer.compute_loss = phases.wrap("student fwd + loss", trainer.compute_loss)
     return train_timed(trainer, trainer.teacher_model, phases, marks, Path(a.work) / "final", tok)
 
@@ -200,20 +222,21 @@ def worker_distill(a, phases: Phases, marks: list):
     from trl import DistillationConfig, DistillationTrainer
 
     from opdplug_local import models as local
-    from opdplug_local.tasks import SumChain
 
     tok = local.load_tokenizer(a.student)
     student = local.load_model(a.student, "student")
     teacher = local.load_model(a.teacher, "teacher")
-    task = SumChain(tokenizer=tok, min_len=LENGTHS[0], max_len=LENGTHS[1])
-    # Plain-text prompts (the word-level tokenizer has no chat template, so a non-conversational
-    # "prompt" column is what DistillationTrainer tokenizes with processing_class(text=...)): the
-    # same prompts, in the same order, as opdplug's steps. The text must give exactly opdplug's ids.
+    task = make_task(a.size, tok)
+    pad_id_of(tok)
+    # Plain-text prompts (a non-conversational "prompt" column is what DistillationTrainer tokenizes
+    # with processing_class(text=...)): the same prompts, in the same order, as opdplug's steps. The
+    # text must give exactly opdplug's ids. At the realistic size the text is the chat-rendered
+    # prompt, special tokens included (the template already applied, as opdplug's ids have it).
     expected_ids, texts = [], []
-    for s in range(a.steps):
-        for p in step_prompts(task, a.seed, s, a.batch):
+    for step in all_step_prompts(task, a.seed, a.steps, a.batch):
+        for p in step:
             expected_ids.append(list(p.prompt_ids))
-            texts.append(tok.decode(p.prompt_ids, skip_special_tokens=True))
+            texts.append(tok.decode(p.prompt_ids, skip_special_tokens=a.size == "tiny"))
     got = tok(text=texts)["input_ids"]  # what DistillationTrainer._tokenize_prompts does
     assert got == expected_ids, f"text prompts do not round-trip: {texts[0]!r} -> {got[0]} != {expected_ids[0]}"
     ds = datasets.Dataset.from_list([{"prompt": t} for t in texts])
@@ -242,7 +265,9 @@ def worker_distill(a, phases: Phases, marks: list):
         s = seen["n"]  # the trainer must feed opdplug's step-s prompts at step s (shuffle off)
         assert [x["prompt"] for x in inputs] == texts[s * a.batch:(s + 1) * a.batch], f"prompt order differs at step {s}"
         seen["n"] += 1
-        return real_gen(inputs)
+        out = real_gen(inputs)
+        phases.seq_tokens.append(float(out["prompt_mask"].sum() + out["completion_mask"].sum()))
+        return out
 
     trainer._generate_and_score_completions = phases.wrap("generation", generate)
     trainer.compute_loss = phases.wrap("student fwd + loss", trainer.compute_loss)
@@ -296,19 +321,22 @@ def worker(a) -> None:
     torch.set_num_threads(THREADS)
     torch.manual_seed(a.seed)
     prof = cProfile.Profile() if a.cprofile else None
-    phases, marks = Phases(prof), []
+    phases, marks = Phases(prof, steps=a.steps), []
     fn = {"opdplug": worker_opdplug, "trl": worker_trl, "distill": worker_distill}[a.system]
     final_dir, t_begin = fn(a, phases, marks)
     if prof:
         prof.disable()
-    peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    phases.rss.stop()
+    lifetime_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux; imports included
     intervals = [t1 - t0 for t0, t1 in zip([t_begin] + marks[:-1], marks)]
-    out = {"system": a.system, "step_s": intervals, "peak_rss_mb": peak_rss_mb,
+    out = {"system": a.system, "step_s": intervals, "peak_rss_mb": phases.rss.peak / 2**20,
+           "rss_at_train_start_mb": phases.rss.at_start / 2**20, "rss_samples": phases.rss.samples,
+           "lifetime_max_rss_mb": lifetime_rss_mb, "seq_tokens": phases.seq_tokens,
            "phases_s": dict(phases.t), "train_s": marks[-1] - t_begin}
     if prof:
         s = io.StringIO()
         pstats.Stats(prof, stream=s).sort_stats("tottime").print_stats(12)
         out["cprofile_tottime"] = s.getvalue()
     else:
-        out["eval"] = evaluate(final_dir, a.teacher, a.max_new_tokens)
+        out["eval"] = evaluate(final_dir, a.teacher, a.max_new_tokens, a.size, a.eval_prompts)
     Path(a.out).write_text(json.dumps(out))
