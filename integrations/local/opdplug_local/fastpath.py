@@ -23,15 +23,17 @@ from __future__ import annotations
 
 import copy
 import os
-from dataclasses import dataclass
 from typing import NamedTuple, Optional, Protocol
 
 import torch
 import torch.nn.functional as F
 
+from .fastweights import LlamaLayerWeights, _cat_bias, _keep, _linear  # noqa: F401  (LlamaLayerWeights: public)
+
 STATIC_ROPE_TYPES = ("default", "linear", "llama3")  # tables that do not depend on the sequence length
 SNAPSHOT_CACHE_BYTES = 256 << 20
-"""Models with at most this many bytes of parameters keep their fast-path snapshot between calls."""
+"""Models with at most this many bytes of parameters keep their fast-path snapshot between calls;
+a frozen model over it is not fused at all (its forward reads the module's weights: no copy)."""
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -77,23 +79,6 @@ def _is_passive(hook) -> bool:
     return getattr(hook, "__module__", "") == "transformers.utils.output_capturing"
 
 
-@dataclass(frozen=True)
-class LlamaLayerWeights:
-    """One decoder layer's weights with q/k/v and gate/up concatenated (detached unless the
-    ``FastLlama`` is differentiable). q/k rows are permuted for the complex rotary layout."""
-
-    input_norm_H: Optional[torch.Tensor]  # None when folded into qkv_weight
-    qkv_weight: torch.Tensor
-    qkv_bias: Optional[torch.Tensor]
-    o_weight: torch.Tensor
-    o_bias: Optional[torch.Tensor]
-    post_norm_H: Optional[torch.Tensor]  # None when folded into gate_up_weight
-    gate_up_weight: torch.Tensor
-    gate_up_bias: Optional[torch.Tensor]
-    down_weight: torch.Tensor
-    down_bias: Optional[torch.Tensor]
-
-
 class KVWriter(Protocol):
     """Where a layer's keys and values go: ``write`` stores layer ``layer``'s rotated keys and values
     ``[B, L, G, D]`` of the call's tokens and returns the ``[B, S, G, D]`` ones its queries attend
@@ -129,22 +114,21 @@ additive, 0 / -inf), ``kv`` (None: attend the call's own keys, ``S = L``), ``row
 indices into ``B * L`` of the real tokens, when the residual holds only those)."""
 
 
-def _cat_bias(*linears, keep=torch.Tensor.detach) -> Optional[torch.Tensor]:
-    if all(lin.bias is None for lin in linears):
-        return None
-    return torch.cat([keep(lin.bias) if lin.bias is not None else torch.zeros(lin.out_features, dtype=lin.weight.dtype,
-                                                                                 device=lin.weight.device) for lin in linears])
-
-
 class FastLlama:
     """The lean forward of one ``LlamaForCausalLM``'s current weights: build it once per sampling,
     scoring or training call (the fused weights are copies: a later optimizer step is not seen)."""
 
-    def __init__(self, model: torch.nn.Module, *, differentiable: bool = False):
+    def __init__(self, model: torch.nn.Module, *, differentiable: bool = False, fuse: Optional[bool] = None):
         """``differentiable``: keep the weights attached to the model's parameters (the
-        concatenations then carry gradients back to them); by default they are detached."""
+        concatenations then carry gradients back to them); by default they are detached.
+        ``fuse``: concatenate q/k/v and gate/up, fold the norms, permute for the complex rotary;
+        default: unless a detached snapshot would copy more than ``SNAPSHOT_CACHE_BYTES`` (a large
+        teacher: the copy costs time every call and a second set of weights in memory)."""
         inner = unwrap(model)
         cfg = inner.config
+        if fuse is None:
+            fuse = differentiable or sum(p.numel() * p.element_size() for p in inner.parameters()) <= SNAPSHOT_CACHE_BYTES
+        self.fused = fuse
         keep = (lambda t: t) if differentiable else (lambda t: t.detach())
         maybe = lambda t: None if t is None else keep(t)  # noqa: E731
         self.embed_V_H = keep(inner.model.embed_tokens.weight)
@@ -162,9 +146,9 @@ class FastLlama:
         # Rotary embedding as one complex multiply (float32 only: no bfloat16 complex). transformers
         # pairs coordinate i with i + D/2 in each head; complex numbers need them adjacent: permuting
         # q_proj's and k_proj's rows alike in every head does that and leaves every q.k unchanged.
-        self.complex_rope = self.dtype == torch.float32 and self.head_dim % 2 == 0
+        self.complex_rope = fuse and self.dtype == torch.float32 and self.head_dim % 2 == 0
         # Norm weights folded into the next projections (float32 only: bfloat16 would round otherwise).
-        self.fold_norms = self.dtype == torch.float32
+        self.fold_norms = fuse and self.dtype == torch.float32
         H = self.embed_V_H.shape[1]
         self._mean_H_1 = torch.full((H, 1), 1.0 / H, dtype=self.dtype, device=self.device)
         D = self.head_dim
@@ -174,21 +158,24 @@ class FastLlama:
         self.layers = []
         for layer in inner.model.layers:
             att, mlp = layer.self_attn, layer.mlp
-            q_w, k_w = att.q_proj.weight[q_rows.to(self.device)], att.k_proj.weight[k_rows.to(self.device)]
             qkv_bias = _cat_bias(att.q_proj, att.k_proj, att.v_proj, keep=keep)
             if qkv_bias is not None:
                 nq, nk = self.n_heads * D, self.n_kv_heads * D
                 qkv_bias = torch.cat([qkv_bias[:nq][q_rows.to(self.device)], qkv_bias[nq:nq + nk][k_rows.to(self.device)],
                                       qkv_bias[nq + nk:]])
-            qkv_w = torch.cat([q_w, k_w, att.v_proj.weight])
-            gate_up_w = torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight])
+            if fuse:
+                q_w, k_w = att.q_proj.weight[q_rows.to(self.device)], att.k_proj.weight[k_rows.to(self.device)]
+                qkv_w, gate_up_w = torch.cat([q_w, k_w, att.v_proj.weight]), torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight])
+            else:  # the module's own tensors, in parts (_linear); identity row order, norms not folded
+                qkv_w = tuple(keep(x.weight) for x in (att.q_proj, att.k_proj, att.v_proj))
+                gate_up_w = tuple(keep(x.weight) for x in (mlp.gate_proj, mlp.up_proj))
             input_norm, post_norm = layer.input_layernorm.weight, layer.post_attention_layernorm.weight
             if self.fold_norms:  # (x_hat * w) @ W.T == x_hat @ (W * w).T: one multiply fewer per norm
                 qkv_w, gate_up_w = qkv_w * input_norm, gate_up_w * post_norm
                 input_norm = post_norm = None
             self.layers.append(LlamaLayerWeights(  # in field order
-                maybe(input_norm), keep(qkv_w), qkv_bias, keep(att.o_proj.weight), maybe(att.o_proj.bias),
-                maybe(post_norm), keep(gate_up_w), _cat_bias(mlp.gate_proj, mlp.up_proj, keep=keep),
+                maybe(input_norm), _keep(keep, qkv_w), qkv_bias, keep(att.o_proj.weight), maybe(att.o_proj.bias),
+                maybe(post_norm), _keep(keep, gate_up_w), _cat_bias(mlp.gate_proj, mlp.up_proj, keep=keep),
                 keep(mlp.down_proj.weight), maybe(mlp.down_proj.bias)))
         self.cache: Optional[ContiguousKV] = None  # the sampler's, made by prefill
         self.cos_P_D = self.sin_P_D = None
@@ -228,7 +215,7 @@ class FastLlama:
         w = self.layers[index]
         B, L, rope, mask, kv, rows_N = call
         Hq, Hkv, D = self.n_heads, self.n_kv_heads, self.head_dim
-        qkv_N_C = F.linear(self._norm(x_N_H, w.input_norm_H), w.qkv_weight, w.qkv_bias)
+        qkv_N_C = _linear(self._norm(x_N_H, w.input_norm_H), w.qkv_weight, w.qkv_bias)
         if rows_N is not None:
             qkv_N_C = qkv_N_C.new_zeros(B * L, qkv_N_C.shape[-1]).index_copy(0, rows_N, qkv_N_C)
         qk, v = qkv_N_C.view(B, L, Hq + 2 * Hkv, D).split([Hq + Hkv, Hkv], dim=2)
@@ -245,7 +232,7 @@ class FastLlama:
         if rows_N is not None:
             a_N_A = a_N_A.index_select(0, rows_N)
         x_N_H = self._project_add(x_N_H, a_N_A, w.o_weight, w.o_bias)
-        gate, up = F.linear(self._norm(x_N_H, w.post_norm_H), w.gate_up_weight, w.gate_up_bias).chunk(2, dim=-1)
+        gate, up = _linear(self._norm(x_N_H, w.post_norm_H), w.gate_up_weight, w.gate_up_bias).chunk(2, dim=-1)
         return self._project_add(x_N_H, F.silu(gate) * up, w.down_weight, w.down_bias)
 
     def forward_layers(self, x_B_L_H: torch.Tensor, positions_B_L: torch.Tensor, mask: torch.Tensor,
