@@ -1,0 +1,41 @@
+"""The measuring parts of bench/vs_trl.py that run without TRL: the training-phase RSS sampler
+and the FLOPs / MFU arithmetic (which must count FLOPs exactly as the demo does)."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+
+
+def test_rss_sampler_sees_memory_allocated_during_the_phase_only():
+    import numpy as np
+
+    from rss_sampler import RssSampler
+
+    s = RssSampler(interval_s=0.001).start()
+    block = np.ones(64 * 2**20 // 8)  # 64 MiB, touched
+    import time
+
+    time.sleep(0.05)
+    del block
+    s.stop()
+    assert s.samples > 1 and s.peak - s.at_start >= 48 * 2**20
+
+
+def test_phase_flops_add_up_to_the_demo_count():
+    from opdplug_local.demo import flops_of_run
+    from vs_trl_mfu import mfu_summary, phase_flops
+
+    models = {"student": {"params": 1000, "embedding": 100}, "teacher": {"params": 4000, "embedding": 200}}
+    flops = phase_flops(models, 50.0)
+    assert sum(flops.values()) == pytest.approx(flops_of_run([{"rollout/sequence_tokens_total": 50.0}], 1000, 4000, "student"))
+    assert flops["backward"] == 2 * flops["student fwd + loss"] and flops["optimizer (+clip)"] == 0
+    runs = [{"seq_tokens": [50.0, 50.0]}]
+    ms = {k: 1.0 for k in flops}
+    out = mfu_summary(models, runs, ms, step_s_median=0.01, peak_gflops=1.0)
+    assert out["step"]["mfu"] == pytest.approx(sum(flops.values()) / 0.01 / 1e9)
+    assert out["phases"]["optimizer (+clip)"]["mfu"] is None
+    assert out["step_mfu_no_embedding"] < out["step"]["mfu"]
