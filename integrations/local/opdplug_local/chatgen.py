@@ -73,9 +73,13 @@ STYLES = ("terse", "sentence", "lead")
 LEADS = ("Sure! ", "Of course. ", "Good question. ", "Let me help. ")
 
 
-def _say(rng: random.Random, terse: str, sentence: str) -> str:
-    """The answer in a style drawn from ``STYLES``."""
-    style = rng.choice(STYLES)
+Say = Callable[[str, str], str]
+"""``say(terse, sentence)``: an answer, worded in a style the conversation's writer draws."""
+
+
+def _say(rng: random.Random, terse: str, sentence: str, styles: Sequence[str] = STYLES) -> str:
+    """The answer in a style drawn from ``styles``."""
+    style = rng.choice(tuple(styles))
     if style == "terse":
         return terse
     if style == "sentence":
@@ -83,7 +87,7 @@ def _say(rng: random.Random, terse: str, sentence: str) -> str:
     return rng.choice(LEADS) + sentence
 
 
-def _arithmetic(rng: random.Random) -> list[tuple[str, str]]:
+def _arithmetic(rng: random.Random, say: Say) -> list[tuple[str, str]]:
     a, b = rng.randint(2, 60), rng.randint(2, 40)
     op = rng.choice(("plus", "times", "minus"))
     if op == "times":
@@ -92,88 +96,89 @@ def _arithmetic(rng: random.Random) -> list[tuple[str, str]]:
         a, b = b, a
     r = a + b if op == "plus" else a * b if op == "times" else a - b
     q1 = rng.choice((f"What is {a} {op} {b}?", f"Can you compute {a} {op} {b}?", f"Please work out {a} {op} {b}."))
-    turns = [(q1, _say(rng, f"{r}", f"{a} {op} {b} is {r}."))]
+    turns = [(q1, say(f"{r}", f"{a} {op} {b} is {r}."))]
     k = rng.randint(2, 5)
     turns.append((rng.choice((f"And if I multiply that by {k}?", f"What is that times {k}?")),
-                  _say(rng, f"{r * k}", f"{r} times {k} is {r * k}.")))
+                  say(f"{r * k}", f"{r} times {k} is {r * k}.")))
     if rng.random() < 0.5:
         c = rng.randint(1, 30)
-        turns.append((f"Now add {c} to it.", _say(rng, f"{r * k + c}", f"{r * k} plus {c} is {r * k + c}.")))
+        turns.append((f"Now add {c} to it.", say(f"{r * k + c}", f"{r * k} plus {c} is {r * k + c}.")))
     return turns
 
 
-def _units(rng: random.Random) -> list[tuple[str, str]]:
+def _units(rng: random.Random, say: Say) -> list[tuple[str, str]]:
     big, small, f1, smallest, f2 = rng.choice(UNITS)
     n = rng.randint(2, 9)
     q1 = rng.choice((f"How many {small} are in {n} {big}?", f"Convert {n} {big} to {small}."))
-    turns = [(q1, _say(rng, f"{n * f1} {small}", f"There are {n * f1} {small} in {n} {big}."))]
+    turns = [(q1, say(f"{n * f1} {small}", f"There are {n * f1} {small} in {n} {big}."))]
     turns.append((rng.choice((f"And how many {smallest} is that?", f"What is that in {smallest}?")),
-                  _say(rng, f"{n * f1 * f2} {smallest}", f"That is {n * f1 * f2} {smallest}.")))
+                  say(f"{n * f1 * f2} {smallest}", f"That is {n * f1 * f2} {smallest}.")))
     return turns
 
 
-def _capitals(rng: random.Random) -> list[tuple[str, str]]:
+def _capitals(rng: random.Random, say: Say) -> list[tuple[str, str]]:
     country, capital, language = rng.choice(CAPITALS)
     q1 = rng.choice((f"What is the capital of {country}?", f"Which city is the capital of {country}?"))
-    turns = [(q1, _say(rng, capital, f"The capital of {country} is {capital}."))]
+    turns = [(q1, say(capital, f"The capital of {country} is {capital}."))]
     turns.append((rng.choice(("What language do people speak there?", f"What language is spoken in {capital}?")),
-                  _say(rng, language, f"People in {country} mostly speak {language}.")))
+                  say(language, f"People in {country} mostly speak {language}.")))
     if rng.random() < 0.4:
         other = rng.choice([c for c in CAPITALS if c[0] != country])
-        turns.append((f"And the capital of {other[0]}?", _say(rng, other[1], f"The capital of {other[0]} is {other[1]}.")))
+        turns.append((f"And the capital of {other[0]}?", say(other[1], f"The capital of {other[0]} is {other[1]}.")))
     return turns
 
 
-def _spelling(rng: random.Random) -> list[tuple[str, str]]:
+def _spelling(rng: random.Random, say: Say) -> list[tuple[str, str]]:
     word = rng.choice(WORDS)
     back = word[::-1]
     q1 = rng.choice((f"How do you spell {word} backwards?", f"Write the word {word} backwards."))
-    turns = [(q1, _say(rng, back, f"Backwards, {word} is {back}."))]
+    turns = [(q1, say(back, f"Backwards, {word} is {back}."))]
     turns.append((rng.choice((f"How many letters does {word} have?", "How many letters is that?")),
-                  _say(rng, f"{len(word)}", f"The word {word} has {len(word)} letters.")))
+                  say(f"{len(word)}", f"The word {word} has {len(word)} letters.")))
     if rng.random() < 0.5:
-        turns.append(("What is its first letter?", _say(rng, word[0], f"The first letter of {word} is {word[0]}.")))
+        turns.append(("What is its first letter?", say(word[0], f"The first letter of {word} is {word[0]}.")))
     return turns
 
 
-def _sorting(rng: random.Random) -> list[tuple[str, str]]:
+def _sorting(rng: random.Random, say: Say) -> list[tuple[str, str]]:
     values = rng.sample(range(1, 100), rng.randint(3, 5))
     listed = ", ".join(map(str, values))
     ordered = ", ".join(map(str, sorted(values)))
     q1 = rng.choice((f"Sort these numbers: {listed}.", f"Put {listed} in increasing order."))
-    turns = [(q1, _say(rng, ordered, f"In increasing order: {ordered}."))]
+    turns = [(q1, say(ordered, f"In increasing order: {ordered}."))]
     which = rng.choice(("largest", "smallest"))
     value = max(values) if which == "largest" else min(values)
-    turns.append((f"Which one is the {which}?", _say(rng, f"{value}", f"The {which} is {value}.")))
+    turns.append((f"Which one is the {which}?", say(f"{value}", f"The {which} is {value}.")))
     if rng.random() < 0.5:
-        turns.append(("What is their sum?", _say(rng, f"{sum(values)}", f"Their sum is {sum(values)}.")))
+        turns.append(("What is their sum?", say(f"{sum(values)}", f"Their sum is {sum(values)}.")))
     return turns
 
 
-def _shopping(rng: random.Random) -> list[tuple[str, str]]:
+def _shopping(rng: random.Random, say: Say) -> list[tuple[str, str]]:
     dish, items = rng.choice(DISHES)
     have = rng.sample(items, 2)
     need = [i for i in items if i not in have]
     q1 = rng.choice((f"I want to make {dish}. I have {have[0]} and {have[1]}. What else do I need?",
                      f"For {dish} I already have {have[0]} and {have[1]}. What is missing?"))
-    turns = [(q1, _say(rng, f"{need[0]} and {need[1]}", f"You still need {need[0]} and {need[1]}."))]
+    turns = [(q1, say(f"{need[0]} and {need[1]}", f"You still need {need[0]} and {need[1]}."))]
     turns.append(("How many ingredients is that in total?",
-                  _say(rng, f"{len(items)}", f"That makes {len(items)} ingredients in total.")))
+                  say(f"{len(items)}", f"That makes {len(items)} ingredients in total.")))
     return turns
 
 
-MAKERS: dict[str, Callable[[random.Random], list[tuple[str, str]]]] = {
+MAKERS: dict[str, Callable[[random.Random, Say], list[tuple[str, str]]]] = {
     "arithmetic": _arithmetic, "units": _units, "capitals": _capitals, "spelling": _spelling,
     "sorting": _sorting, "shopping": _shopping,
 }
 
 
-def make_conversation(rng: random.Random, topic: str) -> dict:
-    """One conversation of ``topic`` (normalised form, no id yet)."""
+def make_conversation(rng: random.Random, topic: str, styles: Sequence[str] = STYLES) -> dict:
+    """One conversation of ``topic`` (normalised form, no id yet), its answers worded in ``styles``."""
     messages = []
+    say = lambda terse, sentence: _say(rng, terse, sentence, styles)  # noqa: E731
     if rng.random() < 0.3:  # some conversations carry a system turn, as real chat logs do
         messages.append({"role": "system", "content": rng.choice(SYSTEM_PROMPTS)})
-    for user, assistant in MAKERS[topic](rng):
+    for user, assistant in MAKERS[topic](rng, say):
         messages += [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]
     return {"topic": topic, "messages": messages}
 
@@ -185,6 +190,14 @@ def split_of(conversation: dict) -> str:
     return "eval" if digest % EVAL_POOL_MOD == 0 else "train"
 
 
+def _check_styles(styles: Iterable[str]) -> tuple[str, ...]:
+    styles = tuple(styles)
+    unknown = [s for s in styles if s not in STYLES]
+    if unknown or not styles:
+        raise ValueError(f"unknown style {unknown[0]!r}; choose among {', '.join(STYLES)}" if unknown else "no styles")
+    return styles
+
+
 def _check_topics(topics: Iterable[str]) -> tuple[str, ...]:
     topics = tuple(topics)
     unknown = [t for t in topics if t not in MAKERS]
@@ -193,23 +206,26 @@ def _check_topics(topics: Iterable[str]) -> tuple[str, ...]:
     return topics
 
 
-def iter_conversations(seed: int = 0, topics: Iterable[str] = TOPICS, split: Optional[str] = None) -> Iterator[dict]:
-    """Conversations forever, topics in turn, deterministic in ``seed``; ``split`` keeps one pool.
+def iter_conversations(seed: int = 0, topics: Iterable[str] = TOPICS, split: Optional[str] = None,
+                       styles: Iterable[str] = STYLES) -> Iterator[dict]:
+    """Conversations forever, topics in turn, deterministic in ``seed``; ``split`` keeps one pool;
+    answers worded in ``styles`` (a subset of ``STYLES``: another "writer" of the same questions).
     Ids are ``chat-SEED-N`` (N counts the stream before the split filter, so an id names one
     conversation whatever split or count is asked for)."""
-    topics = _check_topics(topics)
+    topics, styles = _check_topics(topics), _check_styles(styles)
     rng = random.Random(seed)
     for n in range(sys.maxsize):
-        conversation = make_conversation(rng, topics[n % len(topics)])
+        conversation = make_conversation(rng, topics[n % len(topics)], styles)
         if split is None or split_of(conversation) == split:
             yield {"id": f"chat-{seed}-{n:06d}", **conversation}
 
 
-def generate(n: int, seed: int = 0, topics: Iterable[str] = TOPICS, split: Optional[str] = None) -> list[dict]:
+def generate(n: int, seed: int = 0, topics: Iterable[str] = TOPICS, split: Optional[str] = None,
+             styles: Iterable[str] = STYLES) -> list[dict]:
     """The first ``n`` conversations of ``iter_conversations`` (a prefix of any larger ``n``)."""
     if n < 0:
         raise ValueError(f"n must be >= 0, got {n}")
-    stream = iter_conversations(seed, topics, split)
+    stream = iter_conversations(seed, topics, split, styles)
     return [next(stream) for _ in range(n)]
 
 
@@ -230,16 +246,17 @@ def _write(path: Path, records: Sequence[dict], fmt: str) -> None:
 
 
 def write_splits(out: str | os.PathLike, n_train: int, n_eval: int, seed: int = 0, topics: Iterable[str] = TOPICS,
-                 fmt: str = "openai") -> dict[str, Path]:
-    """Write ``out/train.jsonl`` and ``out/eval.jsonl`` (disjoint by conversation, ``split_of``)
-    in ``fmt`` (``openai``: ``messages``; ``sharegpt``: ``conversations``); their paths."""
+                 fmt: str = "openai", styles: Iterable[str] = STYLES, prefix: str = "") -> dict[str, Path]:
+    """Write ``out/PREFIXtrain.jsonl`` and ``out/PREFIXeval.jsonl`` (disjoint by conversation,
+    ``split_of``) in ``fmt`` (``openai``: ``messages``; ``sharegpt``: ``conversations``), answers
+    worded in ``styles``; their paths."""
     if fmt not in ("openai", "sharegpt"):
         raise ValueError(f"fmt must be 'openai' or 'sharegpt', got {fmt!r}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    paths = {"train": out / "train.jsonl", "eval": out / "eval.jsonl"}
-    _write(paths["train"], generate(n_train, seed, topics, split="train"), fmt)
-    _write(paths["eval"], generate(n_eval, seed, topics, split="eval"), fmt)
+    paths = {"train": out / f"{prefix}train.jsonl", "eval": out / f"{prefix}eval.jsonl"}
+    _write(paths["train"], generate(n_train, seed, topics, split="train", styles=styles), fmt)
+    _write(paths["eval"], generate(n_eval, seed, topics, split="eval", styles=styles), fmt)
     return paths
 
 
@@ -257,6 +274,7 @@ def main(argv: Optional[Sequence[str]] = None, print_fn: Callable[[str], None] =
     parser.add_argument("--eval", type=int, default=200, help="eval conversations (default: 200)")
     parser.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
     parser.add_argument("--topics", default=",".join(TOPICS), help=f"comma-separated, among {', '.join(TOPICS)}")
+    parser.add_argument("--styles", default=",".join(STYLES), help=f"answer styles drawn from, among {', '.join(STYLES)}")
     parser.add_argument("--format", default="openai", choices=("openai", "sharegpt"),
                         help="openai (messages/role/content, default) or sharegpt (conversations/from/value)")
     args = parser.parse_args(argv)
@@ -266,9 +284,13 @@ def main(argv: Optional[Sequence[str]] = None, print_fn: Callable[[str], None] =
         topics = _check_topics(t.strip() for t in args.topics.split(",") if t.strip())
     except ValueError as exc:
         parser.error(f"--topics: {exc}")
-    paths = write_splits(args.out, args.train, args.eval, args.seed, topics, args.format)
+    try:
+        styles = _check_styles(t.strip() for t in args.styles.split(",") if t.strip())
+    except ValueError as exc:
+        parser.error(f"--styles: {exc}")
+    paths = write_splits(args.out, args.train, args.eval, args.seed, topics, args.format, styles)
     for split, n in (("train", args.train), ("eval", args.eval)):
-        mix = Counter(c["topic"] for c in generate(n, args.seed, topics, split=split))
+        mix = Counter(c["topic"] for c in generate(n, args.seed, topics, split=split, styles=styles))
         print_fn(f"wrote {n} {split} conversations to {paths[split]} ({', '.join(f'{t} {mix[t]}' for t in topics if mix[t])})")
     print_fn(f"seed {args.seed}; format {args.format}; train and eval share no opening turn")
     return 0

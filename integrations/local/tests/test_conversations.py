@@ -105,6 +105,12 @@ def test_generator_is_deterministic_multi_turn_and_held_out_by_conversation(tmp_
     shared = chatgen.write_splits(tmp_path / "sharegpt", 200, 40, seed=1, fmt="sharegpt")
     assert "conversations" in json.loads(shared["train"].read_text().splitlines()[0])
     assert list(conversations.read_conversations(shared["train"])) == train  # the same conversations either way
+    # another writer of the same questions: answers in the styles asked for only
+    leads = chatgen.generate(60, seed=1, styles=("lead",))
+    assert all(m["content"].startswith(chatgen.LEADS) for c in leads for m in c["messages"] if m["role"] == "assistant")
+    assert chatgen.generate(60, seed=1) == chatgen.generate(60, seed=1, styles=chatgen.STYLES)
+    with pytest.raises(ValueError, match="unknown style 'poem'"):
+        chatgen.generate(1, styles=("poem",))
     lines = []
     assert chatgen.main(["--out", str(tmp_path / "cli"), "--train", "20", "--eval", "5"], lines.append) == 0
     assert "wrote 20 train conversations" in lines[0]
