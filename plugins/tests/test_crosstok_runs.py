@@ -51,7 +51,7 @@ def test_a_teacher_from_another_family_trains_the_student(family_pair, tmp_path)
         assert 0.0 < r["xtok/vocab_overlap"] < 1.0  # different vocabularies that share some strings
 
 
-@pytest.mark.parametrize("support", ["xtok_topk", "xtok_full_uld", "uld"])
+@pytest.mark.parametrize("support", ["xtok_topk", "xtok_full_uld", "uld", "xtok_project"])
 def test_every_cross_vocabulary_support_runs(family_pair, tmp_path, support):
     from opdplug.loop import train
     from opdplug.manager import make_plugin_manager
@@ -64,6 +64,8 @@ def test_every_cross_vocabulary_support_runs(family_pair, tmp_path, support):
     train(parse_config(cfg, manager.plugin_tables()), manager)
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert any("loss" in r and r["loss"] == r["loss"] for r in rows)  # finite, not NaN
+    if support == "xtok_project":  # every trained token has a teacher distribution, inside chunks too
+        assert all(r.get("xtok_unprojected_tokens", 0) == 0 for r in rows if "loss" in r)
 
 
 def test_check_reports_the_alignment_before_training(family_pair, tmp_path, capsys):

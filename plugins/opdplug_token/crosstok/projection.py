@@ -118,18 +118,24 @@ def student_distribution(proj: Projection, batch: RolloutBatch, rows: list, inne
                 continue
             k, written = cover
             pos = Pt + k
-            here = proj.entries(t_ids[b][pos], t_lps[b][pos], written)
+            here, tail_here = proj.entries(t_ids[b][pos], t_lps[b][pos], written), tails[b][pos]
+            if not here:  # no top-k entry continues the text: the teacher token actually there does,
+                # and its log-prob is known (it leaves the tail). Only then, so that with one
+                # tokenizer this stays the teacher's top-k exactly.
+                cand_ids, cand_lps, tail_here = _with_token(t_ids[b][pos], t_lps[b][pos], tail_here,
+                                                            r.teacher_completion[k], token_lp[b][pos])
+                here = proj.entries(cand_ids, cand_lps, written)
             if written or k == 0:
-                per_pos[(b, P + j)] = (here, tails[b][pos])
+                per_pos[(b, P + j)] = (here, tail_here)
                 continue
             w = proj.bytes_of(r.teacher_completion[k - 1]) or b""
             longer = [e for e in proj.entries(t_ids[b][pos - 1], t_lps[b][pos - 1], w)] if w else []
             own = token_lp[b][pos - 1]  # the teacher's log-prob of w itself, at its position
             z1 = _logsumexp([lp for _, lp in longer] + [own])
-            z2 = _logsumexp([lp for _, lp in here] + [tails[b][pos]])
+            z2 = _logsumexp([lp for _, lp in here] + [tail_here])
             scale = own - z1 - z2
             per_pos[(b, P + j)] = ([(sid, lp - z1) for sid, lp in longer] + [(sid, lp + scale) for sid, lp in here],
-                                   tails[b][pos] + scale)
+                                   tail_here + scale)
     J = max((len(e) for e, _ in per_pos.values()), default=1) or 1
     ids = torch.full((B, L, J), -1, dtype=torch.long)
     mass = torch.full((B, L, J), float("-inf"))
@@ -140,6 +146,14 @@ def student_distribution(proj: Projection, batch: RolloutBatch, rows: list, inne
             mass[b, pos, :len(entries)] = torch.tensor([e[1] for e in entries])
         tail[b, pos] = t
     return SparseDistribution(ids_B_L_J=ids, logmass_B_L_J=mass, tail_logmass_B_L=tail)
+
+
+def _with_token(ids: list, lps: list, tail: float, token: int, token_lp: float) -> tuple[list, list, float]:
+    """The top-k with the teacher's own token added when missing (its mass taken off the tail)."""
+    if token in ids or token_lp == float("-inf"):
+        return ids, lps, tail
+    rest = math.exp(tail) - math.exp(token_lp)
+    return ids + [token], lps + [token_lp], math.log(rest) if rest > 1e-30 else float("-inf")
 
 
 def _logsumexp(xs: list) -> float:
