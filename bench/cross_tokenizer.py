@@ -78,9 +78,9 @@ def accuracy(run: Path, n: int) -> float:
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default="runs/bench_cross_tokenizer")
-    p.add_argument("--teacher-steps", type=int, default=800)
+    p.add_argument("--teacher-steps", type=int, default=800, help="more makes a stronger teacher (the ceiling here)")
     p.add_argument("--cold-steps", type=int, default=400, help="OPD needs a student that already follows the format")
-    p.add_argument("--steps", type=int, default=400, help="OPD steps; sequence-level KD gets the same completions")
+    p.add_argument("--steps", type=int, default=800, help="OPD steps; sequence-level KD gets the same completions")
     p.add_argument("--eval-n", type=int, default=300)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--sampled", action="store_true", help="also run OPD with the sampled-token k2 estimator")
