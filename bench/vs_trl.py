@@ -37,7 +37,7 @@ phase, against the matmul peak measured here at the workers' thread count. A sho
 of each adds the top functions by own time.
 
     .venv/bin/python bench/vs_trl.py                   # tiny: ~5 min on 2 quiet CPU cores (7 reps x 3 systems x 40 steps)
-    .venv/bin/python bench/vs_trl.py --size realistic  # builds its models once (minutes), then 3 reps x 3 systems
+    .venv/bin/python bench/vs_trl.py --size realistic  # first builds its models (31 min on 2 loaded cores, cached), then 3 reps x 3 systems: ~12 min
     .venv/bin/python bench/vs_trl.py --divergence jsd
 Writes runs/bench/vs_trl[_realistic].json and .png; the last printed line is the headline.
 The systems' workers are in ``vs_trl_workers.py``; the shared settings, models and evaluation in
