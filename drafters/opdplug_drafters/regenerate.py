@@ -145,8 +145,10 @@ class SGLangGenerator:
 
 
 # ----------------------------------------------------------------------------- the output file
-def done_ids(path: Path) -> set:
-    """Ids already in the output; a last line without its newline (torn by a crash) is cut off."""
+def done_ids(path: Path, template_kwargs: Optional[dict] = None) -> set:
+    """Ids already in the output; a last line without its newline (torn by a crash) is cut off.
+    With ``template_kwargs``, a record written with other switches is a one-line error: one file
+    must hold one rendering."""
     if not path.exists():
         return set()
     with open(path, "rb+") as f:
@@ -158,8 +160,13 @@ def done_ids(path: Path) -> set:
     ids = set()
     for number, line in enumerate(data.splitlines(), start=1):
         record = conversations.parse_line(line, str(path), number)
-        if record is not None:
-            ids.add(record["id"])
+        if record is None:
+            continue
+        ids.add(record["id"])
+        recorded = (record.get("regenerated") or {}).get("template_kwargs")
+        if template_kwargs is not None and isinstance(recorded, str) and json.loads(recorded) != dict(template_kwargs):
+            raise ConfigError(f"{path}:{number}: written with --template-kwargs {recorded} and this run asks for "
+                              f"{json.dumps(template_kwargs, sort_keys=True)}; resume with the same switches or write to a new file")
     return ids
 
 
@@ -225,7 +232,7 @@ def regenerate(input_path: str | os.PathLike, output_path: str | os.PathLike, ge
     if input_path.resolve() == output_path.resolve():
         raise ConfigError(f"the output {str(output_path)!r} is the input file; write the regenerated turns elsewhere")
     total = conversations.check_file(input_path)  # every line valid and ids unique before any target call
-    done = done_ids(output_path)
+    done = done_ids(output_path, options.template_kwargs)
     # Streamed: only one batch of conversations is in memory at a time, whatever the file's size.
     pending = (r for r in conversations.read_conversations(input_path) if r["id"] not in done)
     skipped = sum(1 for r in conversations.read_conversations(input_path) if r["id"] in done)

@@ -107,6 +107,10 @@ def test_interrupted_and_torn_runs_resume_to_the_same_file(world, tmp_path):
     assert resumed.read_text() == straight.read_text()
     # nothing left to do: a third run writes nothing
     assert regenerate(source, resumed, generator, RegenerateOptions(**OPTIONS), progress=False)["written"] == 0
+    # resuming with other template switches would mix two renderings in one file
+    with pytest.raises(ConfigError, match=r"resumed.jsonl:1: written with --template-kwargs \{\} and this run asks for"):
+        regenerate(source, resumed, generator, RegenerateOptions(template_kwargs={"enable_thinking": False}, **OPTIONS),
+                   progress=False)
 
 
 class Recorder:
