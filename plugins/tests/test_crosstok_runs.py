@@ -89,6 +89,20 @@ def test_a_supports_that_compares_ids_is_refused_in_one_line(family_pair, tmp_pa
     assert len(err) == 1 and "another tokenizer" in err[0] and "xtok_topk" in err[0]
 
 
+@pytest.mark.parametrize("support", ["xtok_project", "xtok_topk"])
+def test_a_support_that_reads_the_teachers_top_k_without_one_is_refused_in_one_line(family_pair, tmp_path, capsys, support):
+    _, (student, teacher, data) = family_pair
+    cfg = config_data(tmp_path, student, teacher, data, loss={"support": support, "divergence": "reverse_kl"},
+                      run={"output_dir": str(tmp_path / "run"), "steps": 1, "batch_size": 2, "progress": False,
+                           "resume": False})
+    cfg["teacher"]["top_k"] = 0
+    path = write(tmp_path, "c.toml", cfg)
+    assert main(["check", path]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "teacher.top_k > 0" in err[0] and support in err[0]
+    assert not (tmp_path / "run").exists()
+
+
 def test_a_teacher_template_that_cannot_render_is_one_line(tmp_path, capsys):
     teacher_tok = build_bpe_tokenizer(OTHER_CORPUS, vocab_size=300, template=None)  # no chat template
     student, teacher, data = make_pair(tmp_path, teacher_tok)

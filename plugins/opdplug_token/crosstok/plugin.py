@@ -17,14 +17,31 @@ def opd_register_scorers(register):
     register("cross_tokenizer", CrossTokenizer)
 
 
+CROSS_SUPPORTS = {
+    "xtok_topk": CrossVocab("topk", "bucket"),
+    "xtok_full": CrossVocab("full", "bucket"),
+    "xtok_topk_uld": CrossVocab("topk", "uld"),
+    "xtok_full_uld": CrossVocab("full", "uld"),
+    "uld": CrossVocab("topk", "all_uld"),
+    "xtok_project": ProjectedTopK(),
+}
+
+
 @hookimpl
 def opd_register_supports(register):
-    register("xtok_topk", CrossVocab("topk", "bucket"))
-    register("xtok_full", CrossVocab("full", "bucket"))
-    register("xtok_topk_uld", CrossVocab("topk", "uld"))
-    register("xtok_full_uld", CrossVocab("full", "uld"))
-    register("uld", CrossVocab("topk", "all_uld"))
-    register("xtok_project", ProjectedTopK())
+    for name, support in CROSS_SUPPORTS.items():
+        register(name, support)
+
+
+@hookimpl
+def opd_validate(ctx):
+    """A cross-vocabulary support that reads the teacher's top-k, with none asked for."""
+    name = ctx.config.loss.support
+    if name not in CROSS_SUPPORTS:
+        return
+    support = ctx.component("supports", name, {}, "loss.support")
+    if getattr(support, "needs_teacher_topk", False) and ctx.config.teacher.top_k <= 0:
+        raise ConfigError(f"loss.support = {name!r} reads the teacher's top-k: set teacher.top_k > 0 (e.g. 32)")
 
 
 PREFLIGHT_ROWS = 8

@@ -58,6 +58,11 @@ class CrossVocab:
     uses_estimator: ClassVar[bool] = False
     any_vocabulary: ClassVar[bool] = True  # reads vocab_map_2_M
 
+    @property
+    def needs_teacher_topk(self) -> bool:
+        """The sparse source reads the teacher's top-k (checked before step 0)."""
+        return self.source == "topk"
+
     def __call__(self, divergence, student: StudentOutputs, scores: TeacherScores, batch: RolloutBatch,
                  mask_B_L: Tensor, *, top_k: int = 16, chunk_size: int = 1024) -> SupportResult:
         g = gather_masked(student, scores, batch, mask_B_L)
@@ -164,6 +169,7 @@ class ProjectedTopK:
 
     uses_estimator: ClassVar[bool] = False
     any_vocabulary: ClassVar[bool] = True  # reads student_distribution
+    needs_teacher_topk: ClassVar[bool] = True  # checked before step 0
 
     def __call__(self, divergence, student: StudentOutputs, scores: TeacherScores, batch: RolloutBatch,
                  mask_B_L: Tensor, *, top_k: int = 16, chunk_size: int = 1024) -> SupportResult:
