@@ -10,6 +10,8 @@ import torch
 
 from opdplug.types import RolloutBatch, SparseDistribution, TeacherScores
 
+from ..support_chunks import sparse_teacher_tail
+
 
 class Projection:
     """Which student token writes a teacher token's bytes from a given offset on.
@@ -106,7 +108,7 @@ def student_distribution(proj: Projection, batch: RolloutBatch, rows: list, inne
     t_ids = inner.topk_ids_B_L_K.cpu().tolist()
     t_lps = inner.topk_logprobs_B_L_K.float().cpu().tolist()
     tails = (inner.tail_logmass_B_L.float().cpu() if inner.tail_logmass_B_L is not None
-             else log1mexp_of(inner.topk_logprobs_B_L_K.float().cpu())).tolist()
+             else sparse_teacher_tail(inner.topk_logprobs_B_L_K.float().cpu())[0]).tolist()
     token_lp = inner.token_logprobs_B_L.float().cpu().tolist()
     per_pos: dict[tuple[int, int], tuple[list, float]] = {}
     for b, r in enumerate(rows):
@@ -129,7 +131,7 @@ def student_distribution(proj: Projection, batch: RolloutBatch, rows: list, inne
                 per_pos[(b, P + j)] = (here, tail_here)
                 continue
             w = proj.bytes_of(r.teacher_completion[k - 1]) or b""
-            longer = [e for e in proj.entries(t_ids[b][pos - 1], t_lps[b][pos - 1], w)] if w else []
+            longer = proj.entries(t_ids[b][pos - 1], t_lps[b][pos - 1], w) if w else []
             own = token_lp[b][pos - 1]  # the teacher's log-prob of w itself, at its position
             z1 = _logsumexp([lp for _, lp in longer] + [own])
             z2 = _logsumexp([lp for _, lp in here] + [tail_here])
@@ -163,7 +165,3 @@ def _logsumexp(xs: list) -> float:
     top = max(finite)
     return top + math.log(sum(math.exp(x - top) for x in finite))
 
-
-def log1mexp_of(topk_lp_B_L_K: torch.Tensor) -> torch.Tensor:
-    """log(1 - sum exp(top-k)): the mass outside a top-k, floored at a tiny value."""
-    return torch.log1p(-torch.logsumexp(topk_lp_B_L_K, -1).exp().clamp(max=1 - 1e-7))

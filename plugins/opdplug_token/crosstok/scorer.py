@@ -61,7 +61,6 @@ class _Row:
     cover: tuple = ()
     """Per student token: (index of the teacher token covering its first byte, bytes of that
     teacher token already written before it), or None where the offsets are unknown."""
-    text: bytes = b""
     failed: str = ""
 
 
@@ -181,7 +180,6 @@ class CrossTokenizer:
         if t_bytes != text_bytes:
             return _failed(row, "the teacher's tokenizer does not reproduce the completion's bytes")
         a = align(s_ends, t_ends)
-        row.text = text_bytes
         row.cover = _cover(s_ends, t_ends, text_bytes) + (((len(t_ids), b""),) if stopped else ())
         row.teacher_completion = t_ids + ([s["teacher_end"]] if stopped else [])
         row.student_chunks = a.student_chunk_N + ((a.num_chunks,) if stopped else ())

@@ -154,7 +154,7 @@ class ProjectedTopK:
     ``scores.student_distribution``: each teacher entry that continues the text the student has
     written becomes the student token that would write its next bytes, and on shared boundaries
     the teacher's "this token ended" bias is undone by mixing in the entries that extend the
-    previous token (see ``CrossTokenizer.project``). Here that sparse distribution and its tail
+    previous token (see ``projection.student_distribution``). Here that sparse distribution and its tail
     are normalised; student ids that receive mass are outcomes and everything else, on both
     sides, is one bucket. Unlike the bucket supports nearly all the teacher's mass lands on named
     student tokens, so the student is never rewarded for spreading its mass, and positions inside
