@@ -91,6 +91,15 @@ class CrossTokenizer:
         """True once set up against a tokenizer that is not the student's."""
         return bool(self.state) and not self.state.get("same", True)
 
+    def not_byte_level(self) -> str:
+        """Which side's tokenizer is not byte-level, so that its tokens have no bytes to project
+        the teacher's entries through (``xtok_project``); "" when both are or no alignment runs."""
+        if not self.aligns():
+            return ""
+        sides = [name for name, key in (("the student's", "student_bytes"), ("the teacher's", "teacher_bytes"))
+                 if self.state.get(key) is None]
+        return f"{' and '.join(sides)} tokenizer is not byte-level" if sides else ""
+
     # -- lifecycle -----------------------------------------------------------------------------
     def setup(self, ctx) -> None:
         path = self.tokenizer or ctx.config.teacher.path
