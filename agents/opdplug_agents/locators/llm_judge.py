@@ -19,8 +19,6 @@ class JudgeUnreachable(TrainingError):
     """The LLM judge's endpoint could not be reached (after the retries)."""
 
 
-
-
 JUDGE_SYSTEM = (
     "You check the steps of an agent that solves a task with tool calls. A step is wrong if its "
     "call is invalid or if it does not make the best possible progress toward solving the task "
@@ -78,7 +76,8 @@ class LLMJudgeLocator:
     """``llm_judge``: ask an OpenAI-compatible chat endpoint (SGLang's, vLLM's, OpenAI's) for the
     earliest wrong step, one request per episode, with ``urllib`` only.
 
-    A reply that is not the strict JSON ``{"first_error": ...}``, names a step out of range or a
+    The server's token counts (the response's ``usage``) add up in ``judge_prompt_tokens`` and
+    ``judge_completion_tokens``. A reply that is not the strict JSON ``{"first_error": ...}``, names a step out of range or a
     step that is not a checkable student turn counts as "no error found" (None) and its reason
     goes to ``deps.notes`` (``judge_failures`` counts them). An endpoint that cannot be reached
     after ``retries`` retries raises ``JudgeUnreachable`` (one line naming the URL); HTTP 4xx
@@ -103,6 +102,10 @@ class LLMJudgeLocator:
     """Sampling temperature of the judge."""
     json_mode: bool = False
     """Send ``response_format = {"type": "json_object"}`` (servers that support it)."""
+    json_schema: bool = False
+    """Send ``response_format`` as a JSON schema that allows only ``{"first_error": N}`` with N one
+    of the episode's checkable steps or null (constrained decoding: SGLang, vLLM, OpenAI); wins
+    over ``json_mode``."""
     api_key_env: str = ""
     """Name of an environment variable holding a bearer token ("" sends none)."""
 
@@ -112,10 +115,15 @@ class LLMJudgeLocator:
         if self.retries < 0 or self.timeout_s <= 0 or self.retry_wait_s < 0 or self.max_tokens < 1:
             raise ValueError("llm_judge needs retries >= 0, timeout_s > 0, retry_wait_s >= 0, max_tokens >= 1")
 
-    def request(self, messages: list[dict]) -> dict:
-        """POST one chat completion; the decoded JSON response, or raise."""
+    def request(self, messages: list[dict], steps: Sequence[int] = ()) -> dict:
+        """POST one chat completion (``steps``: the answers the JSON schema allows besides null,
+        with ``json_schema``); the decoded JSON response, or raise."""
         body = {"model": self.model, "messages": messages, "max_tokens": self.max_tokens, "temperature": self.temperature}
-        if self.json_mode:
+        if self.json_schema:
+            body["response_format"] = {"type": "json_schema", "json_schema": {"name": "first_error", "schema": {
+                "type": "object", "properties": {"first_error": {"enum": [*map(int, steps), None]}},
+                "required": ["first_error"], "additionalProperties": False}}}
+        elif self.json_mode:
             body["response_format"] = {"type": "json_object"}
         headers = {"Content-Type": "application/json"}
         if self.api_key_env and os.environ.get(self.api_key_env):
@@ -151,8 +159,12 @@ class LLMJudgeLocator:
             if not check:
                 out.append(None)
                 continue
-            response = self.request(judge_messages(episode, s))
+            response = self.request(judge_messages(episode, s), check)
             deps.stats["judge_calls"] += 1
+            usage = response.get("usage") if isinstance(response, dict) else None
+            if isinstance(usage, dict):  # the server's own count (OpenAI's usage field)
+                deps.stats["judge_prompt_tokens"] += int(usage.get("prompt_tokens") or 0)
+                deps.stats["judge_completion_tokens"] += int(usage.get("completion_tokens") or 0)
             try:
                 content = response["choices"][0]["message"]["content"]
             except (KeyError, IndexError, TypeError):
