@@ -63,8 +63,20 @@ class CrossVocab:
         """The sparse source reads the teacher's top-k (checked before step 0)."""
         return self.source == "topk"
 
+    def unmet(self, scores: TeacherScores) -> str:
+        """What ``scores`` lack for this support and how to fix it; "" when nothing. The
+        pre-flight probe asks this of the configured scorer's scores before step 0."""
+        if self.source == "full" and not scores.is_dense:
+            return ("needs the teacher's whole distribution (a dense, local teacher), but the teacher's scorer sends "
+                    "only its top-k: use xtok_project, xtok_topk or xtok_topk_uld with teacher.top_k > 0")
+        if self.source == "topk" and (scores.topk_ids_B_L_K is None or scores.topk_logprobs_B_L_K is None):
+            return "needs the teacher's top-k, but the teacher's scorer sent none: set teacher.top_k > 0"
+        return ""
+
     def __call__(self, divergence, student: StudentOutputs, scores: TeacherScores, batch: RolloutBatch,
                  mask_B_L: Tensor, *, top_k: int = 16, chunk_size: int = 1024) -> SupportResult:
+        if self.unmet(scores):
+            raise ValueError(f"the {self.source} cross-vocabulary support {self.unmet(scores)}")
         g = gather_masked(student, scores, batch, mask_B_L)
         dev = g.mask_B_L.device
         V_s = student.lm_head_V_H.shape[0]
@@ -75,13 +87,9 @@ class CrossVocab:
         per_token = {"h_s": g.student_hidden_N_H, "tok": g.tokens_N, "dist": dist_N}
         sums_extra = metric_zeros(dev)
         if self.source == "full":
-            if not scores.is_dense:
-                raise ValueError(f"the xtok_full supports need a dense teacher (a local scorer); use xtok_topk with teacher.top_k > 0")
             per_token["h_t"] = scores.hidden_B_L_H.to(dev)[g.mask_B_L].detach()
             w_t = scores.lm_head_V_H.detach().to(dev)
         else:
-            if scores.topk_ids_B_L_K is None or scores.topk_logprobs_B_L_K is None:
-                raise ValueError("the xtok_topk and uld supports need the teacher's top-k: set teacher.top_k > 0")
             ids_N_K = scores.topk_ids_B_L_K.to(dev)[g.mask_B_L]
             lp_N_K = upcast(scores.topk_logprobs_B_L_K.to(dev)[g.mask_B_L])
             if ids_N_K.shape[-1] > top_k:  # the scorer sent more than asked: keep the largest
@@ -170,17 +178,34 @@ class ProjectedTopK:
     uses_estimator: ClassVar[bool] = False
     any_vocabulary: ClassVar[bool] = True  # reads student_distribution
     needs_teacher_topk: ClassVar[bool] = True  # checked before step 0
+    needs_byte_level: ClassVar[bool] = True  # the projection reads each token's bytes (checked before step 0)
+
+    @staticmethod
+    def distribution(scores: TeacherScores):
+        """The teacher's distribution over the student's vocabulary: the scorer's projection, or
+        with one vocabulary its own top-k and tail; None when the scores carry neither."""
+        if scores.student_distribution is not None:
+            return scores.student_distribution
+        if scores.vocab_map_2_M is None and scores.topk_ids_B_L_K is not None:
+            tail = (scores.tail_logmass_B_L if scores.tail_logmass_B_L is not None
+                    else sparse_teacher_tail(upcast(scores.topk_logprobs_B_L_K))[0])
+            return SparseDistribution(scores.topk_ids_B_L_K, scores.topk_logprobs_B_L_K, tail)  # one vocabulary
+        return None
+
+    def unmet(self, scores: TeacherScores) -> str:
+        """What ``scores`` lack for this support and how to fix it; "" when nothing (see
+        ``CrossVocab.unmet``)."""
+        if self.distribution(scores) is not None:
+            return ""
+        return ("needs the teacher's top-k (teacher.top_k > 0) re-expressed over the student's vocabulary, which "
+                "the teacher's scorer did not send (with another tokenizer it needs byte-level tokenizers on both "
+                "sides); otherwise use xtok_topk_uld, xtok_topk or sampled")
 
     def __call__(self, divergence, student: StudentOutputs, scores: TeacherScores, batch: RolloutBatch,
                  mask_B_L: Tensor, *, top_k: int = 16, chunk_size: int = 1024) -> SupportResult:
-        dist = scores.student_distribution
-        if dist is None and scores.vocab_map_2_M is None and scores.topk_ids_B_L_K is not None:
-            tail = (scores.tail_logmass_B_L if scores.tail_logmass_B_L is not None
-                    else sparse_teacher_tail(upcast(scores.topk_logprobs_B_L_K))[0])
-            dist = SparseDistribution(scores.topk_ids_B_L_K, scores.topk_logprobs_B_L_K, tail)  # one vocabulary
+        dist = self.distribution(scores)
         if dist is None:
-            raise ValueError("the xtok_project support needs the teacher's top-k (teacher.top_k > 0) and, with another "
-                             "tokenizer, byte-level tokenizers on both sides; otherwise use xtok_topk or sampled")
+            raise ValueError(f"the xtok_project support {self.unmet(scores)}")
         g = gather_masked(student, scores, batch, mask_B_L)
         dev = g.mask_B_L.device
         V_s = student.lm_head_V_H.shape[0]
