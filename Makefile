@@ -59,7 +59,7 @@ test-sglang: test-env
 	@rc=0; bash integrations/sglang/scripts/setup_sglang_env.sh .venv-sglang || rc=$$?; \
 	if [ $$rc -eq 3 ]; then echo "test-sglang: skipped (SGLang cannot be installed here, reason above)"; exit 0; fi; \
 	if [ $$rc -ne 0 ]; then exit $$rc; fi; \
-	$(VENV)/bin/python -m pytest -q integrations/sglang/tests drafters/tests -m sglang
+	$(VENV)/bin/python -m pytest -q integrations/sglang/tests drafters/tests agents/tests/test_llm_judge_sglang.py -m sglang
 
 clean:
 	rm -rf $(VENV) runs
