@@ -134,3 +134,64 @@ def test_a_domain_without_a_route_is_one_line(world, tmp_path, capsys):
     assert main(["train", str(path)]) != 0
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no teacher is routed for domain = 'mul'" in err[0]
+
+
+@pytest.mark.parametrize("pair", ["same_and_other", "two_other"])
+def test_xtok_project_trains_with_teachers_of_other_families(world, tmp_path, pair):
+    """Each row's teacher projects its top-k onto the student's vocabulary (a same-family
+    teacher sends its own top-k): every trained token has a teacher distribution."""
+    from opdplug.loop import train
+
+    _, student, teacher, other, data = world
+    first = teacher if pair == "same_and_other" else other
+    cfg = multi_config(tmp_path, student, first, other, data, loss={"support": "xtok_project", "divergence": "reverse_kl"})
+    train(parse_config(cfg, make_plugin_manager().plugin_tables()), make_plugin_manager())
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in rows if "loss" in r]
+    assert len(steps) == 2 and all(r["loss"] == r["loss"] for r in steps)
+    assert all(r["xtok_unprojected_tokens"] == 0 for r in steps)
+    assert sum(r["teacher/adder/rows"] + r["teacher/multiplier/rows"] for r in steps) == 8
+    assert "teacher/multiplier/xtok/one_to_one" in steps[0]
+
+
+def test_one_route_to_a_teacher_of_another_family_gives_its_own_xtok_project_loss(world):
+    """Routed through multi_teacher, a single cross-family teacher's xtok_project loss and
+    gradients are those of that teacher scoring the batch itself."""
+    from opdplug_local.models import model_rollout
+    from opdplug.types import PRODUCER_STUDENT
+
+    tmp, student, teacher, other, data = world
+    manager = make_plugin_manager()
+    cfg = multi_config(tmp, student, teacher, other, data, router="mixture", router_options={"weights": {"multiplier": 1}},
+                       loss={"support": "xtok_project", "divergence": "reverse_kl"})
+    ctx = setup(parse_config(cfg, manager.plugin_tables()), manager)
+    try:
+        prompts = ctx.task.prompts(6, seed=2, split="train")
+        batch = model_rollout(ctx.student_module(), prompts, producer=PRODUCER_STUDENT, max_new_tokens=10,
+                              temperature=1.0, top_p=1.0, tokenizer=ctx.tokenizer,
+                              generator=torch.Generator().manual_seed(2), on_policy=True)
+        scorer = ctx.component("scorers", "multi_teacher", ctx.config.teacher.options, "teacher.scorer")
+        alone, view = scorer.state["teachers"]["multiplier"]
+        with torch.no_grad():
+            routed = scorer(ctx, batch)
+            direct = alone(view, batch)
+        assert direct.student_distribution is not None and routed.student_distribution is not None
+        support = ctx.registry.build("supports", "xtok_project", {}, "loss.support")
+        fn = ctx.registry.build("divergences", "reverse_kl", {}, "loss.divergence")
+        params = [p for p in ctx.student_module().parameters() if p.requires_grad]
+        mask = batch.loss_mask_B_L.bool()
+        results = []
+        for scores in (routed, direct):
+            student_out = ctx.manager.hook.opd_student_forward(ctx=ctx, batch=batch)
+            values = support(fn, student_out, scores, batch, mask, top_k=4, chunk_size=7).values_B_L
+            results.append((values.detach(), torch.autograd.grad(values.sum(), params, allow_unused=True)))
+        (v_routed, g_routed), (v_direct, g_direct) = results
+        assert bool((v_direct[mask] != 0).any())
+        torch.testing.assert_close(v_routed, v_direct, atol=1e-6, rtol=0)
+        for a, b in zip(g_routed, g_direct):
+            if a is None or b is None:
+                assert a is None and b is None
+            else:
+                torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+    finally:
+        teardown(ctx)

@@ -6,9 +6,12 @@ tokenizer writes the student's ids is scored on today's exact path; any other is
 ``cross_tokenizer`` scorer. The rows routed to a teacher are scored together, once per teacher.
 
 What comes back: the teacher's log-prob of every token (for a mixture, log sum_i w_i p_i(x),
-the mixture's probability of the student's token), and the teacher's top-k where every teacher
-shares the student's vocabulary and each row has one teacher. So the loss supports are
-``sampled`` (any teachers) and ``teacher_topk`` (same-vocabulary teachers, ``teacher.top_k`` > 0).
+the mixture's probability of the student's token); the teacher's top-k where every teacher
+shares the student's vocabulary and each row has one teacher; and where a teacher of another
+family projected its top-k onto the student's vocabulary and each row has one teacher, each
+row's distribution over the student's vocabulary. So the loss supports are ``sampled`` (any
+teachers), ``teacher_topk`` (same-vocabulary teachers, ``teacher.top_k`` > 0) and
+``xtok_project`` (any teachers with byte-level tokenizers, ``teacher.top_k`` > 0).
 """
 from __future__ import annotations
 
@@ -19,11 +22,12 @@ from typing import ClassVar, Literal
 import torch
 
 from opdplug.errors import ConfigError, PreflightError
-from opdplug.types import RolloutBatch, TeacherScores
+from opdplug.types import RolloutBatch, SparseDistribution, TeacherScores
 from opdplug_local.models import load_model
 from opdplug_local.tokenization import check_tokenizers, load_tokenizer
 
 from ..crosstok.scorer import CrossTokenizer, TeacherView
+from ..crosstok.supports import ProjectedTopK
 
 
 @dataclass(frozen=True)
@@ -138,6 +142,7 @@ class MultiTeacher:
         self.merge_alignment(out, parts, B, L)
         if not mixed:
             self.merge_topk(out, parts, B, L)
+            self.merge_student_distribution(out, parts, B, L)
         return TeacherScores(**out)
 
     @staticmethod
@@ -175,6 +180,30 @@ class MultiTeacher:
         out.update(topk_ids_B_L_K=ids, topk_logprobs_B_L_K=lp,
                    tail_logmass_B_L=tail if all(s.tail_logmass_B_L is not None for s in scores) else None)
 
+    @staticmethod
+    def merge_student_distribution(out: dict, parts: dict, B: int, L: int) -> None:
+        """Each row's teacher distribution over the student's vocabulary (``xtok_project``): a
+        teacher of another family sends its projection, one of the student's family its own
+        top-k and tail. Only when some teacher projected (otherwise the merged top-k is already
+        that distribution), and only when every routed teacher has one: a batch trained on the
+        projection in some rows and nothing in others would fail silently."""
+        scores = [s for _, s in parts.values()]
+        if all(s.student_distribution is None for s in scores):
+            return
+        dists = [ProjectedTopK.distribution(s) for s in scores]
+        if any(d is None for d in dists):
+            return
+        J = max(d.ids_B_L_J.shape[-1] for d in dists)
+        ids = torch.full((B, L, J), -1, dtype=torch.long)
+        mass = torch.full((B, L, J), float("-inf"))
+        tail = torch.zeros(B, L)
+        for (rows, _), d in zip(parts.values(), dists):
+            width = d.ids_B_L_J.shape[-1]
+            ids[rows, :, :width] = d.ids_B_L_J.cpu()
+            mass[rows, :, :width] = d.logmass_B_L_J.float().cpu()
+            tail[rows] = d.tail_logmass_B_L.float().cpu()
+        out["student_distribution"] = SparseDistribution(ids_B_L_J=ids, logmass_B_L_J=mass, tail_logmass_B_L=tail)
+
     def metrics(self) -> dict:
         out = {}
         for name, (rows, tokens, kl) in self.state.get("counts", {}).items():
@@ -202,6 +231,15 @@ class MultiTeacher:
             if isinstance(scorer, CrossTokenizer) and rows.numel():
                 report.update({f"teacher_{name}_{k}": v for k, v in scorer.alignment_report(batch.select(rows)).items()})
         return report
+
+    def not_byte_level(self) -> str:
+        """The first teacher of another family whose tokenizers cannot be projected through
+        (see ``CrossTokenizer.not_byte_level``); "" when none."""
+        for name, (scorer, _) in self.state.get("teachers", {}).items():
+            problem = scorer.not_byte_level() if isinstance(scorer, CrossTokenizer) else ""
+            if problem:
+                return f"{problem} (teacher {name!r})"
+        return ""
 
     def aligns(self) -> bool:
         return any(isinstance(s, CrossTokenizer) and s.aligns() for s, _ in self.state.get("teachers", {}).values())
