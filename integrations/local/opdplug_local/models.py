@@ -37,13 +37,16 @@ def eval_mode(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
     mode (a frozen teacher) is left alone: ``train()``/``eval()`` walk every submodule, twice per
     call otherwise."""
     was_training = model.training
+    # ``torch.nn.Module.train`` itself, not the model's override: transformers 5's ``train()``
+    # re-runs hub-kernel ``kernelize`` on every mode change (about 1 ms per switch on CPU, twice a
+    # step), while only the ``training`` flags (dropout) matter to sampling and scoring.
     if was_training:
-        model.eval()
+        torch.nn.Module.train(model, False)
     try:
         yield model
     finally:
         if was_training:
-            model.train()
+            torch.nn.Module.train(model, True)
 
 
 # ----------------------------------------------------------------------------- loading

@@ -44,9 +44,19 @@ def test_eval_mode_restores_the_mode_and_leaves_an_eval_model_alone(monkeypatch)
         assert not model.training and not model.model.layers[0].training
     assert model.training and model.model.layers[0].training
 
-    model.eval()
+    # transformers 5's own train() re-runs kernelize on every mode change: eval_mode flips the
+    # flags through torch.nn.Module.train and never calls the model's override
+    def refuse(self, mode=True):
+        raise AssertionError("the model's own train() was called")
+
+    monkeypatch.setattr(type(model), "train", refuse)
+    with eval_mode(model):
+        assert not model.training
+    assert model.training
+
+    torch.nn.Module.train(model, False)
     walks = []
-    monkeypatch.setattr(type(model), "train", lambda self, mode=True: walks.append(mode))
+    monkeypatch.setattr(torch.nn.Module, "train", lambda self, mode=True: walks.append(mode))
     with eval_mode(model):
         pass
     assert walks == []  # a frozen teacher in eval mode: no walk over its modules
