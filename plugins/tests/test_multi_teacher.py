@@ -113,15 +113,32 @@ def test_a_short_routed_run_logs_each_teacher(world, tmp_path):
         assert resolved.read_text().count("[[teachers]]") == 2
 
 
-def test_a_teacher_routed_to_but_not_defined_is_one_line(world, tmp_path, capsys):
+@pytest.mark.parametrize("command", ["check", "train"])
+def test_a_teacher_routed_to_but_not_defined_is_one_line(world, tmp_path, capsys, command):
     _, student, teacher, other, data = world
     cfg = multi_config(tmp_path, student, teacher, other, data,
                        router_options={"column": "domain", "routes": {"add": "adder", "mul": "physicist"}})
     path = tmp_path / "c.toml"
     path.write_text(dump_toml(cfg))
-    assert main(["check", str(path)]) != 0
+    assert main([command, str(path)]) != 0
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "'physicist' is routed to but not defined" in err[0]
+    assert not (tmp_path / "run").exists()
+
+
+def test_check_reports_each_teachers_alignment_before_training(world, tmp_path, capsys):
+    _, student, teacher, other, data = world
+    path = tmp_path / "c.toml"
+    path.write_text(dump_toml(multi_config(tmp_path, student, teacher, other, data)))
+    assert main(["check", str(path)]) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert report["teacher_adder_rows"] > 0 and report["teacher_multiplier_rows"] > 0
+    # the other family's teacher: its alignment statistics (the same family's: none)
+    assert 0.0 < report["teacher_multiplier_alignment_one_to_one"] <= 1.0
+    assert report["teacher_multiplier_alignment_mean_chunk_tokens"] >= 1.0
+    assert 0.0 < report["teacher_multiplier_alignment_vocab_overlap"] < 1.0
+    assert not any(key.startswith("teacher_adder_alignment") for key in report)  # same tokenizer: no alignment
+    assert not (tmp_path / "run").exists()
 
 
 def test_a_domain_without_a_route_is_one_line(world, tmp_path, capsys):
