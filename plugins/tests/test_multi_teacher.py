@@ -212,3 +212,19 @@ def test_one_route_to_a_teacher_of_another_family_gives_its_own_xtok_project_los
                 torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
     finally:
         teardown(ctx)
+
+
+@pytest.mark.parametrize("router,router_options", [
+    ("mixture", {"weights": {"adder": 1, "multiplier": 1}}),
+    ("column", {"column": "domain", "routes": {"add": "adder", "mul": {"adder": 1, "multiplier": 2}}}),
+])
+def test_a_mixture_with_a_teacher_of_another_family_is_one_line_before_step_0(world, tmp_path, capsys, router,
+                                                                               router_options):
+    _, student, teacher, other, data = world
+    cfg = multi_config(tmp_path, student, teacher, other, data, router=router, router_options=router_options)
+    path = tmp_path / "c.toml"
+    path.write_text(dump_toml(cfg))
+    assert main(["train", str(path)]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "teacher 'multiplier' has another" in err[0]
+    assert not (tmp_path / "run").exists()

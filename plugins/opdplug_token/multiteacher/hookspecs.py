@@ -13,7 +13,9 @@ def opd_register_teacher_routers(register: Register) -> None:
         router's options (``[teacher.options.router_options]``); an instance is called as
         ``router(prompt) -> {teacher name: weight}`` (weights > 0, summing to 1), and
         ``router.teachers_named()`` returns every teacher name it can route to (checked
-        against ``[[teachers]]`` before step 0).
+        against ``[[teachers]]`` before step 0); optionally ``router.mixtures()`` returns the sets
+        of teachers it mixes within one prompt (each checked against the teachers' tokenizers
+        before step 0).
     :return: nothing.
 
     Called once when the registry is built. Not firstresult.

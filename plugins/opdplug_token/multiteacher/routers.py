@@ -40,6 +40,9 @@ class ColumnRouter:
         names = {n for route in self.routes.values() for n in _weights(route, "route")}
         return names | ({self.default} if self.default else set())
 
+    def mixtures(self) -> list[set[str]]:
+        return [set(w) for w in (_weights(r, "route") for r in self.routes.values()) if len(w) > 1]
+
     def __call__(self, prompt: Prompt) -> dict[str, float]:
         value = prompt.meta.get(self.column) if prompt.meta else None
         if value is None and not self.default:
@@ -64,6 +67,9 @@ class MixtureRouter:
 
     def teachers_named(self) -> set[str]:
         return set(self.weights)
+
+    def mixtures(self) -> list[set[str]]:
+        return [set(self.weights)] if len(self.weights) > 1 else []
 
     def __call__(self, prompt: Prompt) -> dict[str, float]:
         return _weights(self.weights, "weights")

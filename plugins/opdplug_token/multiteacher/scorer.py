@@ -80,6 +80,18 @@ class MultiTeacher:
         self.state.update(router=router, teachers={}, counts={n: [0, 0, 0.0] for n in names})
         for spec in specs:
             self.state["teachers"][spec.name] = self.build_teacher(ctx, spec)
+        self.refuse_mixed_families(router)
+
+    def refuse_mixed_families(self, router) -> None:
+        """Mixtures are taken token by token (log sum_i w_i p_i(x)), so every teacher a router
+        mixes must share the student's tokens; said before step 0 for routers that list their
+        mixtures, at scoring time for others."""
+        teachers = self.state["teachers"]
+        for mixture in getattr(router, "mixtures", lambda: [])():
+            cross = sorted(n for n in mixture if isinstance(teachers[n][0], CrossTokenizer) and teachers[n][0].aligns())
+            if cross:
+                raise ConfigError(f"a mixture of teachers needs teachers that share the student's tokenizer, but "
+                                  f"teacher {cross[0]!r} has another: route it alone")
 
     def build_teacher(self, ctx, spec: TeacherSpec):
         """(scorer, view) for one teacher: the exact path when it shares the student's tokenizer."""
