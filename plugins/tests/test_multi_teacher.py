@@ -228,3 +228,20 @@ def test_a_mixture_with_a_teacher_of_another_family_is_one_line_before_step_0(wo
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "teacher 'multiplier' has another" in err[0]
     assert not (tmp_path / "run").exists()
+
+
+def test_xtok_project_with_a_teacher_that_is_not_byte_level_names_it_in_one_line(world, tmp_path, capsys):
+    from opdplug.testing.models import build_sentencepiece_tokenizer
+
+    _, student, teacher, _, data = world
+    pieces = build_sentencepiece_tokenizer([f"{a} times {b} is {a * b}." for a in range(12) for b in range(12)],
+                                           vocab_size=200, template="llama3")
+    other = build_model_dir(tmp_path / "pieces", "qwen2", pieces, hidden_size=40)
+    cfg = multi_config(tmp_path, student, teacher, other, data, loss={"support": "xtok_project", "divergence": "reverse_kl"})
+    path = tmp_path / "c.toml"
+    path.write_text(dump_toml(cfg))
+    capsys.readouterr()
+    assert main(["train", str(path)]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "the teacher's tokenizer is not byte-level (teacher 'multiplier')" in err[0]
+    assert not (tmp_path / "run").exists()
