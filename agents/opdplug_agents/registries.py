@@ -97,6 +97,9 @@ class GymnasiumById:
     def horizon_range_for(self, options: dict) -> tuple[int, int]:
         return self.adapter.horizon_range_for(options)
 
+    def vector_group(self, options: dict, n: int, registry: Optional[Registry] = None) -> Any:
+        return self.adapter.vector_group({**options, "id": self.gym_id, "module": self.module}, n, registry)
+
     def vocabulary(self) -> list[str]:
         return self.adapter.vocabulary()
 

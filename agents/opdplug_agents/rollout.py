@@ -26,7 +26,7 @@ from opdplug_local import sampling
 from .dialogue import as_codec
 from .actors import Actor, ActorChoice, ExpertActor, ModelActor, PolicyActor
 from .batching import episodes_to_batch
-from .envpool import EnvPool, shared_pool
+from .envpool import EnvPool, reset_batch, shared_pool, step_batch
 from .registries import registry_or_installed
 from .episodes import (
     PRODUCER_CODES,
@@ -134,14 +134,15 @@ def run_episodes(
     choose = (lambda i, t: actors) if isinstance(actors, (ModelActor, ExpertActor, PolicyActor)) else actors
 
     running: list[_Running] = []
+    envs: list = []
     try:
-        for spec, prefix in zip(specs, prefixes):
-            for fixed in prefix:
-                check_producer(fixed.producer)
-                if eos in fixed.action_ids[:-1]:
-                    raise ValueError("a prefix action has <eos> before its last token")
-            env = pool.acquire(spec.env, spec.options, registry)
-            obs, _ = env.reset(seed=spec.seed)
+        for fixed in (f for prefix in prefixes for f in prefix):
+            check_producer(fixed.producer)
+            if eos in fixed.action_ids[:-1]:
+                raise ValueError("a prefix action has <eos> before its last token")
+        # one call per batch: a vector environment's slots are reset (and later stepped) together
+        envs = pool.acquire_batch([(spec.env, spec.options) for spec in specs], registry)
+        for spec, prefix, env, (obs, _) in zip(specs, prefixes, envs, reset_batch(envs, [spec.seed for spec in specs])):
             obs_ids = codec.observation_ids(env, obs, True)
             running.append(_Running(spec, env, [*bos_ids, *obs_ids], obs, obs_ids, list(prefix)))
 
@@ -176,13 +177,15 @@ def run_episodes(
             for actor, rows in by_model.values():
                 for i, (ids, lps, truncated) in zip(rows, _sample(actor, [running[i].ids for i in rows], codec, max_action_tokens, temperature, generator)):
                     acted[i] = (ids, lps, actor.producer, truncated)
-            for i in active:
-                _advance(running[i], *acted[i], codec=codec, max_turns=max_turns,
+            texts = [codec.action_text(running[i].env, acted[i][0]) for i in active]
+            answers = step_batch([running[i].env for i in active], texts)
+            for i, text, answer in zip(active, texts, answers):
+                _advance(running[i], *acted[i], text, answer, codec=codec, max_turns=max_turns,
                          max_tokens=max_tokens, max_action_tokens=max_action_tokens)
 
     finally:  # every instance goes back (reused or closed), also when an actor raises
-        for r in running:
-            pool.release(r.env, r.spec.env, r.spec.options, registry)
+        for spec, env in zip(specs, envs):
+            pool.release(env, spec.env, spec.options, registry)
     out = []
     for r in running:
         if r.prefix:
@@ -218,12 +221,12 @@ def _sample(actor: ModelActor, histories: list[list[int]], codec, max_action_tok
     return out
 
 
-def _advance(r: _Running, action_ids: list[int], logprobs: list[float], producer: str, truncated: bool, *,
-             codec, max_turns: Optional[int], max_tokens: Optional[int], max_action_tokens: int) -> None:
-    """Send one action to the environment, record the turn, append the next observation."""
+def _advance(r: _Running, action_ids: list[int], logprobs: list[float], producer: str, truncated: bool, text: str,
+             answer: tuple, *, codec, max_turns: Optional[int], max_tokens: Optional[int], max_action_tokens: int) -> None:
+    """Record one turn (its action ``text`` and the environment's ``answer`` to it, from
+    ``step_batch``) and append the next observation."""
     eos = codec.eos_id
-    text = codec.action_text(r.env, action_ids)
-    obs, _, terminated, truncated_env, info = r.env.step(text)
+    obs, _, terminated, truncated_env, info = answer
     closing = (eos,) if truncated else ()
     r.turns.append(Turn(
         observation=r.observation, observation_ids=r.observation_ids, action_ids=tuple(action_ids),

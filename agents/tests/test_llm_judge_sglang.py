@@ -2,13 +2,23 @@
 lane, ``make test-sglang``).
 
 The judge is a tiny random-weight Qwen2 with a byte-level BPE tokenizer and a ChatML template,
-built locally by ``opdplug.testing.models`` and served by ``opdplug_sglang.testing.servers``.
+built locally by ``opdplug.testing.models`` and served by real SGLang through the sglang plugin's
+own command, ``opdplug sglang serve`` (its entry point: opdplug-agents does not depend on
+opdplug-sglang, so the test starts the server as a user would).
 It judges nothing well (its accuracy is measured by ``bench/agents_judge.py``); what is checked
 is the plumbing end to end: the locator comes through the registry, every episode with a student
 turn gets one request, every reply is parsed or counted as unparseable with a note, the server's
 token counts add up, and a JSON-schema request is answered under constrained decoding.
 """
 from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -18,10 +28,8 @@ from opdplug_agents.envs import BUILTIN
 from opdplug_agents.locators import ExpertLocator, LocatorDeps, build_locator, judge_messages, parse_judge_reply
 from opdplug_agents.rollout import ExpertActor, run_episodes
 
-pytest.importorskip("opdplug_sglang")
-from opdplug_sglang.testing.servers import serve  # noqa: E402
-
 pytestmark = pytest.mark.sglang
+OPDPLUG = Path(sys.executable).with_name("opdplug")
 
 
 @pytest.fixture(scope="module")
@@ -37,9 +45,34 @@ def judge_server(tmp_path_factory):
 
     directory = tmp_path_factory.mktemp("judge") / "model"
     build_model_dir(directory, "qwen2", build_bpe_tokenizer(vocab_size=600), hidden_size=64, max_position_embeddings=4096)
-    server = serve("sglang", directory)
-    yield server
-    server.stop()
+    port = _free_port()
+    # the plugin's launcher, as a user runs it (no radix cache, as the sglang plugin's own tests)
+    process = subprocess.Popen([str(OPDPLUG if OPDPLUG.exists() else shutil.which("opdplug")), "sglang", "serve",
+                                "--port", str(port), str(directory), "--", "--disable-radix-cache"],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    lines = []
+    for line in process.stdout:  # blocks until the server answers (the command prints its URL then)
+        lines.append(line)
+        found = re.search(r" at (http://\S+) ", line)
+        if found:
+            break
+    else:
+        pytest.fail("opdplug sglang serve exited before serving: " + "".join(lines[-5:]))
+    yield found.group(1)
+    process.send_signal(signal.SIGINT)  # the command stops its server on Ctrl-C
+    try:
+        process.wait(60)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +94,7 @@ def labelled(tok):
 @pytest.mark.parametrize("json_schema", [False, True], ids=["free", "json_schema"])
 def test_llm_judge_against_a_real_sglang_server(tok, judge_server, labelled, json_schema):
     episodes, labels = labelled
-    url = judge_server.url + "/v1/chat/completions"
+    url = judge_server + "/v1/chat/completions"
     locator = build_locator("llm_judge", {"url": url, "model": "default", "retries": 0, "max_tokens": 24,
                                           "json_schema": json_schema})
     deps = LocatorDeps(tokenizer=tok)
@@ -84,7 +117,7 @@ def test_llm_judge_against_a_real_sglang_server(tok, judge_server, labelled, jso
 def test_json_schema_replies_start_as_the_schema_says(judge_server, labelled):
     """Under constrained decoding even a random model's reply begins with the one allowed key."""
     episodes, _ = labelled
-    locator = build_locator("llm_judge", {"url": judge_server.url + "/v1/chat/completions", "retries": 0,
+    locator = build_locator("llm_judge", {"url": judge_server + "/v1/chat/completions", "retries": 0,
                                           "max_tokens": 24, "json_schema": True})
     episode = episodes[0]
     reply = locator.request(judge_messages(episode), [0, 1, 2])

@@ -28,6 +28,10 @@ The adapter protocol (every key optional but ``id``):
 ``episode_key``   info key naming the episode (default: the first observation), which the
     train/eval split hashes
 ``max_turns``, ``eval_mod``  turn limit (default 50) and one episode in ``eval_mod`` held out
+``vector``        how a batch of episodes steps (``run_episodes``): ``"sync"`` (default, what
+    ``gymnasium.make_vec`` does for a game without its own vector entry point) through one
+    ``gymnasium.vector.SyncVectorEnv``, ``"async"`` through an ``AsyncVectorEnv`` (one process per
+    episode of the batch), ``"none"``: one plain instance per episode (``gym_vector``)
 
 Callables are registered through ``opd_register_env_adapters`` (``register(name, fn)``). A
 method that needs what a game does not provide (an expert, replay) refuses with one line
@@ -43,6 +47,7 @@ import gymnasium
 from opdplug.errors import ConfigError
 
 from .base import SPLITS, split_of
+from .gym_vector import VectorGroup, make_game
 
 ENV_ADAPTERS = "env_adapters"
 """The registry kind of adapter callables (hookspec ``opd_register_env_adapters``)."""
@@ -50,6 +55,8 @@ EPISODE_OVER = "the episode is over"
 """The observation of a step after the end (not sent to the game)."""
 DEFAULT_MAX_TURNS = 50
 """Turn limit when the config gives none."""
+VECTOR_MODES = ("sync", "async", "none")
+"""Values of ``vector``; the first is the default."""
 
 
 class MissingCapability(ConfigError):
@@ -74,7 +81,8 @@ class GymnasiumTextEnv:
                  max_turns: Optional[int] = None, eval_mod: int = 10, horizon_key: str = "",
                  horizon_range: Any = (1, 1), success_key: str = "success", expert_key: str = "",
                  expert: str = "", observation_key: str = "", observation: str = "", action: str = "",
-                 replay: bool = True, episode_key: str = "", registry: Any = None, **kwargs: Any) -> None:
+                 replay: bool = True, episode_key: str = "", vector: str = VECTOR_MODES[0], registry: Any = None,
+                 _make: bool = True, **kwargs: Any) -> None:
         if module:
             try:
                 importlib.import_module(module)
@@ -85,12 +93,18 @@ class GymnasiumTextEnv:
             raise ValueError(f"gymnasium {id}: horizon must be in {lo}..{hi}, got {horizon}")
         if split not in SPLITS:
             raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
+        if vector not in VECTOR_MODES:
+            raise ValueError(f"gymnasium {id}: vector must be one of {', '.join(VECTOR_MODES)}, got {vector!r}")
         if horizon_key:
             kwargs[horizon_key] = horizon
-        try:
-            self.env = gymnasium.make(id, disable_env_checker=True, **kwargs)
-        except gymnasium.error.Error as exc:
-            raise ValueError(f"gymnasium: {str(exc).splitlines()[0]}") from None
+        self.module, self.vector, self.gym_kwargs = module, vector, dict(kwargs)
+        self.env: Any = None
+        """The game (a vector slot's: its sub-environment, or a stand-in with its spaces)."""
+        if _make:
+            try:
+                self.env = make_game("", id, kwargs)
+            except gymnasium.error.Error as exc:
+                raise ValueError(f"gymnasium: {str(exc).splitlines()[0]}") from None
         self.id, self.horizon, self.split, self.eval_mod = id, horizon, split, int(eval_mod)
         self.max_turns = int(max_turns or DEFAULT_MAX_TURNS)
         self.keys = {"success": success_key, "expert": expert_key, "observation": observation_key, "episode": episode_key}
@@ -126,30 +140,61 @@ class GymnasiumTextEnv:
     def reset(self, *, seed: Optional[int] = None, options: Optional[dict] = None):
         """The first episode of the split at or after ``seed`` (seeds tried in a fixed order)."""
         split = dict(options or {}).get("split", self.split)
-        base = 0 if seed is None else int(seed)
-        for attempt in range(1000 * self.eval_mod):
-            s = (base + 7919 * attempt) % 2**31
+        for attempt in range(self.max_attempts):
+            s = self.attempt_seed(seed, attempt)
             obs, info = self.env.reset(seed=s)
-            message = self._message(obs, info)
-            key = str(info.get(self.keys["episode"], message)) if self.keys["episode"] else message
-            if split_of(f"gymnasium:{self.id}", key, self.eval_mod) == split:
-                break
-        else:
-            raise ValueError(f"gymnasium {self.id}: no {split!r} episode found (is its pool of games tiny?)")
-        self.episode, self.actions, self.info = s, [], dict(info)
+            started = self.start(s, obs, info, split)
+            if started is not None:
+                return started
+        raise self.no_episode(split)
+
+    @property
+    def max_attempts(self) -> int:
+        """Seeds tried by ``reset`` before giving up."""
+        return 1000 * self.eval_mod
+
+    @staticmethod
+    def attempt_seed(seed: Optional[int], attempt: int) -> int:
+        """The seed of ``reset``'s try number ``attempt`` from ``seed``."""
+        return ((0 if seed is None else int(seed)) + 7919 * attempt) % 2**31
+
+    def no_episode(self, split: str) -> ValueError:
+        return ValueError(f"gymnasium {self.id}: no {split!r} episode found (is its pool of games tiny?)")
+
+    def start(self, seed: int, obs: Any, info: dict, split: str):
+        """The episode the game was reset to with ``seed``, as ``reset`` returns it, if it is in
+        ``split`` (the state set); else None."""
+        message = self._message(obs, info)
+        key = str(info.get(self.keys["episode"], message)) if self.keys["episode"] else message
+        if split_of(f"gymnasium:{self.id}", key, self.eval_mod) != split:
+            return None
+        self.episode, self.actions, self.info = seed, [], dict(info)
         self.episode_over = self.solved = False
         return message, {**info, "success": False, "turn": 0, "valid_action": True, "episode_key": key,
                          "horizon": self.horizon, "split": split}
 
     def step(self, text: str):
         """One action text; after the end, an observation saying so (the game is not called)."""
+        over = self.over()
+        if over is not None:
+            return over
+        return self.stepped(*self.env.step(self.action(text)))
+
+    def over(self):
+        """What ``step`` returns without calling the game (the episode is over), else None."""
         if self.episode is None:
             raise RuntimeError(f"gymnasium {self.id}: call reset() before step()")
         if self.episode_over:
             return EPISODE_OVER, 0.0, True, False, {"success": self.solved, "valid_action": False, "turn": len(self.actions)}
+        return None
+
+    def action(self, text: str) -> Any:
+        """Record ``text`` as the next action; the game's action for it."""
         self.actions.append(text)
-        action = self.action_fn(text, self.env) if self.action_fn is not None else text
-        obs, reward, terminated, truncated, info = self.env.step(action)
+        return self.action_fn(text, self.env) if self.action_fn is not None else text
+
+    def stepped(self, obs: Any, reward: float, terminated: bool, truncated: bool, info: dict):
+        """``step``'s result from the game's answer to the last ``action``."""
         key = self.keys["success"]
         self.solved = bool(info.get(key, False)) if key else bool(terminated and reward > 0)
         truncated = bool(truncated) or (not terminated and len(self.actions) >= self.max_turns)
@@ -157,6 +202,14 @@ class GymnasiumTextEnv:
         out = {**info, "success": self.solved, "turn": len(self.actions), "valid_action": bool(info.get("valid_action", True)),
                "horizon": self.horizon}
         return self._message(obs, info), float(reward), bool(terminated), truncated, out
+
+    @classmethod
+    def vector_group(cls, options: dict, n: int, registry: Any = None):
+        """``n`` episodes of a batch stepping through one gymnasium vector environment
+        (``gym_vector.VectorGroup``), or None when ``options`` say ``vector = "none"``."""
+        if options.get("vector", VECTOR_MODES[0]) == "none":
+            return None
+        return VectorGroup(cls, dict(options), n, registry)
 
     def close(self) -> None:
         self.env.close()
