@@ -135,14 +135,15 @@ def main(argv=None) -> dict:
     parser.add_argument("--output-dir", default="runs/bench")
     args = parser.parse_args(argv)
     if args.judge_url and not args.judge_url.startswith(("http://", "https://")):
-        parser.error(f"--judge-url must start with http:// or https://, got {args.judge_url!r}")
+        raise SystemExit(f"agents_judge: --judge-url must start with http:// or https://, got {args.judge_url!r}")
     cfg = QUICK if args.quick else FULL
     if args.quick:
         args.train_steps = min(args.train_steps, 20)
     cfg = dataclasses.replace(cfg, envs=tuple(e for e in args.envs.split(",") if e), n=args.n or cfg.n)
     unknown = [e for e in cfg.envs if e not in FULL.student_steps]
     if unknown:
-        parser.error(f"--envs: no weak student recipe for {', '.join(unknown)}; known: {', '.join(FULL.student_steps)}")
+        raise SystemExit(f"agents_judge: --envs: no weak student recipe for {', '.join(unknown)}; "
+                         f"known: {', '.join(FULL.student_steps)}")
     threads = torch.get_num_threads()
     torch.set_num_threads(cfg.threads)
     quiet_transformers()
