@@ -56,7 +56,7 @@ import time
 from pathlib import Path
 
 from rss_sampler import METHOD as RSS_METHOD
-from vs_trl_mfu import matmul_peak, mfu_summary, param_counts
+from vs_trl_mfu import floor_summary, matmul_peak, mfu_summary, param_counts
 from vs_trl_setup import BETA, LABELS, LENGTHS, ROOT, SIZES, SYSTEMS, THREADS, evaluate, prepare
 from vs_trl_workers import worker
 
@@ -174,6 +174,7 @@ def main() -> None:
             "lifetime_max_rss_mb": spread([r["lifetime_max_rss_mb"] for r in runs[s]]),
         }
         summary[s]["mfu"] = mfu_summary(models, runs[s], summary[s]["phase_ms_per_step"], summary[s]["step_s"]["median"], peak)
+    floor = floor_summary(models, runs["opdplug"], a.batch, peak, {s: summary[s]["step_s"]["median"] * 1e3 for s in systems})
     o = summary["opdplug"]
     vs = []
     for s in systems[1:]:
@@ -205,6 +206,7 @@ def main() -> None:
         print("\n".join(lines[start:start + 9]))
 
     print_mfu(summary, peaks, models)
+    print_floor(floor, peak)
     result = {"settings": {k: getattr(a, k) for k in ("size", "steps", "batch", "max_new_tokens", "divergence", "lr", "reps", "skip", "eval_prompts")}
               | {"lambda": 1.0, "models": models, "matmul_peaks": peaks, "load_average": load, "memory_method": RSS_METHOD,
                  "gkd_beta": BETA[a.divergence], "distillation_beta": BETA[a.divergence],
@@ -212,7 +214,7 @@ def main() -> None:
                  "threads": THREADS, "lengths": LENGTHS},
               "initial_student": init, "summary": summary,
               "runs": {s: [{k: v for k, v in r.items() if k != "cprofile_tottime"} for r in runs[s]] for s in systems},
-              "cprofile": {s: p["cprofile_tottime"] for s, p in profiles.items()}, "learned": learned, "headline": headline}
+              "cprofile": {s: p["cprofile_tottime"] for s, p in profiles.items()}, "learned": learned, "floor": floor, "headline": headline}
     (out_dir / f"{stem}.json").write_text(json.dumps(result, indent=1))
     plot(summary, init, out_dir / f"{stem}.png", a)
 
@@ -264,6 +266,22 @@ def print_mfu(summary, peaks, models) -> None:
             cells.append(f"{m['ms']:14.1f} / " + (f"{m['mfu']:9.1%}" if m["mfu"] is not None else f"{'-':>9s}"))
         print(f"{'whole step (median)' if k == 'step' else k:26s}" + "".join(f"{c:>28s}" for c in cells))
     print(f"{'step, input embedding out':26s}" + "".join(f"{summary[s]['mfu']['step_mfu_no_embedding']:28.1%}" for s in SYSTEMS))
+
+
+def print_floor(floor: dict, peak: float) -> None:
+    """The least arithmetic the step needs at the measured peak, and each system's step against it."""
+    if not floor:
+        return
+    g = floor["gflop"]
+    print(f"\nfloor: the step's required arithmetic ({floor['seq_tokens']:.0f} sequence, {floor['completion_tokens']:.0f} "
+          f"completion tokens; decoder layers on every token, lm-heads on completion tokens only, causal attention, "
+          f"backward = 2 x forward): " + ", ".join(f"{k} {v:.1f}" for k, v in g.items())
+          + f" GFLOP, {sum(g.values()):.1f} in all = {floor['floor_ms']:.0f} ms at {peak:.0f} GFLOP/s (a lower bound: "
+          "decoding is bound by memory traffic)")
+    print("step time over the floor: " + ", ".join(f"{LABELS[s]} {x:.2f}x" for s, x in floor["step_over_floor"].items())
+          + "; a step 1.5x faster than "
+          + ", ".join(f"{LABELS[s]} would be {x / 1.5:.2f}x the floor" for s, x in floor["step_over_floor"].items() if s != "opdplug")
+          + " (below 1.00x: more arithmetic per second than the measured peak allows)")
 
 
 def plot(summary, init, path, a) -> None:

@@ -47,7 +47,8 @@ def param_counts(student_dir: str, teacher_dir: str) -> dict:
         embed = model.get_input_embeddings().weight.numel()
         tied = model.get_output_embeddings().weight is model.get_input_embeddings().weight
         out[role] = {"params": sum(p.numel() for p in model.parameters()), "embedding": 0 if tied else embed,
-                     "hidden": config.hidden_size,
+                     "hidden": config.hidden_size, "layers": config.num_hidden_layers,
+                     "vectors": sum(p.numel() for p in model.parameters() if p.dim() == 1),  # norms, biases: no matmul
                      "intermediate": config.intermediate_size, "vocab": config.vocab_size}
     return out
 
@@ -55,6 +56,38 @@ def param_counts(student_dir: str, teacher_dir: str) -> dict:
 def phase_flops(models: dict, seq_tokens: float) -> dict:
     """FLOPs per phase of one step with ``seq_tokens`` sequence tokens."""
     return {k: (mult * models[who]["params"] * seq_tokens if who else 0.0) for k, (who, mult) in PHASE_FLOPS_PER_TOKEN.items()}
+
+
+def required_flops(models: dict, seq_tokens: float, completion_tokens: float, rows: int) -> dict:
+    """The least arithmetic one OPD step needs, per phase: what no system can skip.
+
+    Every sequence token goes through every decoder layer (the prompt's keys and values are
+    needed), the lm-heads run on completion positions only (the logits that are sampled from or
+    compared), attention is causal (2 L^2 H per layer and row for q.k and the weighted sum), and
+    the student's backward is twice its forward. The input embedding is a lookup (0 FLOPs). Rows
+    are taken as equally long (L = S / rows), which slightly undercounts attention."""
+    L = seq_tokens / max(rows, 1)
+    per = {}
+    for role, m in models.items():
+        decoder = m["params"] - m["embedding"] - m["vocab"] * m["hidden"] - m.get("vectors", 0)  # lm-head apart
+        attention = 2 * L * L * m["hidden"] * m["layers"] * rows
+        per[role] = 2 * decoder * seq_tokens + 2 * m["vocab"] * m["hidden"] * completion_tokens + attention
+    return {"generation": per["student"], "teacher forward": per["teacher"],
+            "student fwd + loss": per["student"], "backward": 2 * per["student"]}
+
+
+def floor_summary(models: dict, runs: list, rows: int, peak_gflops: float, step_ms: dict) -> dict:
+    """The step's required FLOPs (``required_flops``, token counts of ``runs``: opdplug's) at the
+    measured peak: a lower bound on any system's step time here, and each system's step against it.
+    A lower bound only: decoding one token at a time is bound by memory traffic, not arithmetic."""
+    seq = statistics.median(x for r in runs for x in r["seq_tokens"])
+    comp = statistics.median(x for r in runs for x in r.get("completion_tokens", [])) if runs[0].get("completion_tokens") else None
+    if comp is None:
+        return {}
+    flops = required_flops(models, seq, comp, rows)
+    floor_ms = sum(flops.values()) / (peak_gflops * 1e9) * 1e3
+    return {"seq_tokens": seq, "completion_tokens": comp, "gflop": {k: v / 1e9 for k, v in flops.items()},
+            "floor_ms": floor_ms, "step_over_floor": {s: ms / floor_ms for s, ms in step_ms.items()}}
 
 
 def matmul_peak(models: dict, rows: int, threads: int, reps: int = 3) -> dict:

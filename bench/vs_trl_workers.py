@@ -30,6 +30,7 @@ class Phases:
         self.rss = RssSampler()
         self.steps = steps
         self.seq_tokens = []  # per optimizer step: non-padding tokens of prompt + completion
+        self.completion_tokens = []  # per optimizer step (opdplug only): completion tokens
 
     def wrap(self, name, fn):
         def wrapped(*a, **k):
@@ -83,6 +84,7 @@ def worker_opdplug(a, phases: Phases, marks: list):
         @hookimpl
         def opd_step_end(self, ctx, step, metrics):
             phases.seq_tokens.append(metrics["rollout/sequence_tokens_total"])
+            phases.completion_tokens.append(metrics["tokens"])  # trained = completion tokens (one process)
             phases.step_end(marks)
 
         @hookimpl
@@ -332,6 +334,7 @@ def worker(a) -> None:
     out = {"system": a.system, "step_s": intervals, "peak_rss_mb": phases.rss.peak / 2**20,
            "rss_at_train_start_mb": phases.rss.at_start / 2**20, "rss_samples": phases.rss.samples,
            "lifetime_max_rss_mb": lifetime_rss_mb, "seq_tokens": phases.seq_tokens,
+           "completion_tokens": phases.completion_tokens,
            "phases_s": dict(phases.t), "train_s": marks[-1] - t_begin}
     if prof:
         s = io.StringIO()

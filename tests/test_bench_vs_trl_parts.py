@@ -39,3 +39,33 @@ def test_phase_flops_add_up_to_the_demo_count():
     assert out["step"]["mfu"] == pytest.approx(sum(flops.values()) / 0.01 / 1e9)
     assert out["phases"]["optimizer (+clip)"]["mfu"] is None
     assert out["step_mfu_no_embedding"] < out["step"]["mfu"]
+
+
+def test_required_flops_match_what_torch_counts_for_a_llama_forward():
+    """The floor's count (decoder layers on every token, lm-head on completion tokens only, causal
+    attention) against torch's own FLOP counter on a Llama forward that does exactly that work."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from vs_trl_mfu import required_flops
+
+    cfg = LlamaConfig(vocab_size=101, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, tie_word_embeddings=False, attn_implementation="eager")
+    model = LlamaForCausalLM(cfg).eval()
+    rows, length, completion = 3, 10, 4
+    ids = torch.randint(0, 101, (rows, length))
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        hidden = model.model(input_ids=ids).last_hidden_state
+        model.lm_head(hidden[:, -completion:])
+    counts = counter.get_flop_counts()["Global"]
+    linear = sum(v for op, v in counts.items() if "bmm" not in str(op))
+    attention_full = sum(v for op, v in counts.items() if "bmm" in str(op))  # eager: q.k and the weighted sum
+    m = {"params": sum(p.numel() for p in model.parameters()), "embedding": cfg.vocab_size * cfg.hidden_size,
+         "hidden": cfg.hidden_size, "layers": cfg.num_hidden_layers, "vocab": cfg.vocab_size,
+         "vectors": sum(p.numel() for p in model.parameters() if p.dim() == 1)}
+    got = required_flops({"student": m, "teacher": m}, rows * length, rows * completion, rows)
+    causal_attention = 2 * length * length * cfg.hidden_size * cfg.num_hidden_layers * rows
+    assert got["teacher forward"] - causal_attention == linear
+    assert attention_full == 2 * causal_attention  # eager computes the full square; the floor the causal half
+    assert got["backward"] == 2 * got["student fwd + loss"]
