@@ -43,7 +43,9 @@ the teacher while BC falls at least 15 points behind.
 Environment: ``gridnav`` on a 4x4 grid with walls (density 0.1), horizons 1..4, the built-in
 teacher's setting. Its behaviour-cloning failures are compounding errors: one bump into a wall
 gives an observation that expert episodes never contain, and a BC model repeats the bump, then
-writes malformed calls. ``calc_lookup`` (``--env calc_lookup``) has a perfect teacher but a
+writes malformed calls. ``--env-options fatal_errors=true`` (any ``KEY=VALUE``, repeatable) trains
+the students on, and evaluates every model on, a variant of the environment (there: a wrong move
+ends the episode, failed); the teacher stays the recipe's cached one. ``calc_lookup`` (``--env calc_lookup``) has a perfect teacher but a
 student that needs 600+ BC steps before it copies a single name: too slow for a warm start here.
 
 Learning rate: each method decays its own (cosine, from ``lr`` to ``min_lr_ratio * lr``) over
@@ -141,6 +143,9 @@ class BenchConfig:
     methods: tuple = ("BC", "OPD", "DAgger", "SCoRe", "SCoRe-onpolicy")
     threads: int = 1
     seed: int = 0
+    env_options: dict = dataclasses.field(default_factory=dict)
+    """Extra environment options for the students' training and every evaluation (``--env-options``),
+    e.g. ``{"fatal_errors": True}``. The teacher is the recipe's (trained, and cached, without them)."""
 
 
 FULL = BenchConfig()
@@ -263,6 +268,21 @@ def schedule_steps(cfg: BenchConfig, recipe, name: str, spec: dict, student_dir:
     return int(-(-cfg.budget // per_step)) + 1, per_step
 
 
+def parse_env_options(parser: argparse.ArgumentParser, items: list) -> dict:
+    """``["fatal_errors=true", "size=5"]`` -> ``{"fatal_errors": True, "size": 5}`` (each VALUE read
+    as JSON, else kept as text); a malformed item is a one-line ``--env-options`` error."""
+    out: dict = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            parser.error(f"--env-options: expected KEY=VALUE, got {item!r}")
+        try:
+            out[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.strip()] = value
+    return out
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     size = parser.add_mutually_exclusive_group()
@@ -272,6 +292,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--budget", type=int, help="teacher calls per method")
     parser.add_argument("--seed", type=int, help="training seed (warm start, every method); the held-out episodes stay the same")
     parser.add_argument("--methods", help=f"comma-separated subset of {', '.join(METHODS)} (default: the config's)")
+    parser.add_argument("--env-options", action="append", default=[], metavar="KEY=VALUE",
+                        help="an environment option for the students' training and the evaluation, VALUE as JSON "
+                             "(true, 0.1, \"text\"; repeatable), e.g. fatal_errors=true; the teacher stays the recipe's")
     parser.add_argument("--output-dir", default="runs/bench", help="where agents_horizon.{json,png} go")
     args = parser.parse_args(argv)
 
@@ -282,6 +305,8 @@ def main(argv=None) -> dict:
         cfg = dataclasses.replace(cfg, budget=args.budget)
     if args.seed is not None:
         cfg = dataclasses.replace(cfg, seed=args.seed)
+    if args.env_options:
+        cfg = dataclasses.replace(cfg, env_options=parse_env_options(parser, args.env_options))
     if args.methods:
         chosen = tuple(m.strip() for m in args.methods.split(",") if m.strip())
         unknown = [m for m in chosen if m not in METHODS]
@@ -310,6 +335,8 @@ def main(argv=None) -> dict:
         raise SystemExit(f"agents_horizon: no teacher recipe for {cfg.env!r}; known: {', '.join(sorted(book))}")
     recipe = book[cfg.env]
     teacher_dir = recipes.train_teacher(recipe)
+    if cfg.env_options:  # the students train, and everyone is evaluated, on the variant; the teacher is cached as is
+        recipe = dataclasses.replace(recipe, env_options={**recipe.env_options, **cfg.env_options})
     teacher_seconds = time.perf_counter() - t0
 
     # (b) the shared warm start, then each method at the same teacher budget
@@ -377,7 +404,8 @@ def main(argv=None) -> dict:
     results["teacher_seconds"] = teacher_seconds
 
     print()
-    print(f"{cfg.env}: greedy success on held-out episodes by horizon ({cfg.eval_n} per cell); "
+    env_label = cfg.env + "".join(f" {k}={json.dumps(v)}" for k, v in cfg.env_options.items())
+    print(f"{env_label}: greedy success on held-out episodes by horizon ({cfg.eval_n} per cell); "
           f"params teacher {results['params']['teacher']:,}, student {results['params']['student']:,}")
     print(f"each method: warm start + {cfg.budget} teacher calls "
           + ", ".join(f"{n} {info['teacher_calls']:.0f} in {info['steps']} steps" for n, info in results["methods"].items()))
@@ -391,7 +419,7 @@ def main(argv=None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     (out / "agents_horizon.json").write_text(json.dumps(results, indent=1, default=list))
     plot_success(reports, out / "agents_horizon.png",
-                 title=f"{cfg.env}: success vs horizon at {cfg.budget} teacher calls per method")
+                 title=f"{env_label}: success vs horizon at {cfg.budget} teacher calls per method")
     return results
 
 

@@ -37,3 +37,32 @@ def test_quick_bench_trains_every_method_to_its_budget(tmp_path, monkeypatch):
     measured = json.loads((out / "agents_score_offpolicy.json").read_text())
     for writer in ("teacher", "student"):
         assert set(measured[writer]) >= {"key_steps", "student_logprob_per_token", "student_action_logprob", "key_step_optimal"}
+
+
+@pytest.mark.timeout(240)
+def test_env_options_reach_the_students_and_the_eval_not_the_teacher(tmp_path, monkeypatch):
+    """``--env-options fatal_errors=true``: the students train, and every model is evaluated, on
+    the variant; the teacher is the recipe's cached one (the same directory as without it)."""
+    monkeypatch.setenv("OPDPLUG_CACHE_DIR", str(tmp_path / "cache"))
+    bench = load_bench(monkeypatch, "agents_horizon.py")
+    from opdplug_agents import recipe as recipes
+
+    out = tmp_path / "out"
+    results = bench.main(["--quick", "--methods", "OPD", "--env-options", "fatal_errors=true", "--env-options",
+                          "wall_density=0.0", "--output-dir", str(out)])
+    data = json.loads((out / "agents_horizon.json").read_text())
+    assert data["config"]["env_options"] == {"fatal_errors": True, "wall_density": 0.0}
+    assert data["recipe"]["env_options"] == {"size": 4, "wall_density": 0.0, "fatal_errors": True}
+    assert data["teacher_dir"] == str(recipes.teacher_path(recipes.QUICK["gridnav"]))
+    assert set(results["methods"]) == {"OPD"}
+    for run in ("warm_start", "opd"):  # what the students trained on
+        assert "fatal_errors = true" in (out / "agents_horizon" / run / "config.toml").read_text(), run
+
+
+def test_env_options_parse_json_values_and_refuse_malformed_items(monkeypatch):
+    bench = load_bench(monkeypatch, "agents_horizon.py")
+    parser = bench.argparse.ArgumentParser()
+    assert bench.parse_env_options(parser, ["fatal_errors=true", "size=5", "name=abc", "d=0.1"]) == {
+        "fatal_errors": True, "size": 5, "name": "abc", "d": 0.1}
+    with pytest.raises(SystemExit):
+        bench.parse_env_options(parser, ["fatal_errors"])

@@ -324,3 +324,69 @@ def test_vocabulary_builds_a_tokenizer_without_unknowns():
         for text in [*observations, *actions]:
             assert ids["<unk>"] not in tok.encode(text).ids, text
     assert len(vocab) < 300
+
+
+# ----------------------------------------------------------------------------- fatal_errors
+@pytest.mark.parametrize("name", NAMES)
+def test_fatal_errors_end_the_episode_on_the_first_wrong_move(name):
+    """``fatal_errors``: a move is fatal exactly when ``is_optimal`` says it is not optimal; the
+    episode then ends failed, with the observation the plain environment gives for it; the expert
+    still succeeds in the optimal number of moves."""
+    fatal, plain = BY_NAME[name](horizon=3, fatal_errors=True), BY_NAME[name](horizon=3)
+    for seed in range(4):
+        actions, _, reward, terminated, truncated, info = run_expert(fatal, seed)
+        assert terminated and info["success"] and reward == 1.0 and not info["fatal_error"]
+        assert len(actions) == optimal_length(name, 3)
+    ended = 0
+    for seed in range(30):
+        rng = random.Random(seed)
+        fatal.reset(seed=seed)
+        plain.reset(seed=seed)
+        for _ in range(8):
+            roll = rng.random()
+            action = fatal.expert_action() if roll < 0.5 else random_action(fatal, rng) if roll < 0.9 else rng.choice(MALFORMED)
+            optimal = fatal.is_optimal(action)  # leaves the state unchanged
+            assert optimal == plain.is_optimal(action)
+            obs, reward, terminated, truncated, info = fatal.step(action)
+            plain_obs, _, plain_terminated, _, plain_info = plain.step(action)
+            assert obs == plain_obs and info["valid_action"] == plain_info["valid_action"]
+            assert info["fatal_error"] == (not optimal and not plain_terminated), (seed, action)
+            if not optimal:
+                assert terminated and not info["success"] and reward == 0.0
+                assert fatal.step(fatal.actions[-1])[0] == EPISODE_OVER
+                with pytest.raises(RuntimeError):
+                    fatal.optimal_cost()
+                # replay reproduces the fatal end; a replayed prefix before it is running again
+                fatal.replay(fatal.actions)
+                assert fatal.episode_over and fatal.step("x")[4]["fatal_error"] == info["fatal_error"]
+                fatal.replay(fatal.actions[:-1])
+                assert not fatal.episode_over and not fatal.step("x")[4]["success"]
+                ended += 1
+                break
+            if terminated or truncated:
+                break
+    assert ended >= 10
+
+
+def test_fatal_errors_first_error_is_the_last_turn():
+    """The evaluation's cost-to-go first-error rule finds the fatal move (the episode's last)."""
+    from opdplug_agents.evaluate import cost_to_go
+
+    env = GridNavEnv(horizon=4, size=4, wall_density=0.1, fatal_errors=True)
+    env.reset(seed=3)
+    first = env.expert_action()
+    env.step(first)
+    wrong = next(format_call("move", dir=d) for d in ("north", "east", "south", "west")
+                 if not env.is_optimal(format_call("move", dir=d)))
+    assert env.step(wrong)[2] and env.episode_over and not env.solved
+    assert cost_to_go(env, [first]) == 3 and cost_to_go(env, [first, wrong]) is None
+
+
+def test_fatal_errors_option_is_checked_and_reaches_gymnasium_make():
+    with pytest.raises(ValueError, match="fatal_errors must be true or false"):
+        GridNavEnv(horizon=2, fatal_errors="yes")
+    env = gymnasium.make(GridNavEnv.gym_id, horizon=2, fatal_errors=True)
+    assert env.unwrapped.fatal_errors
+    plain = GridNavEnv(horizon=2)
+    plain.reset(seed=0)
+    assert "fatal_error" not in plain.step("x")[4]  # the default environment's info is unchanged

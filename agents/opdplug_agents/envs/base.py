@@ -103,10 +103,16 @@ class ToolTextEnv(gymnasium.Env):
         (``reset(options={"split": ...})`` overrides it for one episode).
     :param max_turns: truncate after this many actions (default ``default_max_turns(horizon)``).
     :param eval_mod: one episode in ``eval_mod`` belongs to eval.
+    :param fatal_errors: a wrong move cannot be undone: any action that is not optimal
+        (``is_optimal``'s rule: invalid, malformed, a bump or wasted call, a detour) ends the
+        episode at once, failed (``terminated``, no success, ``info["fatal_error"]``). Its
+        observation is the one the action produced anyway, so the vocabulary is unchanged.
+        Default ``False``: a detour can still reach the goal.
     :param render_mode: ``None`` only: the observations are the text a human would read.
 
     ``info`` always holds ``success`` (solved, apart from ``terminated``/``truncated``),
-    ``turn``, ``valid_action``, ``horizon`` and ``split``; ``reset`` adds ``episode_key``.
+    ``turn``, ``valid_action``, ``horizon`` and ``split``; ``reset`` adds ``episode_key``
+    (and, with ``fatal_errors``, ``fatal_error``).
     """
 
     metadata: ClassVar[dict[str, Any]] = {"render_modes": []}
@@ -123,12 +129,16 @@ class ToolTextEnv(gymnasium.Env):
         split: str = "train",
         max_turns: Optional[int] = None,
         eval_mod: int = 10,
+        fatal_errors: bool = False,
         render_mode: Optional[str] = None,
     ) -> None:
         self.horizon = int_option(self.name, "horizon", horizon, *self.horizon_range)
         _check_split(split)
         if render_mode is not None:
             raise ValueError(f"{self.name}: render_mode must be None (observations are text), got {render_mode!r}")
+        if not isinstance(fatal_errors, bool):
+            raise ValueError(f"{self.name}: fatal_errors must be true or false, got {fatal_errors!r}")
+        self.fatal_errors = fatal_errors
         self.split = split
         self.eval_mod = int_option(self.name, "eval_mod", eval_mod, 2, 10**6)
         turns = self.default_max_turns(self.horizon) if max_turns is None else max_turns
@@ -142,7 +152,7 @@ class ToolTextEnv(gymnasium.Env):
         """The actions taken since the episode (re)started."""
         self._episode_split = split
         self._turn = 0
-        self._terminated = self._truncated = self._success = False
+        self._terminated = self._truncated = self._success = self._fatal = False
         self._handlers = {name: getattr(self, f"_tool_{name}") for name in self.tools}
 
     # -- for subclasses ---------------------------------------------------------------------
@@ -200,6 +210,7 @@ class ToolTextEnv(gymnasium.Env):
             raise RuntimeError(f"{self.name}: call reset() before step()")
         if self._terminated or self._truncated:
             return EPISODE_OVER, 0.0, self._terminated, self._truncated, self._info(valid=False)
+        reference = self._optimality_reference() if self.fatal_errors else None
         self.actions.append(action)
         self._turn += 1
         call = parse_call(action, self.tools, max_chars=MAX_ACTION_CHARS)
@@ -207,11 +218,28 @@ class ToolTextEnv(gymnasium.Env):
             outcome = Outcome(call, valid=False)
         else:
             outcome = self._handlers[call.tool](**call.args)
+        if self.fatal_errors and not outcome.terminated and not self._moved_optimally(call, outcome, reference):
+            self._fatal, outcome = True, Outcome(outcome.observation, terminated=True, success=False, valid=outcome.valid)
         self._success = outcome.success
         self._terminated = outcome.terminated
         self._truncated = not outcome.terminated and self._turn >= self.max_turns
         reward = 1.0 if outcome.success else 0.0
         return outcome.observation, reward, self._terminated, self._truncated, self._info(outcome.valid)
+
+    def _optimality_reference(self) -> tuple:
+        """What ``fatal_errors`` compares a move with: the optimal cost before it, or (where the
+        environment does not define one) the expert's call."""
+        cost = self._optimal_cost()
+        return (cost, None) if cost is not None else (None, parse_call(self._expert(), self.tools))
+
+    def _moved_optimally(self, call: Any, outcome: Outcome, reference: tuple) -> bool:
+        """``is_optimal``'s rule for a move just applied that did not end the episode."""
+        if isinstance(call, str) or not outcome.valid:
+            return False
+        if outcome.success:
+            return True
+        cost, expert = reference
+        return self._optimal_cost() == cost - 1 if cost is not None else call == expert
 
     def render(self) -> None:
         """Nothing to draw: the observations are already the text a human reads."""
@@ -298,18 +326,21 @@ class ToolTextEnv(gymnasium.Env):
     def _restart(self) -> str:
         self.actions = []
         self._turn = 0
-        self._terminated = self._truncated = self._success = False
+        self._terminated = self._truncated = self._success = self._fatal = False
         return self._begin()
 
     def _info(self, valid: bool) -> dict[str, Any]:
         # A new dict each call: callers keep infos (gymnasium's checker tests that they may).
-        return {
+        info = {
             "success": self._success,
             "turn": self._turn,
             "valid_action": valid,
             "horizon": self.horizon,
             "split": self._episode_split,
         }
+        if self.fatal_errors:
+            info["fatal_error"] = self._fatal  # the episode ended on a wrong move
+        return info
 
     @classmethod
     def _tool_error_chars(cls) -> int:
