@@ -3,6 +3,7 @@
 the teacher's top-k at two positions combine into the student's next-token distribution."""
 from __future__ import annotations
 
+import bisect
 import math
 from typing import Optional
 
@@ -36,6 +37,10 @@ class Projection:
         self.ends = (student_end, teacher_end)
         self.encode = encode
         self.cache: dict[tuple[int, int], int] = {}
+        self.ext_cache: dict[bytes, tuple[int, ...]] = {}
+        self.longest_teacher = 0
+        self.sorted_teacher: Optional[list] = None
+        self.sorted_keys: list[bytes] = []
 
     def bytes_of(self, teacher_id: int) -> Optional[bytes]:
         return self.teacher_bytes.of(teacher_id) if teacher_id not in self.teacher_bytes.special else None
@@ -73,6 +78,30 @@ class Projection:
             if sid is not None:
                 return sid
         return -1
+
+    def extensions(self, written: bytes) -> tuple[int, ...]:
+        """The teacher tokens that go on past ``written`` where the student's tokenizer has a
+        boundary: tokens longer than ``written`` that begin with it, whose text the student's
+        tokenizer writes with a token boundary after ``written`` (``next_token(t, len) >= 0``).
+        These are the continuations that the teacher's whole tokens up to the end of ``written``
+        leave out and the student's tokens of the same bytes keep (" 3" against " 32" when the
+        student writes " 3", "2"). With one tokenizer there are none. Cached."""
+        if written not in self.ext_cache:
+            out: list[int] = []
+            if written:
+                if self.sorted_teacher is None:
+                    n = len(self.teacher_bytes.tokenizer)
+                    self.sorted_teacher = sorted((tb, i) for i in range(n) if i != self.ends[1] and (tb := self.bytes_of(i)))
+                    self.sorted_keys = [tb for tb, _ in self.sorted_teacher]
+                    self.longest_teacher = max((len(tb) for tb in self.sorted_keys), default=0)
+                at = bisect.bisect_right(self.sorted_keys, written)
+                while at < len(self.sorted_keys) and self.sorted_keys[at].startswith(written):
+                    t = self.sorted_teacher[at][1]
+                    if self.next_token(t, len(written)) >= 0:
+                        out.append(t)
+                    at += 1
+            self.ext_cache[written] = tuple(out)
+        return self.ext_cache[written]
 
     def entries(self, ids_K: list, lps_K: list, written: bytes) -> list:
         """(student id, log-prob) of each top-k teacher entry that continues ``written``."""
@@ -165,3 +194,78 @@ def _logsumexp(xs: list) -> float:
     top = max(finite)
     return top + math.log(sum(math.exp(x - top) for x in finite))
 
+
+
+def ended_corrections(proj: Projection, rows: list, inner: TeacherScores) -> dict[int, torch.Tensor]:
+    """Per aligned row ``b``, per chunk ``c``: e_c = log P_text(text through the chunk) - log
+    P(the teacher's tokens through the chunk), 0 where nothing goes on past the chunk's end.
+
+    The teacher's log-prob of a chunk is that of its whole tokens: of the text AND of a teacher
+    token ending where the chunk ends (its " 3" leaves out " 32"), while the student's log-prob
+    of the same bytes leaves the text open (it writes " 32" as " 3", "2"). The chunk scores then
+    telescope to the right sequence total, but each chunk is biased: the chunk ending on " 3" too
+    unlikely, the next one ("." after " 3": the teacher is sure the number ended) too likely, so a
+    per-chunk estimator pushes the student to end numbers early. ``chunk_lp + e_c - e_{c-1}`` is
+    the teacher's log-prob of the chunk's bytes given the text before it, with the same sequence
+    total (e is 0 after an end of turn).
+
+    P_text(text through x) is taken along the teacher's tokens of the text: their probability
+    up to x, plus, for each of those tokens that starts at y <= x, the probability of the tokens
+    up to y times that of the teacher tokens at y that begin with the bytes y..x and go on past x
+    (``Projection.extensions``: where the student has a boundary at x). Over the full vocabulary
+    when the scores are dense, else over the top-k (continuations outside it are missed)."""
+    out: dict[int, torch.Tensor] = {}
+    need: list[tuple[int, int, int, tuple]] = []  # (b, chunk, start teacher index i, extensions)
+    spans: dict[tuple[int, int], tuple[int, int]] = {}  # (b, chunk) -> (first i, last k)
+    for b, r in enumerate(rows):
+        if r.failed:
+            continue
+        out[b] = torch.zeros(r.num_chunks, dtype=torch.float64)
+        last: dict[int, int] = {}
+        for k, c in enumerate(r.teacher_chunks):
+            last[c] = k
+        pieces = [proj.bytes_of(t) for t in r.teacher_completion]
+        for c, k in last.items():
+            if r.teacher_completion[k] == proj.ends[1] or pieces[k] is None:
+                continue
+            written = b""
+            for i in range(k, -1, -1):
+                if pieces[i] is None:
+                    break
+                written = pieces[i] + written
+                if proj.longest_teacher and len(written) >= proj.longest_teacher:
+                    break  # no teacher token is long enough to start at i and go on past the end
+                ext = proj.extensions(written)
+                if ext:
+                    need.append((b, c, i, ext))
+                    spans[(b, c)] = (i, k)
+    if not need:
+        return out
+    Pt = {b: len(r.teacher_prompt) for b, r in enumerate(rows)}
+    token_lp = inner.token_logprobs_B_L.double().cpu()
+    masses: list[float] = []
+    if inner.is_dense:
+        h = inner.hidden_B_L_H
+        for at in range(0, len(need), 256):
+            part = need[at:at + 256]
+            bs = torch.tensor([n[0] for n in part], dtype=torch.long, device=h.device)
+            ps = torch.tensor([Pt[n[0]] + n[2] for n in part], dtype=torch.long, device=h.device)
+            logits = (h[bs, ps] @ inner.lm_head_V_H.T).double() / float(inner.temperature)
+            logp = torch.log_softmax(logits, dim=-1).cpu()
+            masses += [float(torch.logsumexp(logp[j, list(n[3])], dim=0)) for j, n in enumerate(part)]
+    elif inner.topk_ids_B_L_K is not None and inner.topk_logprobs_B_L_K is not None:
+        ids, lps = inner.topk_ids_B_L_K.cpu(), inner.topk_logprobs_B_L_K.double().cpu()
+        for b, c, i, ext in need:
+            wanted, pos = set(ext), Pt[b] + i
+            masses.append(_logsumexp([float(lp) for t, lp in zip(ids[b, pos].tolist(), lps[b, pos]) if t in wanted]))
+    else:
+        return out
+    terms: dict[tuple[int, int], list[float]] = {}
+    for (b, c, i, _), m in zip(need, masses):
+        k = spans[(b, c)][1]
+        # log [P(tokens before i) * mass] - log P(tokens through k)
+        terms.setdefault((b, c), []).append(m - float(token_lp[b, Pt[b] + i:Pt[b] + k + 1].sum()))
+    for (b, c), ts in terms.items():
+        total = _logsumexp(ts + [0.0])
+        out[b][c] = total if math.isfinite(total) else 0.0
+    return out

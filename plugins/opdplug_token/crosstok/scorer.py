@@ -30,7 +30,7 @@ from opdplug.types import PRODUCER_PROMPT, PRODUCER_STUDENT, Prompt, RolloutBatc
 from opdplug_local import chat
 from opdplug_local.tokenization import check_tokenizers, load_tokenizer, pad_id_of, stop_token_ids
 
-from .projection import Projection, student_distribution
+from .projection import Projection, ended_corrections, student_distribution
 from .spans import TokenBytes, align, boundaries, is_byte_level, single_byte_ids
 from .vocab import VocabMap, build_vocab_map, end_of_turn_id
 
@@ -144,6 +144,7 @@ class CrossTokenizer:
             "xtok/mean_chunk_tokens": c["student_tokens"] / max(c["chunks"], 1),
             "xtok/vocab_overlap": s["map"].overlap,
             "xtok/rows_skipped": float(c["rows_skipped"]),
+            "xtok/ended_correction": c["ended_abs"] / max(c["chunks"], 1),
         }
 
     def close(self) -> None:
@@ -281,6 +282,7 @@ class CrossTokenizer:
         src_b, src_s, src_t = [], [], []
         in_b, in_s, in_t = [], [], []
         t_lp = inner.token_logprobs_B_L.detach().float().cpu()
+        ended = self.ended(rows, inner)
         for b, r in enumerate(rows):
             P = int(batch.prompt_lens_B[b])
             if r.failed:
@@ -288,6 +290,11 @@ class CrossTokenizer:
             Pt = len(r.teacher_prompt)
             chunk_lp = torch.zeros(r.num_chunks).index_add(0, torch.tensor(r.teacher_chunks, dtype=torch.long),
                                                            t_lp[b, Pt:Pt + len(r.teacher_chunks)])
+            if b in ended:  # the teacher's log-prob of each chunk's bytes given the text before it
+                e = ended[b]
+                shift = (e - torch.cat([e.new_zeros(1), e[:-1]])).float()
+                chunk_lp = chunk_lp + shift
+                self.state["counts"]["ended_abs"] += float(shift.abs().sum())
             s_chunks = torch.tensor(r.student_chunks, dtype=torch.long)
             per_chunk = torch.bincount(s_chunks, minlength=r.num_chunks).clamp(min=1).float()
             n = len(r.student_chunks)
@@ -334,15 +341,28 @@ class CrossTokenizer:
         self.state["counts"]["rows_skipped"] += sum(1 for r in rows if r.failed)
         return TeacherScores(**out)
 
+    def projection(self) -> Optional[Projection]:
+        """The byte-level projection between the two vocabularies (None unless both are byte-level)."""
+        s = self.state
+        if s["student_bytes"] is None or s["teacher_bytes"] is None:
+            return None
+        if "projection" not in s:
+            s["projection"] = Projection(s["student_bytes"], s["teacher_bytes"], s["student_end"], s["teacher_end"],
+                                         len(s["student_tok"]), encode=lambda text: chat.encode(s["student_tok"], text))
+        return s["projection"]
+
+    def ended(self, rows: list, inner: TeacherScores) -> dict:
+        """Per row, per chunk, the teacher's "token ended" term (``projection.ended_corrections``);
+        empty without byte-level tokenizers on both sides."""
+        proj = self.projection()
+        return ended_corrections(proj, rows, inner) if proj is not None else {}
+
     def project(self, batch: RolloutBatch, rows: list, inner: TeacherScores) -> Optional[SparseDistribution]:
         """``TeacherScores.student_distribution`` (see ``projection.student_distribution``)."""
         s = self.state
         if s["student_bytes"] is None or s["teacher_bytes"] is None or inner.topk_ids_B_L_K is None:
             return None
-        if "projection" not in s:
-            s["projection"] = Projection(s["student_bytes"], s["teacher_bytes"], s["student_end"], s["teacher_end"],
-                                         len(s["student_tok"]), encode=lambda text: chat.encode(s["student_tok"], text))
-        return student_distribution(s["projection"], batch, rows, inner)
+        return student_distribution(self.projection(), batch, rows, inner)
 
     # -- diagnostics -----------------------------------------------------------------------------
     def alignment_report(self, batch: RolloutBatch) -> dict:
@@ -353,7 +373,8 @@ class CrossTokenizer:
         saved, s["counts"] = s["counts"], _zero_counts()
         rows = [self.render(batch, b) for b in range(batch.batch_size)]
         s["counts"]["rows_skipped"] = sum(1 for r in rows if r.failed)
-        report = {k.replace("xtok/", "alignment_"): round(v, 4) for k, v in self.metrics().items()}
+        report = {k.replace("xtok/", "alignment_"): round(v, 4) for k, v in self.metrics().items()
+                  if k != "xtok/ended_correction"}  # a scoring statistic: nothing is scored here
         reasons = sorted({r.failed for r in rows if r.failed})
         if reasons:
             report["alignment_skip_reasons"] = reasons
@@ -377,7 +398,7 @@ def _cover(student_ends: list, teacher_ends: list, text: bytes) -> tuple:
 
 
 def _zero_counts() -> dict:
-    return {"student_tokens": 0, "chunks": 0, "one_to_one": 0, "covered": 0, "rows_skipped": 0}
+    return {"student_tokens": 0, "chunks": 0, "one_to_one": 0, "covered": 0, "rows_skipped": 0, "ended_abs": 0.0}
 
 
 def _failed(row: _Row, why: str) -> _Row:
