@@ -48,11 +48,43 @@ def write_facts(path: Path, n: int, seed: int) -> list[dict]:
     return rows
 
 
-def facts_task(facts_path: Path) -> dict:
-    """The ``[task]`` table of the facts: train and evaluate on the same rows, exact match."""
+FACT_REPEATS = 16
+"""Copies of each fact in the SFT file when behaviour traces are mixed in (so the mix can hold
+many distinct traces at a small share)."""
+
+
+def write_sft_data(path: Path, facts: list[dict], behaviour_share: float, seed: int, recipe: DemoRecipe) -> int:
+    """The SFT file: the facts alone (``behaviour_share`` 0), or the facts ``FACT_REPEATS`` times
+    with SumChain reference traces (training split) making up ``behaviour_share`` of the rows, as
+    the Thinking Machines experiment mixed chat data into its documents. Returns the trace count."""
+    from opdplug_local.tasks import SumChain
+
+    if not 0.0 <= behaviour_share < 1.0:
+        raise ValueError(f"--sft-behaviour-share must be in [0, 1), got {behaviour_share}")
+    rows = list(facts)
+    traces = 0
+    if behaviour_share > 0:
+        rows = rows * FACT_REPEATS
+        traces = round(len(rows) * behaviour_share / (1 - behaviour_share))
+        task = SumChain(min_len=recipe.min_len, max_len=recipe.max_len)
+        for p in task.prompts(traces, seed=seed + 500, split="train"):
+            digits = p.meta["digits"]
+            rows.append({"prompt": " ".join(task.prompt_words(digits)), "answer": " ".join(task.reference_words(digits))})
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return traces
+
+
+def facts_task(facts_path: Path, train_path: Path | None = None) -> dict:
+    """The ``[task]`` table of the facts: train on ``train_path`` (default: the facts), evaluate
+    on the facts, exact match."""
     return {"name": "dataset", "options": {
-        "path": str(facts_path), "eval_path": str(facts_path), "prompt_column": "prompt", "answer_column": "answer",
-        "template": "raw", "verifier": "exact_match", "max_new_tokens": 4}}
+        "path": str(train_path or facts_path), "eval_path": str(facts_path), "prompt_column": "prompt", "answer_column": "answer",
+        "template": "raw", "verifier": "exact_match", "max_new_tokens": 3 * recipe_max_len() + 3}}
+
+
+def recipe_max_len() -> int:
+    """The longest SumChain the ground uses (a mixed SFT file holds its traces)."""
+    return DemoRecipe().max_len
 
 
 def behaviour_task(recipe: DemoRecipe) -> dict:
@@ -76,7 +108,11 @@ class Ground:
     behaviour: dict
     """``[task]`` of the behaviour (SumChain)."""
     facts: dict
-    """``[task]`` of the new facts."""
+    """``[task]`` of the new facts (the evaluation; ``sft`` is what stage 1 trains on)."""
+    sft: dict
+    """``[task]`` of the SFT run: the facts, maybe mixed with behaviour traces."""
+    behaviour_traces: int
+    """SumChain traces mixed into the SFT file (0: facts alone)."""
     behaviour_eval: Path
     """``opdplug eval --config`` file of the behaviour."""
     facts_eval: Path
@@ -98,15 +134,17 @@ class Ground:
                 "behaviour_by_length": {str(k): v for k, v in by_length.items()}}
 
 
-def build_ground(work: Path, n_facts: int, seed: int, eval_n: int, threads: int) -> Ground:
-    """The cached original model, ``n_facts`` facts of ``seed`` and the two eval configs under ``work``."""
-    recipe = DemoRecipe(threads=threads)
+def build_ground(work: Path, n_facts: int, seed: int, eval_n: int, recipe: DemoRecipe,
+                 behaviour_share: float = 0.0) -> Ground:
+    """The original model (``recipe``'s demo teacher, cached), ``n_facts`` facts of ``seed``, the
+    SFT file (``behaviour_share`` of it SumChain traces) and the two eval configs under ``work``."""
+    facts_path, sft_path = work / "facts.jsonl", work / "sft.jsonl"
+    rows = write_facts(facts_path, n_facts, seed)
+    traces = write_sft_data(sft_path, rows, behaviour_share, seed, recipe)
     original = train_teacher(recipe)
-    facts_path = work / "facts.jsonl"
-    write_facts(facts_path, n_facts, seed)
     behaviour, facts = behaviour_task(recipe), facts_task(facts_path)
     behaviour_eval, facts_eval = work / "behaviour_eval.toml", work / "facts_eval.toml"
     behaviour_eval.write_text(_toml_task(behaviour))
     facts_eval.write_text(_toml_task(facts))
-    return Ground(original, behaviour, facts, behaviour_eval, facts_eval,
+    return Ground(original, behaviour, facts, facts_task(facts_path, sft_path), traces, behaviour_eval, facts_eval,
                   tuple(range(recipe.min_len, recipe.max_len + 1)), eval_n)
