@@ -190,6 +190,7 @@ def main() -> None:
                   f"{statistics.median(per_rep):.2f}x median, {per_rep[0]:.2f}-{per_rep[-1]:.2f}x) and {rss:.2f}x the peak RSS of {LABELS[s]}")
     kls = " / ".join(f"{summary[s]['reverse_kl']['median']:.4f}" for s in systems)
     learned = learning_line(summary, runs, init)
+    kl_cmp = kl_comparison(runs) if set(systems) == set(SYSTEMS) else {}
     headline = (f"[{a.size}] opdplug is {'; '.join(vs)}; final reverse KL {kls} "
                 f"({' / '.join(LABELS[s] for s in systems)}; start {init['reverse_kl']:.4f}); "
                 f"step MFU {summary['opdplug']['mfu']['step']['mfu']:.1%} of {peak:.0f} GFLOP/s")
@@ -214,7 +215,7 @@ def main() -> None:
                  "threads": THREADS, "lengths": LENGTHS},
               "initial_student": init, "summary": summary,
               "runs": {s: [{k: v for k, v in r.items() if k != "cprofile_tottime"} for r in runs[s]] for s in systems},
-              "cprofile": {s: p["cprofile_tottime"] for s, p in profiles.items()}, "learned": learned, "floor": floor, "headline": headline}
+              "cprofile": {s: p["cprofile_tottime"] for s, p in profiles.items()}, "learned": learned, "kl_comparison": kl_cmp, "floor": floor, "headline": headline}
     (out_dir / f"{stem}.json").write_text(json.dumps(result, indent=1))
     plot(summary, init, out_dir / f"{stem}.png", a)
 
@@ -229,6 +230,8 @@ def main() -> None:
           f"(2 cores; other jobs share them)")
     print(f"(wrote {out_dir / f'{stem}.json'} and {out_dir / f'{stem}.png'})")
     print(learned)
+    if kl_cmp:
+        print(kl_line(kl_cmp))
     print(headline)
 
 
@@ -247,6 +250,26 @@ def learning_line(summary, runs, init) -> str:
     if failed:
         return f"NOT every system learned: {', '.join(failed)} did not lower the reverse KL ({'; '.join(parts)})"
     return f"every system learned (reverse KL {'; '.join(parts)})"
+
+
+def kl_comparison(runs) -> dict:
+    """opdplug's final KL against each TRL system's, paired by rep (rep r: seed r, the same prompts in
+    every system): the mean difference, its standard error, and whether opdplug's final KL is lower
+    or equal within noise (the mean difference below two standard errors) or higher."""
+    out = {}
+    for s in SYSTEMS[1:]:
+        d = [ro["eval"]["reverse_kl"] - rs["eval"]["reverse_kl"] for ro, rs in zip(runs["opdplug"], runs[s])]
+        se = statistics.stdev(d) / len(d) ** 0.5 if len(d) > 1 else float("inf")
+        mean = statistics.fmean(d)
+        verdict = "lower" if mean < -2 * se else ("equal within noise" if mean <= 2 * se else "higher")
+        out[s] = {"differences": d, "mean": mean, "stderr": se, "verdict": verdict}
+    return out
+
+
+def kl_line(cmp: dict) -> str:
+    return "final KL, opdplug minus each, paired by seed: " + "; ".join(
+        f"{LABELS[s]} {c['mean']:+.3f} +- {c['stderr']:.3f} (s.e., {len(c['differences'])} reps): {c['verdict']}"
+        for s, c in cmp.items())
 
 
 def print_mfu(summary, peaks, models) -> None:

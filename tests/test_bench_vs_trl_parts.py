@@ -69,3 +69,17 @@ def test_required_flops_match_what_torch_counts_for_a_llama_forward():
     assert got["teacher forward"] - causal_attention == linear
     assert attention_full == 2 * causal_attention  # eager computes the full square; the floor the causal half
     assert got["backward"] == 2 * got["student fwd + loss"]
+
+
+def test_final_kl_comparison_is_paired_by_seed_and_calls_noise_equal():
+    from vs_trl import kl_comparison
+
+    def runs(opd, gkd, distill):
+        return {s: [{"eval": {"reverse_kl": v}} for v in vals] for s, vals in
+                (("opdplug", opd), ("trl", gkd), ("distill", distill))}
+
+    # seeds move every system together; opdplug lower by 0.1 on each seed: lower, not noise
+    cmp = kl_comparison(runs([3.0, 3.4, 3.2], [3.1, 3.5, 3.3], [3.0, 3.45, 3.15]))
+    assert cmp["trl"]["verdict"] == "lower" and abs(cmp["trl"]["mean"] + 0.1) < 1e-9
+    assert cmp["distill"]["verdict"] == "equal within noise"
+    assert kl_comparison(runs([3.5, 3.6], [3.0, 3.1], [3.5, 3.6]))["trl"]["verdict"] == "higher"
