@@ -185,7 +185,7 @@ class ModelOptions:
     """Instead of ``path``: build a fresh model of this ``opdplug_local.tiny.SIZES`` size, with the
     task's tokenizer (student only; or the teacher's tokenizer when a teacher path is given)."""
     init_seed: int = 0
-    """Seed of a fresh ``tiny`` model's weights."""
+    """Seed of a fresh ``tiny`` model's weights, and of a fresh LoRA adapter's initial A matrices."""
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     """Weights' dtype when loaded (bfloat16 halves memory; on CPUs without bf16 units it is slower)."""
     attn_implementation: str = ""

@@ -97,7 +97,9 @@ def maybe_lora(model, opts: ModelOptions):
         r=opts.lora_r, lora_alpha=opts.lora_alpha, lora_dropout=opts.lora_dropout,
         target_modules=list(opts.lora_targets), task_type="CAUSAL_LM",
     )
-    model = peft.get_peft_model(model, cfg)
+    with torch.random.fork_rng(devices=[]):  # the adapter's initial A from init_seed, not the global RNG
+        torch.manual_seed(opts.init_seed)
+        model = peft.get_peft_model(model, cfg)
     if opts.adapter:
         load_adapter(model, opts.adapter)
     return model
