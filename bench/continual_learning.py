@@ -7,10 +7,13 @@ prompts (``k m p =`` -> ``; 7``) it does not know. Two runs of the core loop, bo
 same base:
 
 1. **SFT on the facts** (``[student] lora_r``, ``[rollout] sampler = "reference"``, ``estimator =
-   "nll"``, ``[teacher] scorer = "none"``), ``--sft-steps``;
+   "nll"``, ``[teacher] scorer = "none"``), ``--sft-steps``. ``--sft-behaviour-share`` of the
+   SFT rows are SumChain traces (default 1%), as the Thinking Machines experiment mixed chat data
+   into its documents: with none, SFT wipes the behaviour out and self-distillation takes the facts
+   with it (see the README);
 2. **self-distillation** (``configs/self_distill_lora.toml``: ``[student] adapter`` = run 1,
    ``[teacher] scorer = "base_model"``, on-policy, full-vocabulary reverse KL) on the behaviour's
-   prompts only, ``--distill-steps``.
+   prompts only, ``--distill-steps`` at ``--distill-lr``.
 
 Both metrics are measured (greedy) on the original model, on every checkpoint of both runs and
 on their final models: before SFT, after it, and after self-distillation.
@@ -18,9 +21,9 @@ on their final models: before SFT, after it, and after self-distillation.
     .venv/bin/python bench/continual_learning.py            # seed 0, default size
     .venv/bin/python bench/continual_learning.py --quick    # a smoke-sized run (tests)
 
-Writes ``continual_learning[_quick]_seed{N}.json`` and ``.png`` under ``--out`` (``runs/bench``);
+Writes ``continual_learning[_quick][_TAG]_seed{N}.json`` and ``.png`` under ``--out`` (``runs/bench``);
 the runs and the two eval configs (``opdplug eval RUN --config .../facts_eval.toml``) stay under
-``--out``/continual_learning/seed{N}.
+``--out``/continual_learning/[quick-][TAG-]seed{N}.
 """
 from __future__ import annotations
 
@@ -53,6 +56,7 @@ def run_config(ground, args, output_dir: Path, task: dict, **sections):
     data = {"run": {"output_dir": str(output_dir), "resume": False, "log_every": 1, "threads": args.threads,
                     "batch_size": args.batch, "keep_checkpoints": 1000},
             "student": {"path": str(ground.original_dir), "lora_r": args.lora_r, "lora_alpha": args.lora_alpha,
+                        "init_seed": args.seed,
                         "lora_targets": args.lora_targets.split(",")},
             "task": task}
     for name, table in sections.items():
@@ -93,14 +97,15 @@ def curve(ground, run_dir: Path, start: dict, label: str) -> list:
     return points
 
 
-def verdict(before: dict, after_sft: dict, after_sd: dict, tolerance: float) -> dict:
-    """Whether the claim held: SFT learned facts and eroded the behaviour, self-distillation won
-    back at least half of what was lost and kept the facts within ``tolerance``."""
+def verdict(before: dict, after_sft: dict, after_sd: dict, tolerance: float, facts_tolerance: float) -> dict:
+    """Whether the claim held: SFT learned facts and eroded the behaviour (by more than
+    ``tolerance``), self-distillation won back at least half of what was lost and kept the facts
+    within ``facts_tolerance``."""
     lost = before["behaviour"] - after_sft["behaviour"]
     eroded = lost > tolerance
-    learned = after_sft["facts"] - before["facts"] > tolerance
+    learned = after_sft["facts"] - before["facts"] > facts_tolerance
     restored = eroded and after_sd["behaviour"] - after_sft["behaviour"] >= lost / 2
-    kept = after_sd["facts"] >= after_sft["facts"] - tolerance
+    kept = after_sd["facts"] >= after_sft["facts"] - facts_tolerance
     return {"facts_learned": learned, "behaviour_eroded": eroded, "behaviour_restored": restored,
             "facts_kept": kept, "share_restored": (after_sd["behaviour"] - after_sft["behaviour"]) / lost if eroded else None,
             "reproduced": learned and eroded and restored and kept}
@@ -131,7 +136,7 @@ def plot(result: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (ax, bx, cx) = plt.subplots(1, 3, figsize=(15, 4), gridspec_kw={"width_ratios": [1.1, 1.1, 0.8]})
     names = list(result["stages"])
     xs = range(len(names))
     for offset, metric, color in ((-0.2, "behaviour", "tab:blue"), (0.2, "facts", "tab:orange")):
@@ -140,10 +145,13 @@ def plot(result: dict, path: Path) -> None:
         for x, v in zip(xs, vals):
             ax.text(x + offset, v + 0.01, f"{v:.2f}", ha="center", fontsize=7)
     ax.set_xticks(list(xs), ["before SFT", "after SFT\n(facts, LoRA)", "after self-distillation\n(base as teacher)"], fontsize=8)
-    ax.set_ylim(0, 1.1)
+    ax.set_ylim(0, 1.22)
     ax.set_ylabel("greedy accuracy")
-    ax.set_title(f"seed {result['args']['seed']}: behaviour = SumChain 2..8, facts = {result['args']['facts']} new facts", fontsize=9)
-    ax.legend(fontsize=8)
+    a = result["args"]
+    ax.set_title(f"seed {a['seed']}: behaviour = SumChain 2..8, facts = {a['facts']} new facts\n"
+                 f"SFT {a['sft_steps']} steps (behaviour share {a['sft_behaviour_share']}), self-distillation "
+                 f"{a['distill_steps']} steps at lr {a['distill_lr']}", fontsize=8)
+    ax.legend(fontsize=8, loc="upper center", ncol=2)
     sft, sd = result["curves"]["sft"], result["curves"]["self_distill"]
     shift = sft[-1]["step"]
     for metric, color in (("behaviour", "tab:blue"), ("facts", "tab:orange")):
@@ -156,6 +164,12 @@ def plot(result: dict, path: Path) -> None:
     bx.set_ylim(-0.02, 1.1)
     bx.grid(alpha=0.3)
     bx.legend(fontsize=8)
+    kl = result["self_distill_loss"]
+    cx.plot(range(len(kl)), kl, color="tab:green", lw=1)
+    cx.set_yscale("log")
+    cx.set_xlabel("self-distillation step")
+    cx.set_ylabel("reverse KL to the original weights (loss)")
+    cx.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -169,23 +183,28 @@ def parse_args(argv):
     ap.add_argument("--sft-steps", type=int, default=None, help="SFT steps on the facts (default 200)")
     ap.add_argument("--sft-every", type=int, default=None, help="measure an SFT checkpoint every this many steps")
     ap.add_argument("--sft-lr", type=float, default=1e-3)
-    ap.add_argument("--sft-behaviour-share", type=float, default=0.0,
+    ap.add_argument("--sft-behaviour-share", type=float, default=0.01,
                     help="share of SFT rows that are SumChain reference traces (replay; 0: facts alone)")
-    ap.add_argument("--distill-steps", type=int, default=None, help="self-distillation steps (default 200)")
+    ap.add_argument("--distill-steps", type=int, default=None, help="self-distillation steps (default 100)")
     ap.add_argument("--distill-every", type=int, default=None)
-    ap.add_argument("--distill-lr", type=float, default=1e-3)
+    ap.add_argument("--distill-lr", type=float, default=1e-4)
     ap.add_argument("--batch", type=int, default=32, help="rows per step of both runs")
     ap.add_argument("--lora-r", type=int, default=16)
     ap.add_argument("--lora-alpha", type=float, default=32.0)
     ap.add_argument("--lora-targets", default=",".join(MLP_AND_ATTENTION), help="comma-separated module names")
-    ap.add_argument("--eval-n", type=int, default=None, help="held-out SumChain prompts per length (default 50)")
-    ap.add_argument("--tolerance", type=float, default=0.02, help="a metric moved if it moved more than this (2 points: about 7 of the 350 behaviour prompts)")
+    ap.add_argument("--eval-n", type=int, default=None, help="held-out SumChain prompts per length (default 100)")
+    ap.add_argument("--tolerance", type=float, default=0.02, help="a metric moved if it moved more than this (2 points: 14 of the 700 behaviour prompts)")
+    ap.add_argument("--facts-tolerance", type=float, default=0.05,
+                    help="facts count as kept if they fell by at most this (5 points: 3 of 64 facts)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads")
+    ap.add_argument("--tag", default="", help="a name for a non-default setting: continual_learning_TAG_seedN.json")
     ap.add_argument("--out", default=str(ROOT / "runs" / "bench"))
     args = ap.parse_args(argv)
+    if args.tag and not args.tag.replace("-", "").replace(".", "").isalnum():
+        raise ConfigError(f"--tag must be letters, digits, '-' and '.', got {args.tag!r}")
     defaults = dict(facts=8 if args.quick else 64, sft_steps=4 if args.quick else 200, sft_every=2 if args.quick else 50,
-                    distill_steps=4 if args.quick else 200, distill_every=2 if args.quick else 50,
-                    eval_n=4 if args.quick else 50)
+                    distill_steps=4 if args.quick else 100, distill_every=2 if args.quick else 10,
+                    eval_n=4 if args.quick else 100)
     for k, v in defaults.items():
         if getattr(args, k) is None:
             setattr(args, k, v)
@@ -205,7 +224,8 @@ def main(argv=None) -> dict:
     t0 = time.perf_counter()
     torch.set_num_threads(args.threads)
     out = Path(args.out)
-    work = out / "continual_learning" / f"{'quick-' if args.quick else ''}seed{args.seed}"
+    prefix = "".join(f"{t}-" for t in ("quick" if args.quick else "", args.tag) if t)
+    work = out / "continual_learning" / f"{prefix}seed{args.seed}"
     if work.exists():
         shutil.rmtree(work)
     try:
@@ -223,7 +243,7 @@ def main(argv=None) -> dict:
     after_sd = ground.measure(sd.final_model_dir)
     stages = {"before SFT (original weights)": before, f"after SFT on facts ({args.sft_steps} steps)": after_sft,
               f"after self-distillation ({args.distill_steps} steps)": after_sd}
-    v = verdict(before, after_sft, after_sd, args.tolerance)
+    v = verdict(before, after_sft, after_sd, args.tolerance, args.facts_tolerance)
     line = headline(before, after_sft, after_sd, v, args)
     wall = time.perf_counter() - t0
     result = {"args": vars(args), "original": str(ground.original_dir), "stages": stages, "verdict": v, "headline": line,
@@ -232,7 +252,7 @@ def main(argv=None) -> dict:
               "wall_seconds": wall}
     print_table(stages)
     out.mkdir(parents=True, exist_ok=True)
-    stem = f"continual_learning{'_quick' if args.quick else ''}_seed{args.seed}"
+    stem = "_".join(["continual_learning", *(t for t in ("quick" if args.quick else "", args.tag) if t), f"seed{args.seed}"])
     (out / f"{stem}.json").write_text(json.dumps(result, indent=1))
     plot(result, out / f"{stem}.png")
     print(f"wrote {out / (stem + '.json')} and {out / (stem + '.png')} ({wall:.0f} s)")
