@@ -5,8 +5,9 @@ without a draft) for the auxiliary hidden states, the draft vocabulary's log-pro
 and each token's log-prob; the local reference here is a plain Hugging Face forward. Both are
 compared to 1e-4 on targets of the three supported families; a head trained a few steps on the
 served features follows the loss curve of the same head trained on the local ones to 1e-4
-relative, by hand and through the core loop (``served_feature_scores`` plugged into
-``opd_score`` ahead of the kind's local capture). Runs against the in-process stand-in (default suite) and a real SGLang 0.5.23 server
+relative, by hand and through the core loop run from its config alone (``[drafter.eagle3]
+features = "sglang"``, ``features_urls``); a server set up otherwise is refused before the run
+starts. Runs against the in-process stand-in (default suite) and a real SGLang 0.5.23 server
 (the ``sglang`` lane, ``make test-sglang``).
 """
 import pytest
@@ -14,7 +15,6 @@ import torch
 
 pytest.importorskip("opdplug_sglang")
 
-from opdplug import hookimpl  # noqa: E402
 from opdplug.errors import ConfigError, PreflightError  # noqa: E402
 from opdplug_drafters.eagle3.config import sglang_layer_ids  # noqa: E402
 from opdplug_drafters.eagle3.served import served_source, sglang_capture  # noqa: E402
@@ -149,28 +149,6 @@ def test_a_server_without_capture_is_refused(tmp_path):
                            torch.ones(1, 4, dtype=torch.long), (0, 1, 2), torch.arange(8))
 
 
-class ServedScorePlugin:
-    """The EAGLE-3 score stage taken from a server: ``served_feature_scores`` plugged into the
-    core loop's ``opd_score`` ahead of the kind's own (local) capture."""
-
-    def __init__(self, url: str):
-        self.url, self.source = url, None
-
-    def _source(self, ctx, head):
-        if self.source is None:
-            self.source = served_source([self.url], head.aux_layers, hidden_size=head.config.hidden_size,
-                                        vocab_size=head.config.vocab_size)
-        return self.source
-
-    @hookimpl(tryfirst=True)
-    def opd_score(self, ctx, batch):
-        from opdplug_drafters.eagle3.served import served_feature_scores
-        from opdplug_drafters.eagle3.stages import Eagle3Stages
-
-        head = Eagle3Stages.head(ctx)
-        return served_feature_scores(self._source(ctx, head), batch, head.aux_layers, head.draft_to_target_Vd)
-
-
 @pytest.fixture(scope="module")
 def sumchain_target(tmp_path_factory):
     from opdplug_drafters.eagle3.toy import toy_target
@@ -187,26 +165,79 @@ def sumchain_server(request, sumchain_target):
     running.stop()
 
 
+def _loop_config(target, out, **options):
+    from opdplug_drafters.eagle3 import eagle3_config
+
+    return eagle3_config(
+        target, out,
+        run={"steps": 4, "batch_size": 4, "lr": 3e-3, "warmup_steps": 1, "progress": False},
+        options={"variant": "eagle3.1", "ttt_steps": 3, "draft_vocab_size": 20, "max_new_tokens": 8,
+                 "vocab_prompts": 16, "eval_prompts": 4, "eval_every": 2, "aux_layers": list(AUX), **options},
+        task={"name": "sumchain", "options": {"max_len": 4}},
+    )
+
+
 def test_core_loop_run_on_served_features_follows_the_local_run(sumchain_target, sumchain_server, tmp_path):
-    """An EAGLE-3.1 head trained by the core loop whose score stage is the server's follows the
-    loss curve of the same run with the local capture to 1e-4 relative."""
+    """An EAGLE-3.1 head trained by the core loop with ``[drafter.eagle3] features = "sglang"``
+    (the config alone: the score stage, the held-out proxies and the pre-flight check ask the
+    server) follows the loss curve and the held-out proxies of the same run with the local
+    capture to 1e-4 relative."""
+    from opdplug_drafters.eagle3 import train_eagle3
+
+    want = train_eagle3(_loop_config(sumchain_target, tmp_path / "local"))
+    before = getattr(sumchain_server, "requests", None)
+    got = train_eagle3(_loop_config(sumchain_target, tmp_path / "served", features="sglang",
+                                    features_urls=[sumchain_server.url], features_batch_size=3))
+    if before is not None:  # the stand-in counts its requests: the server did the scoring
+        assert sumchain_server.requests > before
+    losses = [[m["loss"] for m in r.history] for r in (want, got)]
+    assert len(losses[1]) == len(losses[0]) == 4 and losses[0][-1] < losses[0][0]
+    torch.testing.assert_close(torch.tensor(losses[1]), torch.tensor(losses[0]), rtol=1e-4, atol=1e-6)
+    evals = [[(e["loss"], e["accept_len"]) for e in r.evals] for r in (want, got)]
+    assert len(evals[1]) == len(evals[0]) == 2
+    torch.testing.assert_close(torch.tensor(evals[1]), torch.tensor(evals[0]), rtol=1e-4, atol=1e-6)
+
+
+def test_served_features_are_checked_before_the_run_starts(sumchain_target, tmp_path):
+    """A server that does not capture the head's layers, or no server at all, is one line
+    before the target samples anything; nothing is written."""
+    from opdplug.errors import RemoteError
+    from opdplug_drafters.eagle3 import train_eagle3
+    from opdplug_sglang.testing.reference_server import ReferenceServer
+
+    with ReferenceServer(str(sumchain_target)) as plain:  # no aux capture
+        out = tmp_path / "plain"
+        with pytest.raises(PreflightError, match="does not return EAGLE-3 auxiliary hidden states") as info:
+            train_eagle3(_loop_config(sumchain_target, out, features="sglang", features_urls=[plain.url]))
+        assert "\n" not in str(info.value) and plain.requests == 0 and not out.exists()
+    with ReferenceServer(str(sumchain_target), aux_layer_ids=[0, 1]) as other:  # other layers
+        with pytest.raises(PreflightError, match=r"captures layer ids \[0, 1\], the head reads \[0, 1, 2\]"):
+            train_eagle3(_loop_config(sumchain_target, tmp_path / "other", features="sglang", features_urls=[other.url]))
+    out = tmp_path / "down"
+    with pytest.raises(RemoteError) as info:  # nothing listens there
+        train_eagle3(_loop_config(sumchain_target, out, features="sglang", features_urls=["http://127.0.0.1:9"],
+                                  features_retry_budget_s=0.5))
+    assert "\n" not in str(info.value) and not out.exists()
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"features": "sglang"}, "features = 'sglang' needs features_urls"),
+    ({"features": "sglang", "features_urls": ["ftp://host"]}, "'ftp://host' is not a server URL"),
+    ({"features": "sglang", "features_urls": "http://127.0.0.1:30000"}, "features_urls must be a list"),
+    ({"features_urls": ["http://127.0.0.1:30000"]}, "features_urls is given but features = 'local'"),
+    ({"features": "remote"}, "features = 'remote' is not allowed"),
+    ({"features": "sglang", "features_urls": ["http://h:1"], "features_batch_size": 0}, "features_batch_size must be >= 1"),
+])
+def test_bad_feature_options_are_one_line(options, message, tmp_path):
+    config = tmp_path / "run.toml"
+    table = "\n".join(f"{k} = {v!r}".replace("'", '"') for k, v in options.items())
+    config.write_text(f'[run]\noutput_dir = "{tmp_path / "out"}"\n[teacher]\npath = "{tmp_path}"\n'
+                      f'[drafter]\nkind = "eagle3"\n[drafter.eagle3]\n{table}\n')
+    from opdplug.cli import load_config
     from opdplug.manager import make_plugin_manager
-    from opdplug_drafters.eagle3 import eagle3_config, train_eagle3
+    from opdplug.prepare import validate
 
-    def run(name, plugins):
-        manager = make_plugin_manager(plugins)
-        config = eagle3_config(
-            sumchain_target, tmp_path / name, manager=manager,
-            run={"steps": 4, "batch_size": 4, "lr": 3e-3, "warmup_steps": 1, "progress": False},
-            options={"variant": "eagle3.1", "ttt_steps": 3, "draft_vocab_size": 20, "max_new_tokens": 8,
-                     "vocab_prompts": 16, "eval_prompts": 0, "eval_every": 0, "aux_layers": list(AUX)},
-            task={"name": "sumchain", "options": {"max_len": 4}},
-        )
-        return [m["loss"] for m in train_eagle3(config, manager).history]
-
-    plugin = ServedScorePlugin(sumchain_server.url)
-    want = run("local", [])
-    got = run("served", [plugin])
-    assert plugin.source is not None and plugin.source.tokens > 0  # the server did the scoring
-    assert len(got) == len(want) == 4 and want[-1] < want[0]
-    torch.testing.assert_close(torch.tensor(got), torch.tensor(want), rtol=1e-4, atol=1e-6)
+    manager = make_plugin_manager()
+    with pytest.raises(ConfigError, match=message) as info:
+        validate(load_config(str(config), manager), manager)
+    assert "\n" not in str(info.value) and "drafter.eagle3" in str(info.value) and not (tmp_path / "out").exists()

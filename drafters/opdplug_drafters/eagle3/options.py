@@ -4,7 +4,8 @@ checkpoints, logging) is the ``[run]`` table every opdplug run has: the head tra
 loop (``stages``)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+import urllib.parse
+from dataclasses import dataclass, field
 from typing import Literal, Optional
 
 from opdplug.errors import ConfigError
@@ -62,6 +63,21 @@ class Eagle3Options:
     """Measure the proxies on them every this many optimizer steps (and after the last); 0: never."""
     init_from_target: bool = True
     """Warm-start ``lm_head`` (draft rows) and ``norm`` from the target's lm-head and final norm."""
+    features: Literal["local", "sglang"] = "local"
+    """Where the target's features come from (the score stage, the held-out proxies' batch and
+    the pre-flight check). ``local``: a forward of ``[teacher] path``. ``sglang``: SGLang servers
+    serving that same target in capture-only mode (``features_urls``; their flags are
+    ``opdplug_sglang.features.server_flags`` of the head's SGLang layer ids), checked through
+    ``/server_info`` before the target is sampled: aux capture on, the head's layer ids, radix
+    cache off. The local copy still gives the head its embedding and lm-head warm start, the
+    draft vocabulary's counts and, with ``data = "target"``, the samples."""
+    features_urls: list[str] = field(default_factory=list)
+    """The servers of ``features = "sglang"`` (e.g. ``["http://127.0.0.1:30000"]``); requests are
+    spread over them."""
+    features_batch_size: int = 8
+    """Sequences per request to a feature server."""
+    features_retry_budget_s: float = 60.0
+    """Seconds a failing feature request (or the up-front check) is retried before the run stops."""
 
     def __post_init__(self) -> None:
         from .config import head_norms
@@ -74,6 +90,25 @@ class Eagle3Options:
             raise ConfigError(f"eagle3 needs temperature >= 0 (0: greedy), got {self.temperature}")
         if self.max_new_tokens < 1 or self.eval_every < 0 or self.eval_prompts < 0 or self.vocab_prompts < 1:
             raise ConfigError("eagle3 needs max_new_tokens >= 1, vocab_prompts >= 1, eval_prompts >= 0 and eval_every >= 0")
+        self._check_features()
+
+    def _check_features(self) -> None:
+        if self.features not in ("local", "sglang"):
+            raise ConfigError(f"drafter.options.features must be 'local' or 'sglang', got {self.features!r}")
+        if self.features == "local":
+            if self.features_urls:
+                raise ConfigError("drafter.options.features_urls is given but features = 'local'; "
+                                  "set features = 'sglang' to take the features from those servers")
+            return
+        if not self.features_urls:
+            raise ConfigError("drafter.options.features = 'sglang' needs features_urls, e.g. [\"http://127.0.0.1:30000\"]")
+        for url in self.features_urls:
+            parts = urllib.parse.urlsplit(url if isinstance(url, str) else "")
+            if not isinstance(url, str) or parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ConfigError(f"drafter.options.features_urls: {url!r} is not a server URL; "
+                                  f"write it like http://127.0.0.1:30000")
+        if self.features_batch_size < 1 or self.features_retry_budget_s < 0:
+            raise ConfigError("drafter.options.features_batch_size must be >= 1 and features_retry_budget_s >= 0")
 
 
 def moved_keys_error(table: dict, where: str) -> None:

@@ -38,14 +38,20 @@ def _batch_class():
 
 
 def served_source(urls: Sequence[str], aux_layers: Sequence[int], *, hidden_size: int, batch_size: int = 8,
-                  vocab_size: Optional[int] = None, check: bool = True):
+                  vocab_size: Optional[int] = None, check: bool = True, retry_budget_s: Optional[float] = None):
     """An ``SGLangFeatureSource`` for servers capturing HF hidden-state indices ``aux_layers``
-    (SGLang ids one lower), checked at once (``check``: one line if a server is set up otherwise)."""
-    from opdplug_sglang.client import SGLangClient
-    from opdplug_sglang.features import SGLangFeatureSource
+    (SGLang ids one lower), checked at once (``check``: one line if a server is set up otherwise).
+    ``retry_budget_s``: seconds a failing request is retried (default: the client's)."""
+    try:
+        from opdplug_sglang.client import RetryPolicy, SGLangClient
+        from opdplug_sglang.features import SGLangFeatureSource
+    except ImportError as exc:
+        raise ConfigError(f"EAGLE-3 features from an SGLang server need opdplug-sglang "
+                          f"(pip install -e integrations/sglang): {exc}") from None
 
-    source = SGLangFeatureSource(SGLangClient(list(urls)), sglang_layer_ids(aux_layers), len(aux_layers) * int(hidden_size),
-                                 batch_size=batch_size, vocab_size=vocab_size)
+    policy = RetryPolicy() if retry_budget_s is None else RetryPolicy(budget_s=float(retry_budget_s))
+    source = SGLangFeatureSource(SGLangClient(list(urls), policy), sglang_layer_ids(aux_layers),
+                                 len(aux_layers) * int(hidden_size), batch_size=batch_size, vocab_size=vocab_size)
     if check:
         source.check()
     return source

@@ -12,7 +12,10 @@ resume, metrics and progress like any student.
   ``max_new_tokens``), one seed per global row, so the data does not depend on the processes;
   or, with ``data = "rollout"``, the configured ``[rollout] sampler`` (e.g. the task's answers);
 * score: feature capture (``capture.feature_scores``): the target's auxiliary hidden states and
-  its next-token distribution over the draft vocabulary;
+  its next-token distribution over the draft vocabulary; with ``features = "sglang"`` from
+  SGLang servers serving the same target (``served.served_feature_scores``, the servers checked
+  in ``load_models`` before the target samples anything), for the held-out proxies and the
+  pre-flight check too;
 * student forward + loss: the TTT unroll and its token-summed loss (``ttt_loss.token_sum``),
   which the loop divides by the step's global count of completion tokens;
 * step end: the per-step proxies (``ttt/*``) and, every ``eval_every`` steps, the same on
@@ -90,6 +93,8 @@ class RunState:
 
     options: Eagle3Options
     eval_batch: Optional[Batch] = None
+    source: Optional[Any] = None
+    """With ``features = "sglang"``: the checked ``SGLangFeatureSource`` (``served.served_source``)."""
 
 
 def choose_vocab(target, task, tokenizer, options: Eagle3Options, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -157,6 +162,13 @@ class Eagle3Stages:
         tokenizer = local.load_tokenizer(config.teacher.path)
         num_layers = int(target.config.num_hidden_layers)
         aux = check_aux_layers(options.aux_layers or default_aux_layers(num_layers), num_layers)
+        if options.features == "sglang":  # checked before anything is sampled: one line if a server is set up otherwise
+            from .served import served_source
+
+            self.state(ctx).source = served_source(
+                options.features_urls, aux, hidden_size=int(target.config.hidden_size),
+                batch_size=options.features_batch_size, vocab_size=int(target.config.vocab_size),
+                retry_budget_s=options.features_retry_budget_s)
         # The kernel builds the run's task after loading; the vocabulary needs one now (same seed).
         task = build_task(ctx.registry, config.task.name, config.task.options, tokenizer)
         d2t, t2d = choose_vocab(target, task, tokenizer, options, config.run.seed)
@@ -184,8 +196,7 @@ class Eagle3Stages:
         prompts = ctx.task.prompts(state.options.eval_prompts, seed=seed, split="eval")
         sample = generate(ctx.teacher, prompts, state.options, eos_id=stop_token_ids(ctx.tokenizer, ctx.teacher),
                           pad_id=pad_id_of(ctx.tokenizer), seed=seed * 31 + 17)
-        head = self.head(ctx)
-        state.eval_batch = target_batch(ctx.teacher, sample, head.aux_layers, head.draft_to_target_Vd)
+        state.eval_batch = self.captured(ctx, sample)
 
     def preflight(self, ctx) -> dict:
         """What ``opdplug check`` prints about the head, and a finite TTT loss on one target batch."""
@@ -196,8 +207,7 @@ class Eagle3Stages:
         sample = generate(ctx.teacher, prompts, options, eos_id=stop_token_ids(ctx.tokenizer, ctx.teacher),
                           pad_id=pad_id_of(ctx.tokenizer), seed=0)
         with torch.no_grad():
-            loss, _ = ttt_loss(head, target_batch(ctx.teacher, sample, head.aux_layers, head.draft_to_target_Vd),
-                               options.ttt_steps, options.step_decay)
+            loss, _ = ttt_loss(head, self.captured(ctx, sample), options.ttt_steps, options.step_decay)
         if not torch.isfinite(loss):
             raise PreflightError(f"the EAGLE-3 head's TTT loss on the target's own samples is {float(loss)} before training")
         return {"eagle3": {"aux_layers": list(head.aux_layers), "sglang_layer_ids": sglang_layer_ids(head.aux_layers),
@@ -229,8 +239,23 @@ class Eagle3Stages:
         loss_mask_B_L[:, :2] = 0
         return batch.replace(loss_mask_B_L=loss_mask_B_L)
 
+    def captured(self, ctx, sample) -> Batch:
+        """The target's features of the target's own ``sample`` (held-out proxies, pre-flight),
+        from the local target or the feature servers, as the score stage takes them."""
+        head, source = self.head(ctx), self.state(ctx).source
+        if source is None:
+            return target_batch(ctx.teacher, sample, head.aux_layers, head.draft_to_target_Vd)
+        from .served import sglang_capture
+
+        return sglang_capture(source, sample.input_ids_B_L, sample.attention_mask_B_L, sample.completion_mask_B_L,
+                              head.aux_layers, head.draft_to_target_Vd)[0]
+
     def score(self, ctx, batch):
-        head = self.head(ctx)
+        head, source = self.head(ctx), self.state(ctx).source
+        if source is not None:
+            from .served import served_feature_scores
+
+            return served_feature_scores(source, batch, head.aux_layers, head.draft_to_target_Vd)
         return feature_scores(ctx.teacher, batch, head.aux_layers, head.draft_to_target_Vd)
 
     def student_forward(self, ctx, batch) -> HeadForward:
