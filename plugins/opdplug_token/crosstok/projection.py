@@ -207,16 +207,9 @@ def ended_corrections(proj: Projection, rows: list, inner: TeacherScores) -> dic
     unlikely, the next one ("." after " 3": the teacher is sure the number ended) too likely, so a
     per-chunk estimator pushes the student to end numbers early. ``chunk_lp + e_c - e_{c-1}`` is
     the teacher's log-prob of the chunk's bytes given the text before it, with the same sequence
-    total (e is 0 after an end of turn).
-
-    P_text(text through x) is taken along the teacher's tokens of the text: their probability
-    up to x, plus, for each of those tokens that starts at y <= x, the probability of the tokens
-    up to y times that of the teacher tokens at y that begin with the bytes y..x and go on past x
-    (``Projection.extensions``: where the student has a boundary at x). Over the full vocabulary
-    when the scores are dense, else over the top-k (continuations outside it are missed)."""
+    total (e is 0 after an end of turn). ``text_prefix`` says how P_text is taken."""
     out: dict[int, torch.Tensor] = {}
-    need: list[tuple[int, int, int, tuple]] = []  # (b, chunk, start teacher index i, extensions)
-    spans: dict[tuple[int, int], tuple[int, int]] = {}  # (b, chunk) -> (first i, last k)
+    queries, where = [], []
     for b, r in enumerate(rows):
         if r.failed:
             continue
@@ -224,48 +217,78 @@ def ended_corrections(proj: Projection, rows: list, inner: TeacherScores) -> dic
         last: dict[int, int] = {}
         for k, c in enumerate(r.teacher_chunks):
             last[c] = k
-        pieces = [proj.bytes_of(t) for t in r.teacher_completion]
         for c, k in last.items():
-            if r.teacher_completion[k] == proj.ends[1] or pieces[k] is None:
-                continue
-            written = b""
-            for i in range(k, -1, -1):
-                if pieces[i] is None:
-                    break
-                written = pieces[i] + written
-                if proj.longest_teacher and len(written) >= proj.longest_teacher:
-                    break  # no teacher token is long enough to start at i and go on past the end
-                ext = proj.extensions(written)
-                if ext:
-                    need.append((b, c, i, ext))
-                    spans[(b, c)] = (i, k)
-    if not need:
-        return out
-    Pt = {b: len(r.teacher_prompt) for b, r in enumerate(rows)}
+            queries.append((b, k, None))
+            where.append((b, c))
+    for (b, c), (f, whole) in zip(where, text_prefix(proj, rows, inner, queries)):
+        out[b][c] = f - whole if math.isfinite(f) and math.isfinite(whole) else 0.0
+    return out
+
+
+def text_prefix(proj: Projection, rows: list, inner: TeacherScores, queries: list) -> list[tuple[float, float]]:
+    """For each query ``(b, k, cut)``: the teacher's log-probability that row ``b``'s completion
+    begins with the bytes of its teacher tokens before ``k`` and the first ``cut`` bytes of token
+    ``k`` (``cut`` None: all of it), and the log-prob of the teacher's tokens through ``k``.
+
+    P_text is taken along the teacher's tokens of the text: for each of those tokens ``i <= k``,
+    the probability of the tokens before ``i`` times the mass of the teacher tokens at ``i`` that
+    begin with the bytes from ``i``'s start to the cut and go on past it, where the student's
+    tokenizer has a boundary at the cut (``Projection.extensions``; inside ``k``, ``k`` itself
+    too); at the end of ``k``, plus the probability of the tokens through ``k``. Over the full
+    vocabulary when the scores are dense, else over the top-k (``k``'s own log-prob is always
+    known); continuations outside it are missed."""
     token_lp = inner.token_logprobs_B_L.double().cpu()
-    masses: list[float] = []
-    if inner.is_dense:
+    need: list[tuple[int, int, int, tuple, float]] = []  # (query, b, teacher position, ids, log P(tokens before))
+    terms: list[list[float]] = []
+    wholes: list[float] = []
+    for q, (b, k, cut) in enumerate(queries):
+        r = rows[b]
+        Pt = len(r.teacher_prompt)
+        A = [0.0] + token_lp[b, Pt:Pt + k].cumsum(0).tolist()  # A[i]: log P(the tokens before i)
+        whole = A[k] + float(token_lp[b, Pt + k])
+        wholes.append(whole)
+        w = r.teacher_completion[k]
+        piece = proj.bytes_of(w)
+        inside = cut is not None and piece is not None and cut < len(piece)
+        terms.append([] if inside else [whole])
+        if w == proj.ends[1] or piece is None:
+            continue
+        written = piece[:cut] if inside else piece
+        for i in range(k, -1, -1):
+            if i < k:
+                p = proj.bytes_of(r.teacher_completion[i])
+                if p is None:
+                    break
+                written = p + written
+            ext = proj.extensions(written)
+            if inside and i == k:
+                ext = tuple(t for t in ext if t != w) + (w,)
+            if ext:
+                need.append((q, b, Pt + i, ext, A[i]))
+            if proj.longest_teacher and len(written) >= proj.longest_teacher:
+                break  # no teacher token starting further back is long enough to go on past the cut
+    if need and inner.is_dense:
         h = inner.hidden_B_L_H
         for at in range(0, len(need), 256):
             part = need[at:at + 256]
-            bs = torch.tensor([n[0] for n in part], dtype=torch.long, device=h.device)
-            ps = torch.tensor([Pt[n[0]] + n[2] for n in part], dtype=torch.long, device=h.device)
+            bs = torch.tensor([n[1] for n in part], dtype=torch.long, device=h.device)
+            ps = torch.tensor([n[2] for n in part], dtype=torch.long, device=h.device)
             logits = (h[bs, ps] @ inner.lm_head_V_H.T).double() / float(inner.temperature)
             logp = torch.log_softmax(logits, dim=-1).cpu()
-            masses += [float(torch.logsumexp(logp[j, list(n[3])], dim=0)) for j, n in enumerate(part)]
-    elif inner.topk_ids_B_L_K is not None and inner.topk_logprobs_B_L_K is not None:
+            for j, (q, _, _, ext, a) in enumerate(part):
+                terms[q].append(a + float(torch.logsumexp(logp[j, list(ext)], dim=0)))
+    elif need and inner.topk_ids_B_L_K is not None and inner.topk_logprobs_B_L_K is not None:
         ids, lps = inner.topk_ids_B_L_K.cpu(), inner.topk_logprobs_B_L_K.double().cpu()
-        for b, c, i, ext in need:
-            wanted, pos = set(ext), Pt[b] + i
-            masses.append(_logsumexp([float(lp) for t, lp in zip(ids[b, pos].tolist(), lps[b, pos]) if t in wanted]))
-    else:
-        return out
-    terms: dict[tuple[int, int], list[float]] = {}
-    for (b, c, i, _), m in zip(need, masses):
-        k = spans[(b, c)][1]
-        # log [P(tokens before i) * mass] - log P(tokens through k)
-        terms.setdefault((b, c), []).append(m - float(token_lp[b, Pt[b] + i:Pt[b] + k + 1].sum()))
-    for (b, c), ts in terms.items():
-        total = _logsumexp(ts + [0.0])
-        out[b][c] = total if math.isfinite(total) else 0.0
-    return out
+        for q, b, pos, ext, a in need:
+            wanted = set(ext)
+            found = {t: float(lp) for t, lp in zip(ids[b, pos].tolist(), lps[b, pos].tolist()) if t in wanted}
+            own = rows[b].teacher_completion[pos - len(rows[b].teacher_prompt)]
+            if own in wanted:  # the token actually there: its log-prob is known even outside the top-k
+                found[own] = float(token_lp[b, pos])
+            terms[q].append(a + _logsumexp(list(found.values())))
+    elif need:  # no distribution to read the continuations from: whole tokens only
+        for q, b, pos, ext, a in need:
+            own = rows[b].teacher_completion[pos - len(rows[b].teacher_prompt)]
+            if own in ext:
+                terms[q].append(a + float(token_lp[b, pos]))
+    return [(_logsumexp(t), whole) for t, whole in zip(terms, wholes)]

@@ -6,9 +6,12 @@ For each row the conversation is rendered again with the teacher's template (the
 teacher, and the two tokenizations are aligned by byte spans (``spans.align``). The wrapped
 scorer scores the teacher's ids; the scores come back onto the student's positions:
 
-* ``token_logprobs_B_L``: per chunk, the sum of the teacher's log-probs over its tokens (the
-  chain rule), split evenly over the chunk's student tokens; ``token_groups_B_L`` names the
-  chunks, so a sampled-token loss is taken per chunk;
+* ``token_logprobs_B_L``: per chunk, the teacher's log-prob of the chunk's bytes given the text
+  before it: the sum of its log-probs over the chunk's tokens (the chain rule) plus the "token
+  ended" term (``projection.ended_corrections``: a teacher token that ends with the chunk says
+  the text ended there, the student's tokens of the same bytes do not), split evenly over the
+  chunk's student tokens; ``token_groups_B_L`` names the chunks, so a sampled-token loss is
+  taken per chunk; over a whole completion the sum is the chain-rule one;
 * top-k and dense fields at the first student token of each chunk (where both tokenizations
   start a token at the same byte), still in the teacher's vocabulary, with ``vocab_map_2_M``
   for the ``xtok_*`` supports;
