@@ -24,6 +24,7 @@ overridden; everything is written under ``--out``. Prints a table whose last lin
 headline, and writes ``results.json``.
 
     .venv/bin/python bench/conversation_drafters.py                # about 6 minutes on 2 busy cores
+    .venv/bin/python bench/conversation_drafters.py --size large   # the 12-layer target, EAGLE-3 heads, timing
 """
 from __future__ import annotations
 
@@ -41,8 +42,17 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 ROOT = Path(__file__).resolve().parent.parent
-DISTILLSPEC = ("original", "regenerated", "distillspec")
 EAGLE3 = ("eagle3_original", "eagle3_regenerated")
+SIZES = {
+    "small": {"target_size": "96x3", "drafter_size": "48x1", "target_steps": 400, "drafter_steps": 150,
+              "onpolicy_steps": 100, "eagle3_steps": 0, "timing": False},
+    # Speculative decoding pays when a draft step costs a fraction of a target forward: on a CPU
+    # both are per-layer overhead at these widths, so the target gets the built-in SumChain
+    # target's 12 layers (bench/drafters.py) and trains longer.
+    "large": {"target_size": "96x12", "drafter_size": "48x1", "target_steps": 1000, "drafter_steps": 300,
+              "onpolicy_steps": 200, "eagle3_steps": 300, "timing": True},
+}
+"""``--size`` presets; an option given on the command line wins."""
 
 
 def cli(*args: str) -> str:
@@ -79,22 +89,87 @@ def write_config(name: str, out: Path, *, steps: int, batch_size: int) -> tuple[
     return path, config["run"]["output_dir"]
 
 
+def progress(t0: float, what: str) -> None:
+    print(f"[{(time.time() - t0) / 60:5.1f} min] {what}", file=sys.stderr, flush=True)
+
+
+def reused(out: Path, args) -> tuple[dict, dict] | None:
+    """``(target summary, regeneration summary)`` of a finished earlier run in ``out`` (``--reuse``),
+    or None when the fine-tuned target or the regenerated file is missing."""
+    final = out / "runs" / "conversations" / "target" / "final" / "config.json"
+    regenerated = out / "data" / "conversations" / "train_regenerated.jsonl"
+    if not (final.is_file() and regenerated.is_file()):
+        return None
+    metrics = [json.loads(line) for line in (final.parent.parent / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    rows = [json.loads(line) for line in regenerated.read_text().splitlines() if line.strip()]
+    if len(rows) != args.train or metrics[-1]["step"] + 1 != args.target_steps:
+        return None  # a cut run: start over
+    turns = sum(len((r.get("regenerated") or {}).get("turns") or []) if isinstance((r.get("regenerated") or {}).get("turns"), list)
+                else int((r.get("regenerated") or {}).get("turns") or 0) for r in rows)
+    return {"last_loss": metrics[-1]["loss"], "reused": True}, {"written": len(rows), "turns": turns, "reused": True}
+
+
+def print_table(out: Path) -> int:
+    """The rows of every ``results*.json`` in ``out`` (``--table``: runs split with ``--only``)."""
+    merged, setup = {}, None
+    for path in sorted(out.glob("results*.json"), key=lambda p: p.stat().st_mtime):  # the newest row of a drafter wins
+        data = json.loads(path.read_text())
+        setup = setup or data
+        merged.update(data["drafters"])
+    if setup is None:
+        raise SystemExit(f"no results*.json in {out}")
+    args = setup["setup"]
+    print(f"target: Qwen2 {args['target_size']}, SFT {args['target_steps']} steps (last loss {setup['target']['last_loss']:.3f}); "
+          f"{setup['regenerate']['written']} conversations regenerated; k = 4, {args['prompts']} held-out prompts")
+    print(f"{'drafter':<18} {'T':>3} {'B':>3} {'acc.len':>8} {'1-TVD pred':>11} {'uncut':>6} {'speed-up':>9} "
+          f"{'tok/s':>6} {'target':>6}  per-position acceptance (measured / predicted)")
+    order = [n for n in EAGLE3 + ("original", "distillspec", "regenerated") if n in merged]
+    for name in order:
+        for r in merged[name]:
+            speed = f"{r['speedup']:.2f}x" if r.get("speedup") else "-"
+            rates = " ".join(f"{m:.2f}/{q:.2f}" for m, q in zip(r["position_acceptance"], r["predicted_position_acceptance"]))
+            print(f"{name:<18} {r['temperature']:>3g} {r['batch_size']:>3} {r['acceptance_length']:>8.2f} "
+                  f"{r['closed_form_acceptance_length']:>11.2f} {r['acceptance_length_uncut']:>6.2f} {speed:>9} "
+                  f"{(r.get('tokens_per_s') or float('nan')):>6.0f} {(r.get('target_tokens_per_s') or float('nan')):>6.0f}  {rates}")
+    greedy = {n: next(r for r in merged[n] if r["temperature"] == 0 and r["batch_size"] == 1)["acceptance_length"] for n in order}
+    print("headline (T = 0, B = 1, acceptance length): " + ", ".join(f"{n} {v:.2f}" for n, v in greedy.items()))
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="runs/bench_conversations", help="working directory (default runs/bench_conversations)")
     parser.add_argument("--train", type=int, default=2000, help="training conversations (default 2000)")
     parser.add_argument("--eval", type=int, default=100, help="held-out conversations (default 100)")
-    parser.add_argument("--target-size", default="96x3", help="target hidden x layers (default 96x3)")
-    parser.add_argument("--drafter-size", default="48x1", help="drafter hidden x layers (default 48x1)")
-    parser.add_argument("--target-steps", type=int, default=400)
-    parser.add_argument("--drafter-steps", type=int, default=150, help="steps of the original- and regenerated-data drafters")
-    parser.add_argument("--onpolicy-steps", type=int, default=100, help="on-policy steps after the original-data drafter")
-    parser.add_argument("--eagle3-steps", type=int, default=0, help="also train EAGLE-3 heads this many steps (0: none)")
+    parser.add_argument("--size", choices=sorted(SIZES), default="small",
+                        help="preset of the options below (small: minutes; large: a 12-layer target, EAGLE-3 heads, timing)")
+    parser.add_argument("--target-size", help="target hidden x layers (small 96x3, large 96x12)")
+    parser.add_argument("--drafter-size", help="drafter hidden x layers (48x1)")
+    parser.add_argument("--target-steps", type=int, help="target fine-tuning steps (small 400, large 1000)")
+    parser.add_argument("--drafter-steps", type=int, help="steps of the original- and regenerated-data drafters (small 150, large 300)")
+    parser.add_argument("--onpolicy-steps", type=int, help="on-policy steps after the original-data drafter (small 100, large 200)")
+    parser.add_argument("--eagle3-steps", type=int, help="also train EAGLE-3 heads this many steps (small 0: none, large 300)")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--prompts", type=int, default=64, help="held-out conversation prompts per evaluation")
-    parser.add_argument("--timing", action="store_true", help="also time speculative against target-only decoding")
+    parser.add_argument("--timing", action=argparse.BooleanOptionalAction, default=None,
+                        help="also time speculative against target-only decoding (small: off, large: on)")
+    parser.add_argument("--reps", type=int, help="timed repetitions per measurement (small 3, large 1)")
+    parser.add_argument("--only", help="comma-separated drafters to train and evaluate (default all; 'distillspec' needs 'original' "
+                                       "done first); results go to results-NAMES.json, merged by --table")
+    parser.add_argument("--reuse", action="store_true",
+                        help="keep the fine-tuned target and the regenerated file of an earlier run in --out with the same sizes")
+    parser.add_argument("--table", action="store_true", help="only print the table of every results*.json in --out")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    for key, value in SIZES[args.size].items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    if args.table:
+        return print_table(Path(args.out).resolve())
+    all_drafters = (EAGLE3 if args.eagle3_steps > 0 else ()) + ("original", "distillspec", "regenerated")
+    only = args.only.split(",") if args.only else None
+    if only and not set(only) <= set(all_drafters):
+        raise SystemExit(f"--only: {sorted(set(only) - set(all_drafters))} not among {', '.join(all_drafters)}")
 
     import torch
 
@@ -106,43 +181,47 @@ def main(argv=None) -> int:
     sys.path.insert(0, str(ROOT / "examples" / "conversations"))
     import build  # examples/conversations/build.py
 
-    with contextlib.redirect_stdout(io.StringIO()):
-        build.main(["--train", str(args.train), "--eval", str(args.eval), "--seed", str(args.seed),
-                    "--target-size", args.target_size, "--drafter-size", args.drafter_size])
-    target = last_json(cli("train", str(write_config("target", out, steps=args.target_steps, batch_size=args.batch_size)[0])))
-    switches = tomllib.loads((ROOT / "configs" / "drafter_conversations_regenerated.toml").read_text())["task"]["options"]["template_kwargs"]
-    regenerated = out / "data" / "conversations" / "train_regenerated.jsonl"
-    regenerated.unlink(missing_ok=True)
-    regen = last_json(cli("drafter", "regenerate", "data/conversations/train.jsonl", str(regenerated), "--target",
-                          "runs/conversations/target/final", "--template-kwargs", json.dumps(switches), "--batch-size", "32",
-                          "--max-new-tokens", "48", "--temperature", "1", "--seed", str(args.seed), "--json"))
+    earlier = reused(out, args) if args.reuse else None
+    if earlier is not None:
+        target, regen = earlier
+        progress(t0, "reusing the fine-tuned target and the regenerated conversations")
+    else:
+        with contextlib.redirect_stdout(io.StringIO()):
+            build.main(["--train", str(args.train), "--eval", str(args.eval), "--seed", str(args.seed),
+                        "--target-size", args.target_size, "--drafter-size", args.drafter_size])
+        progress(t0, "data and models built")
+        target = last_json(cli("train", str(write_config("target", out, steps=args.target_steps, batch_size=args.batch_size)[0])))
+        progress(t0, f"target fine-tuned {args.target_steps} steps")
+        switches = tomllib.loads((ROOT / "configs" / "drafter_conversations_regenerated.toml").read_text())["task"]["options"]["template_kwargs"]
+        regenerated = out / "data" / "conversations" / "train_regenerated.jsonl"
+        regenerated.unlink(missing_ok=True)
+        regen = last_json(cli("drafter", "regenerate", "data/conversations/train.jsonl", str(regenerated), "--target",
+                              "runs/conversations/target/final", "--template-kwargs", json.dumps(switches), "--batch-size", "32",
+                              "--max-new-tokens", "48", "--temperature", "1", "--seed", str(args.seed), "--json"))
+        progress(t0, f"regenerated {regen['written']} conversations")
     steps = {"original": args.drafter_steps, "regenerated": args.drafter_steps, "distillspec": args.onpolicy_steps,
              "eagle3_original": args.eagle3_steps, "eagle3_regenerated": args.eagle3_steps}
-    drafters = DISTILLSPEC + (EAGLE3 if args.eagle3_steps > 0 else ())
-    results = {"setup": vars(args), "target": target, "regenerate": regen, "drafters": {}}
+    # The issue's three first (EAGLE-3 on original and on regenerated answers, on-policy
+    # DistillSpec, which starts from the original-data drafter), then the DistillSpec comparison.
+    drafters = [n for n in all_drafters if only is None or n in only]
+    results_path = out / (f"results-{'-'.join(drafters)}.json" if only else "results.json")
+    results = {"setup": vars(args), "target": target, "regenerate": regen, "drafters": {}, "minutes_by_drafter": {}}
+    reps = args.reps or (1 if args.size == "large" else 3)
     for name in drafters:
+        t1 = time.time()
         config, run_dir = write_config(name, out, steps=steps[name], batch_size=args.batch_size)
-        cli("drafter", "train", str(config), "--json")
+        # EAGLE-3: 'opdplug train' is the same training without drafter train's own measurement (done below).
+        cli("train", str(config)) if name in EAGLE3 else cli("drafter", "train", str(config), "--json")
+        progress(t0, f"{name}: trained {steps[name]} steps")
         report = last_json(cli("drafter", "eval", run_dir, "--k", "4", "--batch-sizes", "1,8",
                                "--temperatures", "0,1", "--prompts", str(args.prompts), "--seed", str(args.seed), "--json",
-                               *([] if args.timing else ["--no-timing"])))
+                               "--reps", str(reps), *([] if args.timing else ["--no-timing"])))
         results["drafters"][name] = report["reports"]
-    results["minutes"] = (time.time() - t0) / 60
-    (out / "results.json").write_text(json.dumps(results, indent=1))
-
-    print(f"target: Qwen2 {args.target_size}, SFT {args.target_steps} steps (last loss {target['last_loss']:.3f}); "
-          f"{regen['written']} conversations regenerated ({regen['turns']} turns); k = 4, {args.prompts} held-out prompts")
-    print(f"{'drafter':<18} {'T':>3} {'B':>3} {'acc.len':>8} {'1-TVD pred':>11} {'speed-up':>9}")
-    for name in drafters:
-        for r in results["drafters"][name]:
-            speed = f"{r['speedup']:.2f}x" if r.get("speedup") == r.get("speedup") and r.get("speedup") else "-"
-            print(f"{name:<18} {r['temperature']:>3g} {r['batch_size']:>3} {r['acceptance_length']:>8.2f} "
-                  f"{r['closed_form_acceptance_length']:>11.2f} {speed:>9}")
-    greedy = {n: next(r for r in results["drafters"][n] if r["temperature"] == 0 and r["batch_size"] == 1)["acceptance_length"]
-              for n in drafters}
-    print("headline (T = 0, B = 1, acceptance length): " + ", ".join(f"{n} {v:.2f}" for n, v in greedy.items())
-          + f" ({results['minutes']:.1f} min)")
-    return 0
+        results["minutes_by_drafter"][name] = (time.time() - t1) / 60
+        results["minutes"] = (time.time() - t0) / 60
+        results_path.write_text(json.dumps(results, indent=1))  # after each drafter: a cut run keeps its rows
+        progress(t0, f"{name}: evaluated")
+    return print_table(out) if not only else 0
 
 
 if __name__ == "__main__":
