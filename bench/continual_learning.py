@@ -211,6 +211,10 @@ def parse_args(argv):
     for name in ("facts", "sft_steps", "sft_every", "distill_steps", "distill_every", "eval_n", "batch", "lora_r", "threads"):
         if getattr(args, name) < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    if not 0.0 <= args.sft_behaviour_share < 1.0:
+        raise ConfigError(f"--sft-behaviour-share must be in [0, 1), got {args.sft_behaviour_share}")
+    if args.facts > len(continual_setup.FACT_LABELS) ** 3:
+        raise ConfigError(f"--facts must be at most {len(continual_setup.FACT_LABELS) ** 3} (three of the labels i..p)")
     if args.sft_steps % args.sft_every or args.distill_steps % args.distill_every:
         raise ConfigError("--sft-steps must be a multiple of --sft-every, --distill-steps of --distill-every")
     return args

@@ -51,6 +51,8 @@ def test_quick_bench_measures_both_metrics_at_three_points(tmp_path):
     (["--sft-steps", "5", "--sft-every", "2"], "--sft-steps must be a multiple of --sft-every"),
     (["--facts", "0"], "--facts must be at least 1"),
     (["--sft-behaviour-share", "1"], "--sft-behaviour-share must be in [0, 1)"),
+    (["--facts", "600"], "--facts must be at most 512"),
+    (["--tag", "a/b"], "--tag must be letters"),
 ])
 def test_bad_input_is_one_line(tmp_path, args, message):
     proc = run_bench(tmp_path, "--quick", *args)
