@@ -54,35 +54,8 @@ step 16, a BC step about 65), so ``probe_steps`` steps of it are run first, and 
 measure that (``probe_calls_per_step`` in the JSON). A constant rate left OPD's success at h = 4
 swinging by 0.1 between checkpoints 25 steps apart.
 
-Before the full run, learning curves from the same 400-step warm start (gridnav, eval on 40
-then 100 held-out episodes at h = 4, seed 4321; the teacher scores 0.75 / 0.79 on those):
-OPD at constant lr 1e-3 reached 0.55 after 1,600 calls and 0.63-0.70 after 4,400-4,800;
-with the cosine schedule over 500 steps, 0.71 / 0.77 / 0.73 / 0.72 after 3,200 / 4,800 / 6,400 /
-8,000 calls. BC reached 0.40 after 4,800 calls and 0.50-0.58 after 6,400-9,500.
-
-Measured, full run (8,000 calls per method, 200 episodes per cell, 1,829 s with the teacher
-cached, 2 cores shared with a CI run)::
-
-    model       h=2     h=3     h=4
-    teacher     0.940   0.910   0.845
-    warm start  0.690   0.355   0.290
-    BC          0.805   0.740   0.675     8010 calls in 125 steps
-    OPD         0.865   0.820   0.815     8000 calls in 500 steps
-    DAgger      0.770   0.745   0.645     7977 calls in 265 steps
-    SCoRe       0.655   0.685   0.515     7586 calls in 139 steps
-    headline h=4: teacher 0.84 | best of SCoRe/OPD (OPD) 0.81 | BC 0.68 -> MET
-
-At h = 4, other runs (teacher / OPD / BC):
-- ``--seed 1`` (971 s): 0.845 / 0.770 / 0.585 -> NOT MET (OPD 7.5 points behind);
-- ``--seed 2`` (1,156 s): 0.845 / 0.810 / 0.455 -> MET;
-- seed 0 with a teacher trained in an empty cache by the current code, as a fresh clone does (1,476 s
-  plus 217 s for the teacher): 0.850 / 0.800 / 0.575 -> MET at the edge (5.0 points).
-
-Three of four runs meet the goal; OPD's mean gap is 4.75 points, BC's at least 17.
-
-An earlier ``--reduced`` run (500 calls per method, constant lr, 30 episodes per cell) had
-every student far from the teacher: OPD 0.30, BC 0.23, DAgger 0.10, SCoRe 0.20 at h = 4 against
-the teacher's 0.77.
+The measured tables (full runs over three seeds, the reduced runs, the ``fatal_errors`` variant and
+the learning curves that chose the schedule) are in the README's "Agents" section.
 """
 from __future__ import annotations
 
