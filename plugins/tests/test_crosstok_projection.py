@@ -7,7 +7,7 @@ import torch
 
 from opdplug.types import PRODUCER_STUDENT, RolloutBatch, SparseDistribution, StudentOutputs, TeacherScores
 from opdplug_token.crosstok.projection import Projection
-from opdplug_token.crosstok.scorer import _cover
+from opdplug_token.crosstok.spans import covering_tokens
 from opdplug_token.crosstok.supports import ProjectedTopK
 from opdplug_token.divergences import ReverseKL
 
@@ -64,10 +64,10 @@ def test_end_of_turn_maps_to_the_students_only_at_a_boundary():
 def test_cover_names_the_teacher_token_under_each_student_token_and_the_bytes_before_it():
     text = b" 54."
     # student " 5" | "4" | "."   teacher " 54" | "."
-    assert _cover([2, 3, 4], [3, 4], text) == ((0, b""), (0, b" 5"), (1, b""))
+    assert covering_tokens([2, 3, 4], [3, 4], text) == ((0, b""), (0, b" 5"), (1, b""))
     # student " 5" | "4." (crosses)  teacher " 54" | "."
-    assert _cover([2, 4], [3, 4], text) == ((0, b""), (0, b" 5"))
-    assert _cover([2, None], [3, 4], text) == (None, None)
+    assert covering_tokens([2, 4], [3, 4], text) == ((0, b""), (0, b" 5"))
+    assert covering_tokens([2, None], [3, 4], text) == (None, None)
 
 
 def test_the_support_compares_the_student_with_the_renormalised_projected_teacher():

@@ -34,7 +34,7 @@ from opdplug_local import chat
 from opdplug_local.tokenization import check_tokenizers, load_tokenizer, pad_id_of, stop_token_ids
 
 from .projection import Projection, ended_corrections, student_distribution
-from .spans import TokenBytes, align, boundaries, is_byte_level, single_byte_ids
+from .spans import TokenBytes, align, boundaries, covering_tokens, is_byte_level, single_byte_ids
 from .vocab import VocabMap, build_vocab_map, end_of_turn_id
 
 MESSAGES_KEY = "chat_messages"
@@ -193,7 +193,7 @@ class CrossTokenizer:
         if t_bytes != text_bytes:
             return _failed(row, "the teacher's tokenizer does not reproduce the completion's bytes")
         a = align(s_ends, t_ends)
-        row.cover = _cover(s_ends, t_ends, text_bytes) + (((len(t_ids), b""),) if stopped else ())
+        row.cover = covering_tokens(s_ends, t_ends, text_bytes) + (((len(t_ids), b""),) if stopped else ())
         row.teacher_completion = t_ids + ([s["teacher_end"]] if stopped else [])
         row.student_chunks = a.student_chunk_N + ((a.num_chunks,) if stopped else ())
         row.teacher_chunks = a.teacher_chunk_M + ((a.num_chunks,) if stopped else ())
@@ -383,21 +383,6 @@ class CrossTokenizer:
             report["alignment_skip_reasons"] = reasons
         s["counts"] = saved
         return report
-
-
-def _cover(student_ends: list, teacher_ends: list, text: bytes) -> tuple:
-    """For each student token, the teacher token its first byte falls in and the bytes of that
-    teacher token before it (see ``_Row.cover``)."""
-    if any(e is None for e in student_ends) or any(e is None for e in teacher_ends):
-        return tuple(None for _ in student_ends)
-    out, k, start = [], 0, 0
-    t_starts = [0] + list(teacher_ends[:-1])
-    for end in student_ends:
-        while k < len(teacher_ends) - 1 and teacher_ends[k] <= start:
-            k += 1
-        out.append((k, text[t_starts[k]:start]) if teacher_ends else None)
-        start = end
-    return tuple(out)
 
 
 def _zero_counts() -> dict:

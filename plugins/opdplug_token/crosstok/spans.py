@@ -145,3 +145,19 @@ def align(student_ends: Sequence[Optional[int]], teacher_ends: Sequence[Optional
 
     s, t = chunks(student_ends), chunks(teacher_ends)
     return Alignment(student_chunk_N=s, teacher_chunk_M=t, num_chunks=len(shared))
+
+
+def covering_tokens(student_ends: list, teacher_ends: list, text: bytes) -> tuple:
+    """For each student token, ``(k, prefix)``: the teacher token ``k`` its first byte falls in
+    and the bytes of that teacher token before it; all None when a side has a boundary inside a
+    character (``None`` in its ends). The scorer keeps it as ``_Row.cover``."""
+    if any(e is None for e in student_ends) or any(e is None for e in teacher_ends):
+        return tuple(None for _ in student_ends)
+    out, k, start = [], 0, 0
+    t_starts = [0] + list(teacher_ends[:-1])
+    for end in student_ends:
+        while k < len(teacher_ends) - 1 and teacher_ends[k] <= start:
+            k += 1
+        out.append((k, text[t_starts[k]:start]) if teacher_ends else None)
+        start = end
+    return tuple(out)
