@@ -50,7 +50,7 @@ SIZES = {
     # both are per-layer overhead at these widths, so the target gets the built-in SumChain
     # target's 12 layers (bench/drafters.py) and trains longer.
     "large": {"target_size": "96x12", "drafter_size": "48x1", "target_steps": 1000, "drafter_steps": 300,
-              "onpolicy_steps": 200, "eagle3_steps": 300, "timing": True},
+              "onpolicy_steps": 200, "eagle3_steps": 600, "timing": True},
 }
 """``--size`` presets; an option given on the command line wins."""
 
@@ -148,7 +148,7 @@ def main(argv=None) -> int:
     parser.add_argument("--target-steps", type=int, help="target fine-tuning steps (small 400, large 1000)")
     parser.add_argument("--drafter-steps", type=int, help="steps of the original- and regenerated-data drafters (small 150, large 300)")
     parser.add_argument("--onpolicy-steps", type=int, help="on-policy steps after the original-data drafter (small 100, large 200)")
-    parser.add_argument("--eagle3-steps", type=int, help="also train EAGLE-3 heads this many steps (small 0: none, large 300)")
+    parser.add_argument("--eagle3-steps", type=int, help="also train EAGLE-3 heads this many steps (small 0: none, large 600)")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--prompts", type=int, default=64, help="held-out conversation prompts per evaluation")
     parser.add_argument("--timing", action=argparse.BooleanOptionalAction, default=None,
