@@ -110,32 +110,28 @@ class EnvPool:
 
 def reset_batch(envs: Sequence[Any], seeds: Sequence[Optional[int]]) -> list:
     """``env.reset(seed=seed)`` for each pair; the slots of one vector group in one call."""
-    out: list = [None] * len(envs)
-    groups: dict[int, tuple[Any, dict]] = {}
-    for k, (env, seed) in enumerate(zip(envs, seeds)):
-        group = getattr(env, "slot_group", None)
-        if group is None:
-            out[k] = env.reset(seed=seed)
-        else:
-            groups.setdefault(id(group), (group, {}))[1][env.slot] = (k, seed)
-    for group, slots in groups.values():
-        for i, result in group.reset_slots({i: seed for i, (_, seed) in slots.items()}).items():
-            out[slots[i][0]] = result
-    return out
+    return _per_slot_group(envs, seeds, lambda env, seed: env.reset(seed=seed), "reset_slots")
 
 
 def step_batch(envs: Sequence[Any], texts: Sequence[str]) -> list:
     """``env.step(text)`` for each pair; the slots of one vector group in one call."""
+    return _per_slot_group(envs, texts, lambda env, text: env.step(text), "step_slots")
+
+
+def _per_slot_group(envs: Sequence[Any], args: Sequence[Any], alone, group_method: str) -> list:
+    """``alone(env, arg)`` for a plain environment; the slots of one vector group (``env.slot_group``)
+    gathered into one ``group.<group_method>({slot: arg})`` call. Results in the order of ``envs``."""
     out: list = [None] * len(envs)
     groups: dict[int, tuple[Any, dict]] = {}
-    for k, (env, text) in enumerate(zip(envs, texts)):
+    for k, (env, arg) in enumerate(zip(envs, args)):
         group = getattr(env, "slot_group", None)
         if group is None:
-            out[k] = env.step(text)
+            out[k] = alone(env, arg)
         else:
-            groups.setdefault(id(group), (group, {}))[1][env.slot] = (k, text)
+            groups.setdefault(id(group), (group, {}))[1][env.slot] = (k, arg)
     for group, slots in groups.values():
-        for i, result in group.step_slots({i: text for i, (_, text) in slots.items()}).items():
+        results = getattr(group, group_method)({i: arg for i, (_, arg) in slots.items()})
+        for i, result in results.items():
             out[slots[i][0]] = result
     return out
 
