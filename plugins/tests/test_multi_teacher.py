@@ -44,24 +44,29 @@ def multi_config(tmp, student, teacher, other, data, *, router="column", router_
     return cfg
 
 
-def test_rows_go_to_the_teacher_of_their_domain(world):
+def student_batch(ctx, n: int, seed: int, max_new_tokens: int):
+    """The student's on-policy samples of ``n`` training prompts, seeded."""
     from opdplug_local.models import model_rollout
     from opdplug.types import PRODUCER_STUDENT
 
+    prompts = ctx.task.prompts(n, seed=seed, split="train")
+    return model_rollout(ctx.student_module(), prompts, producer=PRODUCER_STUDENT, max_new_tokens=max_new_tokens,
+                         temperature=1.0, top_p=1.0, tokenizer=ctx.tokenizer,
+                         generator=torch.Generator().manual_seed(seed), on_policy=True)
+
+
+def test_rows_go_to_the_teacher_of_their_domain(world):
     tmp, student, teacher, other, data = world
     manager = make_plugin_manager()
     ctx = setup(parse_config(multi_config(tmp, student, teacher, other, data), manager.plugin_tables()), manager)
     try:
-        prompts = ctx.task.prompts(6, seed=0, split="train")
-        batch = model_rollout(ctx.student_module(), prompts, producer=PRODUCER_STUDENT, max_new_tokens=8,
-                              temperature=1.0, top_p=1.0, tokenizer=ctx.tokenizer,
-                              generator=torch.Generator().manual_seed(0), on_policy=True)
+        batch = student_batch(ctx, 6, seed=0, max_new_tokens=8)
         scorer = ctx.component("scorers", "multi_teacher", ctx.config.teacher.options, "teacher.scorer")
         with torch.no_grad():
             scores = scorer(ctx, batch)
             adder_scorer, view = scorer.state["teachers"]["adder"]
             direct = adder_scorer(view, batch)  # the exact same-tokenizer path, every row
-        add_rows = [b for b, p in enumerate(prompts) if p.meta["domain"] == "add"]
+        add_rows = [b for b, p in enumerate(batch.prompts) if p.meta["domain"] == "add"]
         mask = batch.loss_mask_B_L.bool()
         for b in add_rows:
             torch.testing.assert_close(scores.token_logprobs_B_L[b][mask[b]], direct.token_logprobs_B_L[b][mask[b]])
@@ -73,19 +78,13 @@ def test_rows_go_to_the_teacher_of_their_domain(world):
 
 
 def test_a_mixture_scores_the_mixture_probability(world):
-    from opdplug_local.models import model_rollout
-    from opdplug.types import PRODUCER_STUDENT
-
     tmp, student, teacher, _, data = world
     manager = make_plugin_manager()
     cfg = multi_config(tmp, student, teacher, teacher, data, router="mixture",
                        router_options={"weights": {"adder": 3, "multiplier": 1}})
     ctx = setup(parse_config(cfg, manager.plugin_tables()), manager)
     try:
-        prompts = ctx.task.prompts(3, seed=1, split="train")
-        batch = model_rollout(ctx.student_module(), prompts, producer=PRODUCER_STUDENT, max_new_tokens=6,
-                              temperature=1.0, top_p=1.0, tokenizer=ctx.tokenizer,
-                              generator=torch.Generator().manual_seed(1), on_policy=True)
+        batch = student_batch(ctx, 3, seed=1, max_new_tokens=6)
         scorer = ctx.component("scorers", "multi_teacher", ctx.config.teacher.options, "teacher.scorer")
         with torch.no_grad():
             mixed = scorer(ctx, batch)
@@ -174,8 +173,6 @@ def test_xtok_project_trains_with_teachers_of_other_families(world, tmp_path, pa
 def test_one_route_to_a_teacher_of_another_family_gives_its_own_xtok_project_loss(world):
     """Routed through multi_teacher, a single cross-family teacher's xtok_project loss and
     gradients are those of that teacher scoring the batch itself."""
-    from opdplug_local.models import model_rollout
-    from opdplug.types import PRODUCER_STUDENT
 
     tmp, student, teacher, other, data = world
     manager = make_plugin_manager()
@@ -183,10 +180,7 @@ def test_one_route_to_a_teacher_of_another_family_gives_its_own_xtok_project_los
                        loss={"support": "xtok_project", "divergence": "reverse_kl"})
     ctx = setup(parse_config(cfg, manager.plugin_tables()), manager)
     try:
-        prompts = ctx.task.prompts(6, seed=2, split="train")
-        batch = model_rollout(ctx.student_module(), prompts, producer=PRODUCER_STUDENT, max_new_tokens=10,
-                              temperature=1.0, top_p=1.0, tokenizer=ctx.tokenizer,
-                              generator=torch.Generator().manual_seed(2), on_policy=True)
+        batch = student_batch(ctx, 6, seed=2, max_new_tokens=10)
         scorer = ctx.component("scorers", "multi_teacher", ctx.config.teacher.options, "teacher.scorer")
         alone, view = scorer.state["teachers"]["multiplier"]
         with torch.no_grad():
