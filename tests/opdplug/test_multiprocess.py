@@ -3,7 +3,8 @@
 The ``multiprocess`` lane (``make test-multiprocess``; deselected from ``make test``): each run is
 ``accelerate launch --multi_gpu --num_processes 2 ... -m opdplug.cli train`` on the CPU (gloo DDP),
 on the built-in task with the on-policy sampler, a tiny (untrained: only equality matters here)
-teacher and the full-vocabulary reverse KL. About a minute and a half on 2 idle cores.
+teacher and the full-vocabulary reverse KL; weights compared relative to the update (see
+``assert_same_update``). About a minute and a half on 2 idle cores.
 """
 from __future__ import annotations
 
@@ -54,6 +55,21 @@ def final_weights(run_dir: Path, final: str = "final") -> dict[str, torch.Tensor
     return load_file(str(run_dir / final / "model.safetensors"))
 
 
+def assert_same_update(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], start: dict[str, torch.Tensor],
+                       rel: float = 2e-3) -> None:
+    """``b`` made the update ``a`` made, to ``rel`` of each tensor's largest update.
+
+    Why relative to the update, not to an absolute 1e-5: the all-reduce sums the gradient in
+    another order than one process does, and AdamW divides each coordinate by its own RMS, so a
+    coordinate whose gradient is at round-off level moves by a round-off-dependent part of lr
+    (measured: 1.9e-5 on updates of 3e-2, transformers 5.25). A wrong split of the batch moves
+    whole tensors by the order of the update itself."""
+    assert a.keys() == b.keys()
+    for name in a:
+        update = float((a[name] - start[name]).abs().max())
+        torch.testing.assert_close(b[name], a[name], rtol=0, atol=rel * update + 1e-7, msg=lambda m: f"{name}: {m}")
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, tiny_models):
     """One process (batch 8 x 2 micro-batches) and two (batch 4 x 2 each): the same global batch.
@@ -91,12 +107,9 @@ def test_two_processes_equal_one_with_the_same_global_batch(runs):
     assert [m["loss"] for m in two] == pytest.approx([m["loss"] for m in one], rel=1e-4)
     assert [m["grad_norm"] for m in two] == pytest.approx([m["grad_norm"] for m in one], rel=1e-4)
     a, b = final_weights(root / "one"), final_weights(root / "two")
-    assert a.keys() == b.keys()
-    for name in a:
-        torch.testing.assert_close(b[name], a[name], rtol=0, atol=1e-5)
-    # The updates themselves are far above that tolerance.
     start = final_weights(out["student_dir"], final="")
-    assert max(float((a[n] - w).abs().max()) for n, w in start.items()) > 1e-2
+    assert max(float((a[n] - w).abs().max()) for n, w in start.items()) > 1e-2  # it did learn something
+    assert_same_update(a, b, start)
 
 
 def test_two_processes_resume_to_the_same_weights(runs):
@@ -140,8 +153,9 @@ def test_a_dataset_stream_gives_two_processes_what_it_gives_one(tmp_path):
         assert [m[key] for m in two] == [m[key] for m in one], key
     assert [m["loss"] for m in two] == pytest.approx([m["loss"] for m in one], rel=1e-4)
     a, b = final_weights(tmp_path / "one"), final_weights(tmp_path / "two")
-    for name in a:
-        torch.testing.assert_close(b[name], a[name], rtol=0, atol=1e-5)
+    start = final_weights(student, final="")
+    assert max(float((a[n] - w).abs().max()) for n, w in start.items()) > 1e-3  # it did learn something
+    assert_same_update(a, b, start)
 
 
 def test_group_sampling_gives_two_processes_what_it_gives_one(tmp_path):
@@ -181,5 +195,4 @@ def test_group_sampling_gives_two_processes_what_it_gives_one(tmp_path):
     a, b = final_weights(tmp_path / "one"), final_weights(tmp_path / "two")
     start = final_weights(student, final="")
     assert max(float((a[n] - w).abs().max()) for n, w in start.items()) > 1e-3  # it did learn something
-    for name in a:
-        torch.testing.assert_close(b[name], a[name], rtol=0, atol=1e-5)
+    assert_same_update(a, b, start)
