@@ -154,8 +154,8 @@ class TeacherScores:
     """log(1 - sum exp(topk_logprobs)): the teacher mass outside its top-k (float32)."""
     hidden_B_L_H: Optional[torch.Tensor] = None
     """Local teachers only: final hidden states, aligned so that ``hidden_B_L_H[:, t]`` predicts
-    token t (i.e. already shifted). With ``lm_head_V_H`` this gives full logits chunk by chunk
-    without ever holding [B, L, V]."""
+    token t (i.e. already shifted); rows off the loss mask may be zeros. With ``lm_head_V_H`` this
+    gives full logits chunk by chunk without ever holding [B, L, V]."""
     lm_head_V_H: Optional[torch.Tensor] = None
     """Local teachers only: the output projection matching ``hidden_B_L_H``."""
     temperature: float = 1.0
@@ -218,7 +218,7 @@ class StudentOutputs:
 
     hidden_B_L_H: torch.Tensor
     """Final hidden states, already shifted: ``hidden_B_L_H[:, t]`` predicts token t (position 0
-    is a zero row that never carries loss)."""
+    is a zero row that never carries loss; other rows off the loss mask may be zeros too)."""
     lm_head_V_H: torch.Tensor
     """The student's output projection (a parameter: gradients flow into it)."""
     temperature: float = 1.0

@@ -23,12 +23,13 @@ from __future__ import annotations
 
 import copy
 import os
-from typing import NamedTuple, Optional, Protocol
+from typing import NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
 
 from .fastweights import LlamaLayerWeights, _cat_bias, _keep, _linear  # noqa: F401  (LlamaLayerWeights: public)
+from .kvwriters import ContiguousKV, KVWriter  # noqa: F401  (KVWriter: public, drafters write their own)
 
 STATIC_ROPE_TYPES = ("default", "linear", "llama3")  # tables that do not depend on the sequence length
 SNAPSHOT_CACHE_BYTES = 256 << 20
@@ -82,33 +83,6 @@ def _is_passive(hook) -> bool:
     """True for transformers' own output-capturing hooks: installed on the first forward with
     ``output_hidden_states``, they only record outputs when a capture is requested and change nothing."""
     return getattr(hook, "__module__", "") == "transformers.utils.output_capturing"
-
-
-class KVWriter(Protocol):
-    """Where a layer's keys and values go: ``write`` stores layer ``layer``'s rotated keys and values
-    ``[B, L, G, D]`` of the call's tokens and returns the ``[B, S, G, D]`` ones its queries attend
-    (slot ``s`` = column ``s`` of the call's mask)."""
-
-    def write(self, layer: int, k_B_L_G_D: torch.Tensor, v_B_L_G_D: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
-
-
-class ContiguousKV:
-    """The sampler's KV cache, ``[B, capacity, G, D]`` per layer: a call writes every row at slots
-    ``start .. start + L - 1`` (one narrow + copy) and attends slots ``0 .. start + L - 1``."""
-
-    def __init__(self, n_layers: int, batch_size: int, capacity: int, n_kv_heads: int, head_dim: int, *,
-                 dtype: torch.dtype, device: torch.device):
-        shape = (batch_size, capacity, n_kv_heads, head_dim)
-        self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layers)]
-        self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layers)]
-        self.start = 0
-
-    def write(self, layer: int, k_B_L_G_D: torch.Tensor, v_B_L_G_D: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        start, L = self.start, k_B_L_G_D.shape[1]
-        k_cache, v_cache = self.k[layer], self.v[layer]
-        k_cache.narrow(1, start, L).copy_(k_B_L_G_D)
-        v_cache.narrow(1, start, L).copy_(v_B_L_G_D)
-        return k_cache.narrow(1, 0, start + L), v_cache.narrow(1, 0, start + L)
 
 
 LayerCall = NamedTuple("LayerCall", [("B", int), ("L", int), ("rope", tuple), ("mask", torch.Tensor),
@@ -213,10 +187,12 @@ class FastLlama:
         half = x.shape[-1] // 2
         return x * cos + torch.cat([-x[..., half:], x[..., :half]], dim=-1) * sin
 
-    def layer(self, index: int, x_N_H: torch.Tensor, call: LayerCall) -> torch.Tensor:
+    def layer(self, index: int, x_N_H: torch.Tensor, call: LayerCall, keep_K: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Decoder layer ``index`` on the residual stream ``x_N_H`` -> ``[N, H]``, 2-D so the output
         projections add into it (addmm): ``N = B * L`` rows, or the real tokens' only with
         ``call.rows_N`` (attention alone then runs on ``[B, L]``, between a scatter and a gather).
+        ``keep_K``: rows of ``x_N_H`` whose output is wanted; every row still gives its key and value,
+        but the output projection and the MLP run on these only (-> ``[K, H]``).
         Few, cheap operations: on small models each costs more in dispatch than in arithmetic."""
         w = self.layers[index]
         B, L, rope, mask, kv, rows_N = call
@@ -237,18 +213,23 @@ class FastLlama:
         a_N_A = a.transpose(1, 2).reshape(B * L, Hq * D)
         if rows_N is not None:
             a_N_A = a_N_A.index_select(0, rows_N)
+        if keep_K is not None:
+            x_N_H, a_N_A = x_N_H.index_select(0, keep_K), a_N_A.index_select(0, keep_K)
         x_N_H = self._project_add(x_N_H, a_N_A, w.o_weight, w.o_bias)
         gate, up = _linear(self._norm(x_N_H, w.post_norm_H), w.gate_up_weight, w.gate_up_bias).chunk(2, dim=-1)
         return self._project_add(x_N_H, F.silu(gate) * up, w.down_weight, w.down_bias)
 
     def forward_layers(self, x_B_L_H: torch.Tensor, positions_B_L: torch.Tensor, mask: torch.Tensor,
                        kv: Optional[KVWriter] = None, *, rows_N: Optional[torch.Tensor] = None,
-                       capture: tuple = ()) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+                       keep_K: Optional[torch.Tensor] = None, capture: tuple = ()) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         """Every ``layer`` on the embedded tokens (``[N, H]`` with ``rows_N``), then the final norm:
         ``(hidden_B_L_H, aux_B_L_A)``. ``positions_B_L`` within ``rope_tables``; ``mask``, ``kv``,
-        ``rows_N``: see ``LayerCall`` (no query may attend nothing). ``aux`` concatenates the INPUT
+        ``rows_N``: see ``LayerCall`` (no query may attend nothing). ``keep_K``: the residual rows
+        whose hidden state the caller reads; the last layer's output projection and MLP run on those
+        only and the other rows come back as zeros (why: a teacher scores, and a student trains on,
+        the completion only, ~15% of a chat turn's tokens). ``aux`` concatenates the INPUT
         hidden states of the layer ids ``capture`` (HF ``hidden_states[i]``; ``len(self.layers)``:
-        the final normed output; not with ``rows_N``), None without."""
+        the final normed output; not with ``rows_N`` or ``keep_K``), None without."""
         B, L = positions_B_L.shape
         H = x_B_L_H.shape[-1]
         if self.complex_rope:  # one table for all heads
@@ -258,12 +239,15 @@ class FastLlama:
         call = LayerCall(B, L, rope, mask, kv, rows_N)
         captured = {} if capture else None
         x_N_H = x_B_L_H.reshape(-1, H)
-        layer = self.layer
+        layer, last = self.layer, len(self.layers) - 1
         for i in range(len(self.layers)):
             if capture and i in capture:
                 captured[i] = x_N_H
-            x_N_H = layer(i, x_N_H, call)
+            x_N_H = layer(i, x_N_H, call, keep_K if i == last else None)
         h_N_H = self._norm(x_N_H, self.final_norm_H)
+        if keep_K is not None:  # back to every row (one scatter, into [B * L] rows with rows_N)
+            into = keep_K if rows_N is None else rows_N.index_select(0, keep_K)
+            return h_N_H.new_zeros(B * L, H).index_copy(0, into, h_N_H).view(B, L, H), None
         aux = None
         if capture:
             captured[len(self.layers)] = h_N_H
@@ -295,12 +279,13 @@ class FastLlama:
     # -------------------------------------------------------------------------------- entry points
     @torch.no_grad()
     def hidden(self, input_ids_B_L: torch.Tensor, attention_mask_B_L: torch.Tensor,
-               position_ids_B_L: torch.Tensor) -> torch.Tensor:
-        """Final normed hidden states ``[B, L, H]`` of a whole sequence (no cache)."""
-        return self.hidden_with_grad(input_ids_B_L, attention_mask_B_L, position_ids_B_L)
+               position_ids_B_L: torch.Tensor, keep_B_L: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Final normed hidden states ``[B, L, H]`` of a whole sequence (no cache); with ``keep_B_L``
+        (bool) only at those positions, zeros elsewhere (see ``forward_layers``)."""
+        return self.hidden_with_grad(input_ids_B_L, attention_mask_B_L, position_ids_B_L, keep_B_L)
 
     def hidden_with_grad(self, input_ids_B_L: torch.Tensor, attention_mask_B_L: torch.Tensor,
-                         position_ids_B_L: torch.Tensor) -> torch.Tensor:
+                         position_ids_B_L: torch.Tensor, keep_B_L: Optional[torch.Tensor] = None) -> torch.Tensor:
         """``hidden`` under the caller's grad mode: with a differentiable ``FastLlama`` and
         gradients enabled, a training forward (see ``training_hidden``)."""
         with torch.no_grad():  # the rotary tables are constants
@@ -311,7 +296,12 @@ class FastLlama:
             x = F.embedding(input_ids_B_L.reshape(-1).index_select(0, rows_N), self.embed_V_H)
         else:
             x = F.embedding(input_ids_B_L, self.embed_V_H)
-        return self.forward_layers(x, position_ids_B_L, self._prefix_mask(attention_mask_B_L), rows_N=rows_N)[0]
+        keep_K = None
+        if keep_B_L is not None and not bool(keep_B_L.all()):
+            keep_flat = keep_B_L.reshape(-1).bool()
+            keep_K = (keep_flat if rows_N is None else keep_flat.index_select(0, rows_N)).nonzero().squeeze(1)
+        return self.forward_layers(x, position_ids_B_L, self._prefix_mask(attention_mask_B_L), rows_N=rows_N,
+                                   keep_K=keep_K)[0]
 
     @torch.no_grad()
     def prefill(self, input_ids_B_P: torch.Tensor, attention_mask_B_P: torch.Tensor,
@@ -322,7 +312,8 @@ class FastLlama:
                                   dtype=self.dtype, device=self.device)
         self.rope_tables(int(position_ids_B_P.max()) + max_new_tokens + 1)
         x = F.embedding(input_ids_B_P, self.embed_V_H)
-        h, _ = self.forward_layers(x, position_ids_B_P, self._prefix_mask(attention_mask_B_P), self.cache)
+        last_K = torch.arange(B, device=self.device) * P + (P - 1)  # prompts are left-padded
+        h, _ = self.forward_layers(x, position_ids_B_P, self._prefix_mask(attention_mask_B_P), self.cache, keep_K=last_K)
         return self.logits(h[:, -1])
 
     @torch.no_grad()
@@ -372,7 +363,7 @@ def fast_forward(model: torch.nn.Module) -> Optional[FastLlama]:
 
 
 def training_hidden(model: torch.nn.Module, input_ids_B_L: torch.Tensor, attention_mask_B_L: torch.Tensor,
-                    position_ids_B_L: torch.Tensor) -> Optional[torch.Tensor]:
+                    position_ids_B_L: torch.Tensor, keep_B_L: Optional[torch.Tensor] = None) -> Optional[torch.Tensor]:
     """Final normed hidden states ``[B, L, H]`` WITH gradients to ``model``'s parameters, through
     the lean forward, or None when ``model`` must use its own forward.
 
@@ -389,7 +380,7 @@ def training_hidden(model: torch.nn.Module, input_ids_B_L: torch.Tensor, attenti
         return None
 
     def lean_forward(input_ids, attention_mask, position_ids):
-        return FastLlama(inner, differentiable=True).hidden_with_grad(input_ids, attention_mask, position_ids)
+        return FastLlama(inner, differentiable=True).hidden_with_grad(input_ids, attention_mask, position_ids, keep_B_L)
 
     if model is inner:
         return lean_forward(input_ids_B_L, attention_mask_B_L, position_ids_B_L)

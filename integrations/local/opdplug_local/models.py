@@ -324,7 +324,8 @@ def score_with_model(
     ids = (input_ids_B_L if input_ids_B_L is not None else batch.input_ids_B_L).to(device)
     attn = (attention_mask_B_L if attention_mask_B_L is not None else batch.attention_mask_B_L).to(device)
     with eval_mode(model):
-        hidden = sampling.final_hidden(model, ids, attn)
+        # the rows scored are the loss mask's (a longer privileged input: every row, realigned below)
+        hidden = sampling.final_hidden(model, ids, attn, needed_B_L=batch.loss_mask_B_L.to(device) if offset_B is None else None)
     if offset_B is not None:  # realign the longer input onto the batch's positions
         L = batch.input_ids_B_L.shape[1]
         index = (torch.arange(L, device=device)[None, :] + offset_B.to(device)[:, None]).clamp(max=hidden.shape[1] - 1)

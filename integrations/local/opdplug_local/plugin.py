@@ -62,7 +62,8 @@ def opd_load_models(ctx):
 def opd_student_forward(ctx, batch):
     """The student's shifted final hidden states (no [B, L, V] logits) and its lm_head."""
     device = ctx.device
-    hidden = sampling.final_hidden(ctx.student, batch.input_ids_B_L.to(device), batch.attention_mask_B_L.to(device))
+    hidden = sampling.final_hidden(ctx.student, batch.input_ids_B_L.to(device), batch.attention_mask_B_L.to(device),
+                                   needed_B_L=batch.loss_mask_B_L.to(device))
     return StudentOutputs(
         hidden_B_L_H=hidden,
         lm_head_V_H=sampling.lm_head_weight(ctx.student),

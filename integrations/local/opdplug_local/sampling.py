@@ -11,11 +11,11 @@ are then reported at ``T = 1``.
 from __future__ import annotations
 
 import contextlib
-
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
 import torch
+import torch.nn.functional as F
 
 from . import fastpath
 
@@ -349,25 +349,27 @@ def forward_logprobs(
     return torch.cat([zeros_B_1, token_logp_B_L1], dim=1)
 
 
-def final_hidden(model, input_ids_B_L: torch.Tensor, attention_mask_B_L: torch.Tensor) -> torch.Tensor:
+def final_hidden(model, input_ids_B_L: torch.Tensor, attention_mask_B_L: torch.Tensor,
+                 needed_B_L: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Final-layer hidden states (after the last norm), shifted so that row t predicts token t.
 
     ``final_hidden(...)[:, t] @ lm_head_weight(model).T`` equals the model's logits at position
-    ``t - 1``; row 0 is zeros (nothing predicts the first token). Computed with
-    ``logits_to_keep=1`` so the [B, L, V] logits are never materialised. Gradients flow when
-    enabled (the student's forward uses this).
+    ``t - 1``; row 0 is zeros (nothing predicts the first token). No [B, L, V] logits are made
+    (``logits_to_keep=1``). Gradients flow when enabled (the student's forward uses this).
 
-    :return: ``hidden_B_L_H`` in the model's dtype.
+    :param needed_B_L: the rows the caller reads (a loss mask), None: all. The lean forward skips the
+        last layer's output projection and MLP elsewhere (zeros there). :return: ``hidden_B_L_H``.
     """
     positions_B_L = _positions(attention_mask_B_L)
+    keep_B_L = None if needed_B_L is None else F.pad(needed_B_L[:, 1:].bool(), (0, 1))  # row t: position t - 1
     fast = fastpath.fast_forward(model)  # only without gradients
     if fast is not None:
         with torch.inference_mode():  # see sample(); the cat below makes an ordinary tensor of it
-            hidden_B_L_H = fast.hidden(input_ids_B_L, attention_mask_B_L, positions_B_L)
+            hidden_B_L_H = fast.hidden(input_ids_B_L, attention_mask_B_L, positions_B_L, keep_B_L)
     else:
         hidden_B_L_H = None
         if torch.is_grad_enabled():  # the training forward: lean where the model allows it
-            hidden_B_L_H = fastpath.training_hidden(model, input_ids_B_L, attention_mask_B_L, positions_B_L)
+            hidden_B_L_H = fastpath.training_hidden(model, input_ids_B_L, attention_mask_B_L, positions_B_L, keep_B_L)
     if hidden_B_L_H is None:
         out = model(
             input_ids=input_ids_B_L,

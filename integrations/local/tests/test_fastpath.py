@@ -343,3 +343,46 @@ def test_ddp_runs_the_lean_forward_through_its_own_forward(task, tmp_path):
     torch.testing.assert_close(got, want)
     for name in want_grads:
         torch.testing.assert_close(got_grads[name], want_grads[name], msg=name)
+
+
+@pytest.mark.parametrize("padding", ["left", "right"])
+@pytest.mark.parametrize("layout", ["fused", "unfused"])
+def test_needed_rows_only_give_the_same_values_and_gradients_there(task, padding, layout, monkeypatch):
+    """``final_hidden(..., needed_B_L=loss mask)``: the last layer's output projection and MLP run on
+    the needed rows only (counted), those rows and every gradient of a loss on them are what the
+    whole forward gives, the other rows are zeros; with and without gradients."""
+    if layout == "unfused":
+        monkeypatch.setattr(fastpath, "FUSE_PER_CALL_BYTES", 0)
+    tok = task.tokenizer
+    model = _model(tok).train()
+    prompts = task.prompts(4, seed=5, split="train")
+    rows = [list(p.prompt_ids) + list(p.reference_ids) for p in prompts]
+    ids, mask = (_left_padded if padding == "left" else _right_padded)(tok, rows)
+    needed = torch.zeros_like(mask, dtype=torch.bool)
+    for b, (p, r) in enumerate(zip(prompts, rows)):  # the completion, with a hole (a tool's turn)
+        start = int(mask[b].nonzero()[0]) + len(p.prompt_ids)
+        needed[b, start:start + len(r) - len(p.prompt_ids)] = True
+    needed[0, int(needed[0].nonzero()[1])] = False
+    widths = []
+    real_project_add = fastpath.FastLlama._project_add
+    monkeypatch.setattr(fastpath.FastLlama, "_project_add",
+                        staticmethod(lambda x, a, w, b: (widths.append(a.shape[0]), real_project_add(x, a, w, b))[1]))
+    probe = torch.linspace(-1, 1, model.config.hidden_size)
+    results = []
+    for wanted in (None, needed):
+        model.zero_grad()
+        widths.clear()
+        hidden = final_hidden(model, ids, mask, needed_B_L=wanted)
+        ((hidden[needed] * probe).sum(-1).sin().sum()).backward()
+        results.append((hidden.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None},
+                        list(widths)))
+        with torch.no_grad():
+            torch.testing.assert_close(final_hidden(model, ids, mask, needed_B_L=wanted)[needed], hidden[needed].detach())
+    (full, full_grads, full_widths), (lean, lean_grads, lean_widths) = results
+    assert lean_widths[:-2] == full_widths[:-2] and lean_widths[-2:] == [int(needed.sum())] * 2 < full_widths[-2:]
+    torch.testing.assert_close(lean[needed], full[needed], atol=1e-6, rtol=1e-6)
+    assert not lean[~needed].any()
+    assert lean_grads.keys() == full_grads.keys()
+    for name in full_grads:
+        err, scale = (lean_grads[name] - full_grads[name]).abs().max(), full_grads[name].abs().max()
+        assert err <= 1e-5 * scale + 1e-7, (name, float(err), float(scale))
