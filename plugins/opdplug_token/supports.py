@@ -82,15 +82,15 @@ class Sampled:
             logq_C_V = chunk_logp(c["h_s"], w_s, g.temperature, g.vocab)
             token_logq_C = token_logp(logq_C_V, c["tok"])
             with torch.no_grad():
-                m = {"student_entropy": entropy(logq_C_V).sum()}
                 k = min(top_k, g.vocab)
                 if "h_t" in c:
                     logp_C_V = chunk_logp(c["h_t"], w_t, g.temperature, g.vocab)
-                    m.update(pair_metrics(logq_C_V, logp_C_V))
-                    m["teacher_entropy"] = entropy(logp_C_V).sum()
+                    m = pair_metrics(logq_C_V, logp_C_V, entropies=True)
                     m["topk_overlap"] = topk_overlap(logq_C_V.topk(k).indices, logp_C_V.topk(k).indices).sum()
-                elif "t_ids" in c:
-                    m["topk_overlap"] = topk_overlap(logq_C_V.topk(k).indices, c["t_ids"]).sum()
+                else:
+                    m = {"student_entropy": entropy(logq_C_V).sum()}
+                    if "t_ids" in c:
+                        m["topk_overlap"] = topk_overlap(logq_C_V.topk(k).indices, c["t_ids"]).sum()
             return (token_logq_C,), m
 
         outs, sums = map_chunks(chunk_fn, per_token, (student.lm_head_V_H,), chunk_size)
@@ -272,9 +272,7 @@ class Full:
             values_C = divergence(logq_C_V, logp_C_V)
             token_logq_C = token_logp(logq_C_V, c["tok"])
             with torch.no_grad():
-                m = pair_metrics(logq_C_V, logp_C_V)
-                m["student_entropy"] = entropy(logq_C_V).sum()
-                m["teacher_entropy"] = entropy(logp_C_V).sum()
+                m = pair_metrics(logq_C_V, logp_C_V, entropies=True)
                 m["topk_overlap"] = topk_overlap(logq_C_V.topk(k).indices, logp_C_V.topk(k).indices).sum()
             return (values_C, token_logq_C), m
 
