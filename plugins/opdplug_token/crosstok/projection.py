@@ -79,6 +79,18 @@ class Projection:
                 return sid
         return -1
 
+    def longest_teacher_token(self) -> int:
+        """Bytes of the teacher's longest token (its sorted vocabulary is built once)."""
+        self._sort_teacher()
+        return self.longest_teacher
+
+    def _sort_teacher(self) -> None:
+        if self.sorted_teacher is None:
+            n = len(self.teacher_bytes.tokenizer)
+            self.sorted_teacher = sorted((tb, i) for i in range(n) if i != self.ends[1] and (tb := self.bytes_of(i)))
+            self.sorted_keys = [tb for tb, _ in self.sorted_teacher]
+            self.longest_teacher = max((len(tb) for tb in self.sorted_keys), default=0)
+
     def extensions(self, written: bytes) -> tuple[int, ...]:
         """The teacher tokens that go on past ``written`` where the student's tokenizer has a
         boundary: tokens longer than ``written`` that begin with it, whose text the student's
@@ -89,11 +101,7 @@ class Projection:
         if written not in self.ext_cache:
             out: list[int] = []
             if written:
-                if self.sorted_teacher is None:
-                    n = len(self.teacher_bytes.tokenizer)
-                    self.sorted_teacher = sorted((tb, i) for i in range(n) if i != self.ends[1] and (tb := self.bytes_of(i)))
-                    self.sorted_keys = [tb for tb, _ in self.sorted_teacher]
-                    self.longest_teacher = max((len(tb) for tb in self.sorted_keys), default=0)
+                self._sort_teacher()
                 at = bisect.bisect_right(self.sorted_keys, written)
                 while at < len(self.sorted_keys) and self.sorted_keys[at].startswith(written):
                     t = self.sorted_teacher[at][1]
@@ -123,15 +131,24 @@ def student_distribution(proj: Projection, batch: RolloutBatch, rows: list, inne
     position of ``batch`` (``rows``: the scorer's aligned rows; ``inner``: the teacher's scores
     on its own tokens, with top-k): ``TeacherScores.student_distribution``.
 
-    Inside a teacher token (the student wrote ``u`` of it): the teacher entries that begin
-    with ``u``, each as the student token that writes its next bytes. On a shared boundary
-    right after teacher token ``w``: the teacher's distribution there is conditioned on ``w``
-    being a whole token, which says "``w`` ended" (after " 5" a teacher with a " 54" token
-    is sure the number is over). So it is mixed with the entries at ``w``'s own position
-    that extend ``w`` where the student's tokenizer has a boundary after ``w`` (" 54" ->
-    "4"), weighted by their probability against ``w``'s own: the teacher's probability of
-    the next bytes given the text, not given its token boundary. With one tokenizer no entry
-    qualifies and this is the teacher's own distribution.
+    At a student position the student has written ``u`` of teacher token ``k`` (``u`` empty on a
+    shared boundary). The teacher's tokens of the text, ``w_0 .. w_{k-1}``, are one way to write
+    it; any teacher token at an earlier position ``i`` that begins with the bytes from ``i`` to
+    here (``w_i .. w_{k-1}`` then ``u``) and goes on past them is another, and where the student
+    wrote a prefix of a word the teacher writes whole ("alp" of "alpha"), the teacher's own tokens
+    of that prefix are ones it never writes, so its distributions after them mean nothing. So the
+    distribution is a mixture, each part weighted by the teacher's probability of its path:
+
+    * the entries at ``k`` that begin with ``u``, weighted by P(w_0 .. w_{k-1});
+    * for each earlier ``i`` (while the bytes from ``i`` on are shorter than the teacher's longest
+      token), the entries at ``i`` that begin with those bytes and go on, weighted by
+      P(w_0 .. w_{i-1}),
+
+    each entry as the student token that writes its next bytes (``Projection.next_token``; an
+    entry the student's tokenizer would not cut there is dropped). On a shared boundary right
+    after ``w`` this undoes the teacher's "``w`` ended" bias (after " 5", a teacher with a " 54"
+    token is sure the number is over). With one tokenizer no earlier entry qualifies and this is
+    the teacher's own top-k. The support normalises the result with its tail.
     """
     B, L = batch.input_ids_B_L.shape
     t_ids = inner.topk_ids_B_L_K.cpu().tolist()
@@ -139,11 +156,15 @@ def student_distribution(proj: Projection, batch: RolloutBatch, rows: list, inne
     tails = (inner.tail_logmass_B_L.float().cpu() if inner.tail_logmass_B_L is not None
              else sparse_teacher_tail(inner.topk_logprobs_B_L_K.float().cpu())[0]).tolist()
     token_lp = inner.token_logprobs_B_L.float().cpu().tolist()
+    longest = proj.longest_teacher_token()
     per_pos: dict[tuple[int, int], tuple[list, float]] = {}
     for b, r in enumerate(rows):
         if r.failed:
             continue
         P, Pt = int(batch.prompt_lens_B[b]), len(r.teacher_prompt)
+        before = [0.0]  # before[i]: log P(the teacher's tokens before completion token i)
+        for k in range(len(r.teacher_completion)):
+            before.append(before[-1] + token_lp[b][Pt + k])
         for j, cover in enumerate(r.cover):
             if cover is None:
                 continue
@@ -156,17 +177,16 @@ def student_distribution(proj: Projection, batch: RolloutBatch, rows: list, inne
                 cand_ids, cand_lps, tail_here = _with_token(t_ids[b][pos], t_lps[b][pos], tail_here,
                                                             r.teacher_completion[k], token_lp[b][pos])
                 here = proj.entries(cand_ids, cand_lps, written)
-            if written or k == 0:
-                per_pos[(b, P + j)] = (here, tail_here)
-                continue
-            w = proj.bytes_of(r.teacher_completion[k - 1]) or b""
-            longer = proj.entries(t_ids[b][pos - 1], t_lps[b][pos - 1], w) if w else []
-            own = token_lp[b][pos - 1]  # the teacher's log-prob of w itself, at its position
-            z1 = _logsumexp([lp for _, lp in longer] + [own])
-            z2 = _logsumexp([lp for _, lp in here] + [tail_here])
-            scale = own - z1 - z2
-            per_pos[(b, P + j)] = ([(sid, lp - z1) for sid, lp in longer] + [(sid, lp + scale) for sid, lp in here],
-                                   tail_here + scale)
+            earlier, u = [], written
+            for i in range(k - 1, -1, -1):
+                piece = proj.bytes_of(r.teacher_completion[i])
+                if piece is None:  # a special token: nothing runs across it
+                    break
+                u = piece + u
+                if len(u) >= longest:
+                    break
+                earlier += [(sid, lp + before[i]) for sid, lp in proj.entries(t_ids[b][Pt + i], t_lps[b][Pt + i], u)]
+            per_pos[(b, P + j)] = _mixture(earlier, here, tail_here, before[k]) if earlier else (here, tail_here)
     J = max((len(e) for e, _ in per_pos.values()), default=1) or 1
     ids = torch.full((B, L, J), -1, dtype=torch.long)
     mass = torch.full((B, L, J), float("-inf"))
@@ -177,6 +197,17 @@ def student_distribution(proj: Projection, batch: RolloutBatch, rows: list, inne
             mass[b, pos, :len(entries)] = torch.tensor([e[1] for e in entries])
         tail[b, pos] = t
     return SparseDistribution(ids_B_L_J=ids, logmass_B_L_J=mass, tail_logmass_B_L=tail)
+
+
+def _mixture(earlier: list, here: list, tail: float, before_k: float) -> tuple[list, float]:
+    """``earlier`` (log masses on their paths) with ``here`` and ``tail`` weighted by the path to
+    ``k`` (``before_k``), shifted so that the largest is 0 (the path may be -inf: a teacher that
+    gives its own split of the text no mass)."""
+    parts = earlier + [(sid, lp + before_k) for sid, lp in here]
+    top = max([lp for _, lp in parts] + [tail + before_k])
+    if top == float("-inf"):
+        return here, tail
+    return [(sid, lp - top) for sid, lp in parts], tail + before_k - top
 
 
 def _with_token(ids: list, lps: list, tail: float, token: int, token_lp: float) -> tuple[list, list, float]:
