@@ -1,8 +1,14 @@
 """Learning across model families: a teacher with one tokenizer distills a student with another.
 
 Two byte-level BPE tokenizers are trained locally on different text, with different vocabulary
-sizes and different chat templates (the teacher's Llama-3 style, the student's ChatML). On the
-word-problem dataset (verifier: the final number):
+sizes and different chat templates (the teacher's Llama-3 style, the student's ChatML). On a
+built-in task with a verifier (``--ground``):
+
+* ``sumchain`` (default): SumChain written as text (``opdplug_local.sumchain_text``: "alpha 3 3
+  bravo 5 8 ... ; 8", lengths 2..8), verifier ``final_number`` after ``;``. The teacher's tokenizer
+  learns from the solutions (every label one token), the student's from English word problems and
+  100 prompts (the later labels and " ;" split into pieces), so the two cut the text differently;
+* ``wordproblems``: the arithmetic word-problem dataset (verifier: the final number).
 
 1. the teacher (Qwen2 architecture, its tokenizer) is SFT'd on the worked solutions;
 2. the student (Llama architecture, the other tokenizer) gets a short SFT cold start;
@@ -10,20 +16,23 @@ word-problem dataset (verifier: the final number):
    * OPD through the ``cross_tokenizer`` scorer with the ``xtok_project`` support (reverse KL
      against the teacher's top-k re-expressed over the student's vocabulary);
    * with ``--sampled``, also OPD with the per-chunk sampled k2 estimator (the reverse-KL
-     gradient on the sampled tokens only), the route that failed here before ``xtok_project``;
+     gradient on the sampled tokens only);
    * sequence-level distillation: SFT on the teacher's own decoded answers (one per prompt).
 
 Prints held-out accuracy of each, the share of the gap between the cold start and the teacher
-that each route closes, and writes a PNG.
+that each route closes, the alignment statistics, and writes a PNG.
 
-    python bench/cross_tokenizer.py                  # default size (see --help); run quiet
+    python bench/cross_tokenizer.py                  # SumChain, default size (see --help); run quiet
+    python bench/cross_tokenizer.py --ground wordproblems
 """
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from opdplug.config import dump_toml
@@ -38,10 +47,61 @@ def sh(*args: str) -> str:
     return out.stdout
 
 
-def task(data: Path, train_file: str = "train.jsonl", completion: str = "solution") -> dict:
+@dataclass(frozen=True)
+class Ground:
+    """A task the bench runs on: its data, the two tokenizers' corpora, sizes and budgets."""
+
+    name: str
+    verifier_options: dict
+    """Options of ``final_number`` (SumChain: the number after ``;``)."""
+    max_new_tokens: int
+    """Completion budget (in the student's tokens, which are the finer ones here)."""
+    teacher_size: dict
+    student_size: dict
+    teacher_steps: int
+    cold_steps: int
+    cold_schedule: str
+    """The cold start's learning-rate schedule (SumChain: constant, so that it gets past the point
+    where the lookup "clicks", about step 350, within its 400 steps; a cosine one ends before it)."""
+    steps: int
+    lr: float
+    """Learning rate of OPD and of sequence-level KD (the same for both)."""
+    eval_n: int
+
+
+GROUNDS = {
+    "sumchain": Ground("sumchain", {"marker": ";"}, 64, dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=4),
+                       dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4), 600, 400, "constant", 300, 1e-3, 400),
+    "wordproblems": Ground("wordproblems", {}, 32, dict(hidden_size=192, num_hidden_layers=4, num_attention_heads=6),
+                           dict(hidden_size=96, num_hidden_layers=2, num_attention_heads=4), 800, 400, "cosine", 800, 1e-3, 300),
+}
+
+
+def build_ground(ground: Ground, out: Path, seed: int) -> tuple[Path, list[str], list[str]]:
+    """(data directory, the teacher's tokenizer corpus, the student's) of ``ground``."""
+    from opdplug_local.sumchain_text import write_sumchain_text
+    from opdplug_local.wordproblems import write_jsonl
+
+    data = out / "data"
+    write_jsonl(out / "english", 12000, seed, eval_fraction=0.05)
+    english = [json.loads(line) for line in (out / "english" / "train.jsonl").read_text().splitlines()]
+    if ground.name == "wordproblems":
+        shutil.copytree(out / "english", data, dirs_exist_ok=True)
+        return data, [r["solution"] for r in english[:6000]], [r["prompt"] for r in english[6000:]] + [r["answer"] for r in english[6000:]]
+    write_sumchain_text(data, 20000, 500, seed)
+    rows = [json.loads(line) for line in (data / "train.jsonl").read_text().splitlines()]
+    # The teacher's tokenizer sees the solutions (each label becomes one token); the student's sees
+    # English word problems and 100 prompts, so the rarer later labels and " ;" stay in pieces.
+    teacher_corpus = [r["solution"] for r in rows[:3000]] + [r["solution"] for r in english[:2000]]
+    student_corpus = [r["prompt"] + " " + r["answer"] for r in english[6000:]] + [r["prompt"] for r in rows[3000:3100]]
+    return data, teacher_corpus, student_corpus
+
+
+def task(ground: Ground, data: Path, train_file: str = "train.jsonl", completion: str = "solution") -> dict:
     return {"name": "dataset", "options": {
         "path": str(data / train_file), "eval_path": str(data / "eval.jsonl"), "prompt_column": "prompt",
-        "answer_column": "answer", "completion_column": completion, "verifier": "final_number", "max_new_tokens": 32}}
+        "answer_column": "answer", "completion_column": completion, "verifier": "final_number",
+        "verifier_options": ground.verifier_options, "max_new_tokens": ground.max_new_tokens}}
 
 
 THREADS = 1
@@ -49,9 +109,16 @@ THREADS = 1
 (a run at the default thread count was 14x slower per step under load than at one)."""
 
 
-def train(out: Path, name: str, model: str, steps: int, tsk: dict, **sections) -> Path:
-    cfg = {"run": {"output_dir": str(out / name), "steps": steps, "batch_size": 32, "lr": 2e-3, "warmup_steps": 20,
-                   "lr_schedule": "cosine", "checkpoint_every": max(steps, 1), "progress": True, "threads": THREADS},
+def train(out: Path, name: str, model: str, steps: int, tsk: dict, reuse: bool = False, lr: float = 2e-3,
+          schedule: str = "cosine", seed: int = 0, **sections) -> Path:
+    """Train run ``name`` through ``opdplug train`` (``reuse``: keep a finished run of that name);
+    SFT on the task's completion column unless ``sections`` say otherwise."""
+    if reuse and (out / name / "final" / "config.json").is_file():
+        print(f"[{name}] reused", flush=True)
+        return out / name
+    cfg = {"run": {"output_dir": str(out / name), "steps": steps, "batch_size": 32, "lr": lr, "warmup_steps": 20,
+                   "lr_schedule": schedule, "checkpoint_every": max(steps, 1), "progress": True, "threads": THREADS,
+                   "resume": False, "seed": seed},
            "student": {"path": model}, "task": tsk,
            "teacher": {"scorer": "none"}, "rollout": {"sampler": "reference"},
            "loss": {"support": "sampled", "estimator": "nll"}}
@@ -64,11 +131,15 @@ def train(out: Path, name: str, model: str, steps: int, tsk: dict, **sections) -
     return out / name
 
 
-def kl_curve(run: Path) -> tuple[float, float]:
-    """Mean reverse KL per token over a run's first and last 20 logged steps."""
+def metric_means(run: Path, keys: tuple[str, ...], first: int = 20) -> dict:
+    """Mean of each metric over a run's first ``first`` logged steps and its last ``first``."""
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    kl = [r["reverse_kl"] for r in rows if "reverse_kl" in r]
-    return sum(kl[:20]) / max(len(kl[:20]), 1), sum(kl[-20:]) / max(len(kl[-20:]), 1)
+    out = {}
+    for k in keys:
+        v = [r[k] for r in rows if k in r]
+        if v:
+            out[k] = (sum(v[:first]) / len(v[:first]), sum(v[-first:]) / len(v[-first:]))
+    return out
 
 
 def accuracy(run: Path, n: int) -> float:
@@ -77,64 +148,72 @@ def accuracy(run: Path, n: int) -> float:
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out", default="runs/bench_cross_tokenizer")
-    p.add_argument("--teacher-steps", type=int, default=800, help="more makes a stronger teacher (the ceiling here)")
-    p.add_argument("--cold-steps", type=int, default=400, help="OPD needs a student that already follows the format")
-    p.add_argument("--steps", type=int, default=800, help="OPD steps; sequence-level KD gets the same completions")
-    p.add_argument("--eval-n", type=int, default=300)
+    p.add_argument("--ground", choices=sorted(GROUNDS), default="sumchain")
+    p.add_argument("--out", default=None, help="default runs/bench_cross_tokenizer[_GROUND]")
+    p.add_argument("--teacher-steps", type=int, default=None, help="teacher SFT steps (more: a stronger teacher)")
+    p.add_argument("--cold-steps", type=int, default=None, help="OPD needs a student that already follows the format")
+    p.add_argument("--steps", type=int, default=None, help="OPD steps; sequence-level KD gets the same completions")
+    p.add_argument("--lr", type=float, default=None, help="learning rate of OPD and of sequence-level KD")
+    p.add_argument("--eval-n", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--sampled", action="store_true", help="also run OPD with the sampled-token k2 estimator")
+    p.add_argument("--reuse", action="store_true", help="keep runs already finished under --out (teacher, cold start, ...)")
     a = p.parse_args(argv)
+    ground = GROUNDS[a.ground]
+    for k in ("teacher_steps", "cold_steps", "steps", "eval_n"):
+        if getattr(a, k) is None:
+            setattr(a, k, getattr(ground, k))
+    lr = a.lr or ground.lr
     from opdplug.testing.models import build_bpe_tokenizer, build_model_dir
-    from opdplug_local.wordproblems import write_jsonl
 
-    out = ROOT / a.out
-    data = out / "data"
-    write_jsonl(data, 12000, a.seed, eval_fraction=0.05)
-    rows = [json.loads(line) for line in (data / "train.jsonl").read_text().splitlines()]
-    # Different text for each: the teacher's tokenizer learns from solutions, the student's from
-    # prompts and a generic corpus; different sizes, different templates.
-    teacher_tok = build_bpe_tokenizer([r["solution"] for r in rows[:6000]], vocab_size=900, template="llama3")
-    student_tok = build_bpe_tokenizer([r["prompt"] for r in rows[6000:]] + [r["answer"] for r in rows[6000:]],
-                                      vocab_size=600, template="chatml")
-    build_model_dir(out / "teacher-init", "qwen2", teacher_tok, hidden_size=192, num_hidden_layers=4,
-                    num_attention_heads=6, num_key_value_heads=2, seed=a.seed)
-    build_model_dir(out / "student-init", "llama", student_tok, hidden_size=96, num_hidden_layers=2,
-                    num_attention_heads=4, num_key_value_heads=2, seed=a.seed + 1)
-    teacher = train(out, "teacher", str(out / "teacher-init"), a.teacher_steps, task(data))
-    cold = train(out, "cold_start", str(out / "student-init"), a.cold_steps, task(data))
+    out = ROOT / (a.out or ("runs/bench_cross_tokenizer" + ("" if a.ground == "wordproblems" else f"_{a.ground}")))
+    data, teacher_corpus, student_corpus = build_ground(ground, out, a.seed)
+    teacher_tok = build_bpe_tokenizer(teacher_corpus, vocab_size=900, template="llama3")
+    student_tok = build_bpe_tokenizer(student_corpus, vocab_size=600, template="chatml")
+    if not (a.reuse and (out / "teacher-init" / "config.json").is_file()):
+        build_model_dir(out / "teacher-init", "qwen2", teacher_tok, num_key_value_heads=2, seed=a.seed, **ground.teacher_size)
+        build_model_dir(out / "student-init", "llama", student_tok, num_key_value_heads=2, seed=a.seed + 1, **ground.student_size)
+    tsk = task(ground, data)
+    teacher = train(out, "teacher", str(out / "teacher-init"), a.teacher_steps, tsk, a.reuse, seed=a.seed)
+    cold = train(out, "cold_start", str(out / "student-init"), a.cold_steps, tsk, a.reuse, schedule=ground.cold_schedule,
+                 seed=a.seed)
     opd_runs = {}
     routes = {"opd_project": {"support": "xtok_project", "divergence": "reverse_kl"}}
     if a.sampled:
         routes["opd_sampled_k2"] = {"support": "sampled", "estimator": "k2"}
     for name, loss in routes.items():
         opd_runs[name] = train(
-            out, name, str(cold / "final"), a.steps, task(data),
+            out, name, str(cold / "final"), a.steps, tsk, a.reuse, lr=lr, seed=a.seed,
             teacher={"path": str(teacher / "final"), "scorer": "cross_tokenizer", "top_k": 32},
-            rollout={"sampler": "on_policy", "temperature": 1.0}, loss=loss, run={
-                "output_dir": str(out / name), "steps": a.steps, "batch_size": 32, "lr": 1e-3, "warmup_steps": 20,
-                "lr_schedule": "cosine", "checkpoint_every": a.steps, "progress": True, "threads": THREADS})
+            rollout={"sampler": "on_policy", "temperature": 1.0}, loss=loss)
     # Sequence-level KD: the teacher answers each training prompt once (as many completions as OPD scored).
     n_completions = a.steps * 32
-    sh("generate", str(teacher), "--split", "train", "-n", str(n_completions), "--temperature", "1.0",
-       "--out", str(data / "teacher_samples.jsonl"), "--seed", str(a.seed))
-    kd_rows = []
-    for line in (data / "teacher_samples.jsonl").read_text().splitlines():
-        r = json.loads(line)
-        user = r["meta"]["chat_messages"][-1]["content"]
-        kd_rows.append({"prompt": user, "answer": r["meta"]["answer"], "solution": r["completion"]})
-    (data / "teacher_kd.jsonl").write_text("".join(json.dumps(r) + "\n" for r in kd_rows))
-    kd = train(out, "seq_kd", str(cold / "final"), a.steps, task(data, "teacher_kd.jsonl"))
+    samples = data / "teacher_samples.jsonl"
+    if not (a.reuse and (out / "seq_kd" / "final" / "config.json").is_file()):
+        sh("generate", str(teacher), "--split", "train", "-n", str(n_completions), "--temperature", "1.0",
+           "--out", str(samples), "--seed", str(a.seed))
+        kd_rows = []
+        for line in samples.read_text().splitlines():
+            r = json.loads(line)
+            user = r["meta"]["chat_messages"][-1]["content"]
+            kd_rows.append({"prompt": user, "answer": r["meta"]["answer"], "solution": r["completion"]})
+        (data / "teacher_kd.jsonl").write_text("".join(json.dumps(r) + "\n" for r in kd_rows))
+    kd = train(out, "seq_kd", str(cold / "final"), a.steps, task(ground, data, "teacher_kd.jsonl"), a.reuse, lr=lr,
+               seed=a.seed)
     acc = {name: accuracy(run, a.eval_n) for name, run in
            [("teacher", teacher), ("cold_start", cold), *opd_runs.items(), ("seq_kd", kd)]}
     gap = acc["teacher"] - acc["cold_start"]
     closed = {k: (acc[k] - acc["cold_start"]) / gap if gap > 0 else float("nan") for k in [*opd_runs, "seq_kd"]}
-    kl = {k: kl_curve(run) for k, run in opd_runs.items()}
-    for k, (first, last) in kl.items():
-        print(f"{k}: reverse KL per token {first:.3f} over the first 20 steps, {last:.3f} over the last 20")
+    keys = ("reverse_kl", "xtok/one_to_one", "xtok/mean_chunk_tokens", "xtok/vocab_overlap", "xtok/rows_skipped")
+    stats = {k: metric_means(run, keys) for k, run in opd_runs.items()}
+    for k, m in stats.items():
+        print(f"{k}: " + ", ".join(f"{key} {first:.3f} -> {last:.3f}" for key, (first, last) in m.items())
+              + " (first -> last 20 steps)")
     print("| model | held-out accuracy | gap closed |\n|---|---|---|")
     for k, v in acc.items():
         print(f"| {k} | {v:.3f} | {closed[k]:.0%} |" if k in closed else f"| {k} | {v:.3f} | |")
+    (out / "cross_tokenizer.json").write_text(json.dumps({"args": vars(a), "accuracy": acc, "gap_closed": closed,
+                                                          "opd_metrics": stats}, indent=1))
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -142,11 +221,11 @@ def main(argv=None) -> None:
     ax.bar(list(acc), list(acc.values()), color=["grey", "lightgrey"] + ["tab:blue"] * len(opd_runs) + ["tab:orange"])
     ax.tick_params(axis="x", labelrotation=20)
     ax.set_ylabel("held-out accuracy")
-    ax.set_title("teacher of another tokenizer family")
+    ax.set_title(f"teacher of another tokenizer family ({a.ground})")
     fig.tight_layout()
     fig.savefig(out / "cross_tokenizer.png", dpi=120)
     print(f"cross-tokenizer OPD closed {closed['opd_project']:.0%} of the gap (sequence-level KD: {closed['seq_kd']:.0%}) "
-          f"at {n_completions} teacher-scored completions each; plot {out / 'cross_tokenizer.png'}")
+          f"at {n_completions} teacher-scored completions each ({a.ground}); plot {out / 'cross_tokenizer.png'}")
 
 
 if __name__ == "__main__":
