@@ -13,8 +13,9 @@ built-in task with a verifier (``--ground``):
 1. the teacher (Qwen2 architecture, its tokenizer) is SFT'd on the worked solutions;
 2. the student (Llama architecture, the other tokenizer) gets a short SFT cold start;
 3. from that cold start, routes at equal teacher work (the same number of completions):
-   * OPD through the ``cross_tokenizer`` scorer with the ``xtok_project`` support (reverse KL
-     against the teacher's top-k re-expressed over the student's vocabulary);
+   * OPD through the ``cross_tokenizer`` scorer with the ``xtok_project`` support (the teacher's
+     top-k re-expressed over the student's vocabulary), one route per ``--divergences``: the
+     generalized JSD (beta 0.5) and reverse KL by default;
    * with ``--sampled``, also OPD with the per-chunk sampled k2 estimator (the reverse-KL
      gradient on the sampled tokens only);
    * sequence-level distillation: SFT on the teacher's own decoded answers (one per prompt).
@@ -60,9 +61,15 @@ class Ground:
     student_size: dict
     teacher_steps: int
     cold_steps: int
+    """Steps of the cold start (SFT on the reference solutions), or its first checkpoint (below)."""
     cold_schedule: str
-    """The cold start's learning-rate schedule (SumChain: constant, so that it gets past the point
-    where the lookup "clicks", about step 350, within its 400 steps; a cosine one ends before it)."""
+    cold_accuracy: float
+    """With a constant schedule: go on in steps of 50 (up to 3x ``cold_steps``) until the held-out
+    accuracy reaches this. SumChain's student "clicks" (learns the lookup) somewhere between steps
+    300 and 600 depending on the seed, and can sit for hundreds of steps in a partial solution
+    (T = 2 and 8 right, 3 to 7 wrong: 0.23-0.30) that neither OPD nor SFT on the teacher's text
+    left within 300 steps; OPD, like the Thinking Machines recipe, starts from a student that
+    already follows the teacher's pattern. 0: exactly ``cold_steps``."""
     steps: int
     lr: float
     """Learning rate of OPD and of sequence-level KD (the same for both)."""
@@ -71,9 +78,9 @@ class Ground:
 
 GROUNDS = {
     "sumchain": Ground("sumchain", {"marker": ";"}, 64, dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=4),
-                       dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4), 600, 400, "constant", 300, 1e-3, 400),
+                       dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4), 600, 400, "constant", 0.4, 300, 1e-3, 400),
     "wordproblems": Ground("wordproblems", {}, 32, dict(hidden_size=192, num_hidden_layers=4, num_attention_heads=6),
-                           dict(hidden_size=96, num_hidden_layers=2, num_attention_heads=4), 800, 400, "cosine", 800, 1e-3, 300),
+                           dict(hidden_size=96, num_hidden_layers=2, num_attention_heads=4), 800, 400, "cosine", 0.0, 800, 1e-3, 300),
 }
 
 
@@ -110,15 +117,15 @@ THREADS = 1
 
 
 def train(out: Path, name: str, model: str, steps: int, tsk: dict, reuse: bool = False, lr: float = 2e-3,
-          schedule: str = "cosine", seed: int = 0, **sections) -> Path:
+          schedule: str = "cosine", seed: int = 0, resume: bool = False, every: int = 0, **sections) -> Path:
     """Train run ``name`` through ``opdplug train`` (``reuse``: keep a finished run of that name);
     SFT on the task's completion column unless ``sections`` say otherwise."""
     if reuse and (out / name / "final" / "config.json").is_file():
         print(f"[{name}] reused", flush=True)
         return out / name
     cfg = {"run": {"output_dir": str(out / name), "steps": steps, "batch_size": 32, "lr": lr, "warmup_steps": 20,
-                   "lr_schedule": schedule, "checkpoint_every": max(steps, 1), "progress": True, "threads": THREADS,
-                   "resume": False, "seed": seed},
+                   "lr_schedule": schedule, "checkpoint_every": every or max(steps, 1), "progress": True,
+                   "threads": THREADS, "resume": resume, "seed": seed},
            "student": {"path": model}, "task": tsk,
            "teacher": {"scorer": "none"}, "rollout": {"sampler": "reference"},
            "loss": {"support": "sampled", "estimator": "nll"}}
@@ -129,6 +136,29 @@ def train(out: Path, name: str, model: str, steps: int, tsk: dict, reuse: bool =
     print(f"[{name}] {steps} steps", flush=True)
     sh("train", str(path))
     return out / name
+
+
+def cold_start(out: Path, ground: Ground, a, tsk: dict) -> tuple[Path, int]:
+    """The student's cold start, SFT on the reference solutions: ``a.cold_steps``, or with
+    ``ground.cold_accuracy`` on, resumed 50 steps at a time until its held-out accuracy reaches it."""
+    if not ground.cold_accuracy:
+        return train(out, "cold_start", str(out / "student-init"), a.cold_steps, tsk, a.reuse,
+                     schedule=ground.cold_schedule, seed=a.seed), a.cold_steps
+    record = out / "cold_start.json"
+    if a.reuse and record.is_file() and (out / "cold_start" / "final" / "config.json").is_file():
+        steps = json.loads(record.read_text())["steps"]
+        print(f"[cold_start] reused ({steps} steps)", flush=True)
+        return out / "cold_start", steps
+    steps = a.cold_steps
+    while True:  # a constant schedule: resuming for 50 more steps is the same run as one that long
+        run = train(out, "cold_start", str(out / "student-init"), steps, tsk, schedule=ground.cold_schedule,
+                    seed=a.seed, resume=steps > a.cold_steps, every=50)
+        acc = accuracy(run, a.eval_n)
+        print(f"[cold_start] {steps} steps: held-out accuracy {acc:.3f}", flush=True)
+        if acc >= ground.cold_accuracy or steps >= 3 * a.cold_steps:
+            record.write_text(json.dumps({"steps": steps, "accuracy": acc}))
+            return run, steps
+        steps += 50
 
 
 def metric_means(run: Path, keys: tuple[str, ...], first: int = 20) -> dict:
@@ -156,6 +186,8 @@ def main(argv=None) -> None:
     p.add_argument("--lr", type=float, default=None, help="learning rate of OPD and of sequence-level KD")
     p.add_argument("--eval-n", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--divergences", default="jsd,reverse_kl",
+                   help="OPD routes with xtok_project, one per divergence (jsd: beta 0.5); the first is the headline")
     p.add_argument("--sampled", action="store_true", help="also run OPD with the sampled-token k2 estimator")
     p.add_argument("--reuse", action="store_true", help="keep runs already finished under --out (teacher, cold start, ...)")
     a = p.parse_args(argv)
@@ -175,10 +207,11 @@ def main(argv=None) -> None:
         build_model_dir(out / "student-init", "llama", student_tok, num_key_value_heads=2, seed=a.seed + 1, **ground.student_size)
     tsk = task(ground, data)
     teacher = train(out, "teacher", str(out / "teacher-init"), a.teacher_steps, tsk, a.reuse, seed=a.seed)
-    cold = train(out, "cold_start", str(out / "student-init"), a.cold_steps, tsk, a.reuse, schedule=ground.cold_schedule,
-                 seed=a.seed)
+    cold, cold_steps = cold_start(out, ground, a, tsk)
     opd_runs = {}
-    routes = {"opd_project": {"support": "xtok_project", "divergence": "reverse_kl"}}
+    divergences = [d.strip() for d in a.divergences.split(",") if d.strip()]
+    routes = {f"opd_project_{d}": {"support": "xtok_project", "divergence": d,
+                                    **({"divergence_options": {"beta": 0.5}} if d == "jsd" else {})} for d in divergences}
     if a.sampled:
         routes["opd_sampled_k2"] = {"support": "sampled", "estimator": "k2"}
     for name, loss in routes.items():
@@ -212,7 +245,9 @@ def main(argv=None) -> None:
     print("| model | held-out accuracy | gap closed |\n|---|---|---|")
     for k, v in acc.items():
         print(f"| {k} | {v:.3f} | {closed[k]:.0%} |" if k in closed else f"| {k} | {v:.3f} | |")
-    (out / "cross_tokenizer.json").write_text(json.dumps({"args": vars(a), "accuracy": acc, "gap_closed": closed,
+    print(f"cold start: {cold_steps} SFT steps")
+    (out / "cross_tokenizer.json").write_text(json.dumps({"args": vars(a), "cold_steps": cold_steps, "accuracy": acc,
+                                                          "gap_closed": closed,
                                                           "opd_metrics": stats}, indent=1))
     import matplotlib
     matplotlib.use("Agg")
@@ -224,7 +259,8 @@ def main(argv=None) -> None:
     ax.set_title(f"teacher of another tokenizer family ({a.ground})")
     fig.tight_layout()
     fig.savefig(out / "cross_tokenizer.png", dpi=120)
-    print(f"cross-tokenizer OPD closed {closed['opd_project']:.0%} of the gap (sequence-level KD: {closed['seq_kd']:.0%}) "
+    head = f"opd_project_{divergences[0]}"
+    print(f"cross-tokenizer OPD ({head}) closed {closed[head]:.0%} of the gap (sequence-level KD: {closed['seq_kd']:.0%}) "
           f"at {n_completions} teacher-scored completions each ({a.ground}); plot {out / 'cross_tokenizer.png'}")
 
 

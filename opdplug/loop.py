@@ -340,6 +340,9 @@ def _train(ctx: RunContext, progress_desc: str) -> TrainResult:
     optimizer, scheduler = make_optimizer(ctx)
     ctx.student, optimizer = acc.prepare(ctx.student, optimizer)
     start = resume(ctx, optimizer, scheduler)
+    if start > run.steps:  # the weights are past what was asked: say so, write nothing
+        raise ConfigError(f"{run.output_dir} holds a checkpoint at step {start}, past run.steps = {run.steps}: raise "
+                          f"run.steps, use another run.output_dir, or set run.resume = false to start over")
     if start == 0:
         ctx.manager.hook.opd_preflight(ctx=ctx)
 

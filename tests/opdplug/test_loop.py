@@ -61,6 +61,22 @@ def test_killed_run_resumes_to_the_same_weights(toy_run, tmp_path):
     assert sorted(p.name for p in (tmp_path / "killed" / "checkpoints").glob("step-*")) == ["step-000004", "step-000006"]
 
 
+def test_resuming_with_fewer_steps_than_done_is_one_line_and_writes_nothing(toy_run, tmp_path):
+    """A run directory at step 6 asked for 4 steps: not a 4-step model (it used to export the
+    6-step weights as final and label a checkpoint step 4)."""
+    out = tmp_path / "run"
+    config, manager = toy_run(run={"steps": 6, "checkpoint_every": 2, "lr": 1e-2, "output_dir": str(out)})
+    done = train(config, manager)
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+    config, manager = toy_run(run={"steps": 4, "checkpoint_every": 2, "lr": 1e-2, "output_dir": str(out)})
+    with pytest.raises(ConfigError) as err:
+        train(config, manager)
+    assert "holds a checkpoint at step 6, past run.steps = 4" in str(err.value) and "\n" not in str(err.value)
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == before
+    config, manager = toy_run(run={"steps": 6, "checkpoint_every": 2, "lr": 1e-2, "output_dir": str(out)})
+    assert train(config, manager).steps_done == done.steps_done == 6  # the same length is still a no-op resume
+
+
 def test_nan_loss_stops_without_checkpoint(toy_run, toy_manager, tmp_path):
     nan = plugin("nan_plugin", opd_loss=lambda ctx, batch, scores, credit, student: LossOutput(
         loss_sum=student.hidden_B_L_H.sum() * float("nan"), num_tokens=1))
