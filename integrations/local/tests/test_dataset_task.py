@@ -47,7 +47,8 @@ def world(tmp_path_factory):
 def write_config(root: Path, name: str, dirs: dict, *, data: str, student="llama", teacher="qwen2", steps=4, **task):
     config = {
         "run": {"output_dir": str(root / "runs" / name), "steps": steps, "batch_size": 4, "checkpoint_every": 1,
-                "progress": False, "lr": 3e-3},
+                "progress": False, "lr": 3e-3, "threads": 1},  # one thread: the in-process and the subprocess runs
+                # must not differ in summation order, whatever earlier tests set torch to
         "student": {"path": str(dirs[student])},
         "teacher": {"path": str(dirs[teacher])},
         "task": {"name": "dataset", "options": {"path": str(root / data), "eval_path": str(root / "eval.jsonl"),
