@@ -252,9 +252,11 @@ def main(argv=None) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(5, 3))
+    fig, ax = plt.subplots(figsize=(7, 3.4))
     ax.bar(list(acc), list(acc.values()), color=["grey", "lightgrey"] + ["tab:blue"] * len(opd_runs) + ["tab:orange"])
     ax.tick_params(axis="x", labelrotation=20)
+    for label in ax.get_xticklabels():
+        label.set_horizontalalignment("right")
     ax.set_ylabel("held-out accuracy")
     ax.set_title(f"teacher of another tokenizer family ({a.ground})")
     fig.tight_layout()
