@@ -192,6 +192,8 @@ def main(argv=None) -> None:
     p.add_argument("--reuse", action="store_true", help="keep runs already finished under --out (teacher, cold start, ...)")
     a = p.parse_args(argv)
     ground = GROUNDS[a.ground]
+    if not [d for d in a.divergences.split(",") if d.strip()]:
+        p.error("--divergences needs at least one divergence, e.g. jsd or reverse_kl")
     for k in ("teacher_steps", "cold_steps", "steps", "eval_n"):
         if getattr(a, k) is None:
             setattr(a, k, getattr(ground, k))
