@@ -84,8 +84,10 @@ def crossing(points: list, target: float):
     """FLOPs (and step) where the curve first reaches ``target``, linear between checkpoints; None if never."""
     for a, b in zip(points, points[1:]):
         if b["accuracy"] >= target:
-            if a["accuracy"] >= target or b["accuracy"] == a["accuracy"]:
-                return {"flops": a["flops"] if a["accuracy"] >= target else b["flops"], "step": b["step"]}
+            if a["accuracy"] >= target:
+                return {"flops": a["flops"], "step": a["step"]}
+            if b["accuracy"] == a["accuracy"]:
+                return {"flops": b["flops"], "step": b["step"]}
             f = (target - a["accuracy"]) / (b["accuracy"] - a["accuracy"])
             return {"flops": a["flops"] + f * (b["flops"] - a["flops"]), "step": b["step"]}
     return {"flops": 0.0, "step": 0} if points and points[0]["accuracy"] >= target else None
@@ -168,6 +170,44 @@ def headline(name: str, res: dict) -> str:
             f"{opd['flops'] / 1e9:.1f} GFLOPs, RL {rl['flops'] / 1e9:.1f}; {sft_part})")
 
 
+LEVELS = (0.25, 0.5, 0.75, 1.0)
+"""Fractions of the way from the shared checkpoint's accuracy to the target at which every route's
+compute is read: a route that never reaches the target may still be compared on the way to it."""
+
+
+def levels_of(res: dict) -> list:
+    """Per level (a fraction of the checkpoint-to-target gap): the accuracy, each route's GFLOPs to
+    reach it (None: not within its run), and OPD's compute as a multiple of RL's and of more SFT's
+    (an upper bound, "<=", where RL never reached it: its whole spend is the denominator)."""
+    start = res["plateau"][-1]["accuracy"]
+    rows = []
+    for f in LEVELS:
+        level = start + f * (res["target"] - start)
+        reach = {name: crossing(c["points"], level) for name, c in res["routes"].items()}
+        row = {"fraction": f, "accuracy": level,
+               "gflops": {n: (r["flops"] / 1e9 if r else None) for n, r in reach.items()}}
+        opd, rl, sft = reach.get("OPD"), reach.get("RL"), reach.get("SFT")
+        if opd and "RL" in res["routes"]:
+            rl_flops = rl["flops"] if rl else res["routes"]["RL"]["points"][-1]["flops"]
+            row["opd_over_rl"] = {"ratio": opd["flops"] / max(rl_flops, 1.0), "bound": rl is None}
+        if opd and sft:
+            row["opd_over_sft"] = opd["flops"] / max(sft["flops"], 1.0)
+        rows.append(row)
+    return rows
+
+
+def print_levels(res: dict) -> None:
+    names = list(res["routes"])
+    print("GFLOPs to reach each level on the way to the target (-: not within the run)")
+    print(f"{'level':<14}" + "".join(f"{n:>10}" for n in names) + f"{'OPD/RL':>10}{'OPD/SFT':>10}")
+    for row in res["levels"]:
+        cells = "".join(f"{row['gflops'][n]:>10.1f}" if row["gflops"][n] is not None else f"{'-':>10}" for n in names)
+        r = row.get("opd_over_rl")
+        rl = f"{'<=' if r['bound'] else ''}{r['ratio']:.2f}" if r else "-"
+        sft = f"{row['opd_over_sft']:.2f}" if "opd_over_sft" in row else "-"
+        print(f"{int(row['fraction'] * 100):>3}% {row['accuracy']:.3f}    " + cells + f"{rl:>10}{sft:>10}")
+
+
 def print_table(name: str, res: dict) -> None:
     print(f"\n{res['label']}: teacher {res['teacher_accuracy']:.3f}, target {res['target']:.3f}; params teacher "
           f"{res['params']['teacher']:,}, student {res['params']['student']:,}")
@@ -179,6 +219,8 @@ def print_table(name: str, res: dict) -> None:
         to = f"{reach['flops'] / 1e9:.1f}" if reach else "not reached"
         ratio = f"{reach['flops'] / rl['flops']:.2f}" if reach and rl and rl["flops"] > 0 else "-"
         print(f"{route:<8}{c['points'][-1]['accuracy']:>10.3f}{c['points'][-1]['flops'] / 1e9:>14.1f}{to:>18}{ratio:>8}{c['train_seconds']:>9.0f}")
+    if res.get("levels"):
+        print_levels(res)
 
 
 def main(argv=None) -> None:
@@ -229,6 +271,7 @@ def main(argv=None) -> None:
         if work.exists():
             shutil.rmtree(work)
         results[g] = run_ground(ground, args, work)
+        results[g]["levels"] = levels_of(results[g])
     lines = []
     for g, res in results.items():
         print_table(g, res)
