@@ -45,6 +45,27 @@ class Ground:
     """Learning rate of the plateau SFT and of every route."""
     evaluate: Callable[[Path], float] = field(compare=False)
     """Held-out greedy accuracy of a model, run or checkpoint directory."""
+    pool_source: Path | None = None
+    """A JSONL file of the task's rows whose first N make the shared checkpoint's limited SFT data
+    (``--plateau-pool N``); None where the task generates its prompts (SumChain)."""
+
+    def pool_sections(self, work: Path, n: int) -> dict:
+        """Config sections that train on the first ``n`` rows of ``pool_source`` only (written to
+        ``work/plateau_pool.jsonl``): the chosen amount of data an SFT plateau is reached on."""
+        rows = []
+        with open(self.pool_source) as f:
+            for line in f:
+                if line.strip():
+                    rows.append(line.rstrip("\n"))
+                if len(rows) == n:
+                    break
+        if len(rows) < n:
+            raise ValueError(f"--plateau-pool {n} asks for more rows than {self.pool_source} has ({len(rows)})")
+        work.mkdir(parents=True, exist_ok=True)
+        (work / "plateau_pool.jsonl").write_text("\n".join(rows) + "\n")
+        task = json.loads(json.dumps(self.sections["task"]))
+        task["options"]["path"] = str(work / "plateau_pool.jsonl")
+        return {"task": task}
 
     def config(self, output_dir: Path, **sections):
         """``(config, manager)`` for a run on this ground with ``sections`` merged in."""
@@ -106,9 +127,10 @@ def wordproblems_data(root: Path) -> tuple[Path, Path]:
     return data, models
 
 
-def wordproblems(eval_n: int, threads: int) -> Ground:
-    """The README's word-problem example: a Qwen2 teacher SFT'd on the solutions (cached), the
-    5.8x smaller Llama student, more SFT on the reference solutions, ``final_number`` verifier."""
+def wordproblems(eval_n: int, threads: int, teacher_steps: int = WORDPROBLEM_TEACHER_STEPS) -> Ground:
+    """The README's word-problem example: a Qwen2 teacher SFT'd on the solutions for
+    ``teacher_steps`` (cached per length), the 5.8x smaller Llama student, more SFT on the reference
+    solutions, ``final_number`` verifier."""
     from opdplug_local.modelcache import cache_dir
 
     data, models = wordproblems_data(cache_dir() / "wordproblems-example-v1")
@@ -121,13 +143,13 @@ def wordproblems(eval_n: int, threads: int) -> Ground:
 
     def build(work: Path) -> Path:
         ground = Ground("wordproblems", "", Path(), {}, sections, reference, "reference", 2e-3, lambda p: 0.0)
-        config, manager = ground.config(work, run={"steps": WORDPROBLEM_TEACHER_STEPS, "batch_size": 32, "lr": 2e-3,
+        config, manager = ground.config(work, run={"steps": teacher_steps, "batch_size": 32, "lr": 2e-3,
                                                    "warmup_steps": 50, "lr_schedule": "cosine",
                                                    "checkpoint_every": 0},
                                          student={"path": str(models / "teacher-init")}, **reference)
         return train(config, manager, progress_desc="word-problem teacher (SFT)").final_model_dir
 
-    teacher_dir, _ = cached_model(f"wordproblems-teacher-{WORDPROBLEM_TEACHER_STEPS}-v1", build)
+    teacher_dir, _ = cached_model(f"wordproblems-teacher-{teacher_steps}-v1", build)
     manager = make_plugin_manager()
 
     def evaluate(path: Path) -> float:
@@ -137,5 +159,5 @@ def wordproblems(eval_n: int, threads: int) -> Ground:
     return Ground(
         name="wordproblems", label="arithmetic word problems (held-out, final_number)", teacher_dir=teacher_dir,
         student_start={"path": str(models / "student-init")}, sections=sections, sft_route=reference,
-        sft_generator="reference", plateau_lr=2e-3, evaluate=evaluate,
+        sft_generator="reference", plateau_lr=2e-3, evaluate=evaluate, pool_source=data / "train.jsonl",
     )

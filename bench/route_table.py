@@ -25,6 +25,10 @@ compute to reach it is interpolated linearly between the checkpoints around the 
     .venv/bin/python bench/route_table.py               # both grounds, default sizes
     .venv/bin/python bench/route_table.py --quick       # SumChain only, smaller (make demo)
 
+On the word problems, ``--plateau-pool N`` makes the shared checkpoint's SFT read only the first N
+training rows (a data-limited plateau: with 512 rows it sits at 0.30 from step 400 on), and
+``--teacher-steps`` picks how long the cached teacher was SFT'd (1000: 0.48 held-out; 3000: 0.945).
+
 Writes ``route_table.json`` and ``route_table.png`` under ``--out`` (``runs/bench``).
 """
 from __future__ import annotations
@@ -100,10 +104,15 @@ def shared_checkpoint(ground, args, work: Path) -> dict:
     student = dict(ground.student_start)
     if "init_seed" in student:
         student["init_seed"] += args.seed
+    pool = getattr(args, "plateau_pool", 0)
+    try:
+        limited = ground.pool_sections(work, pool) if pool else {}
+    except ValueError as e:
+        sys.exit(f"route_table: {e}")
     config, manager = ground.config(
         plateau_dir, run={"steps": args.plateau_steps, "batch_size": args.batch, "lr": ground.plateau_lr, "seed": args.seed,
                           "checkpoint_every": args.plateau_every, "keep_checkpoints": 1000},
-        student=student, **ground.sft_route)
+        student=student, **ground.sft_route, **limited)
     plateau = train(config, manager, progress_desc=f"{ground.name}: shared SFT checkpoint")
     start_dir = plateau.final_model_dir
     params = {"student": route_setups.params_of(start_dir), "teacher": route_setups.params_of(ground.teacher_dir)}
@@ -240,6 +249,9 @@ def main(argv=None) -> None:
     ap.add_argument("--batch", type=int, default=32, help="rows per step (RL: batch / group prompts)")
     ap.add_argument("--group", type=int, default=8, help="samples per prompt of RL and RL+OPD")
     ap.add_argument("--shaping", type=float, default=1.0, help="weight of the teacher log-ratio in RL+OPD")
+    ap.add_argument("--plateau-pool", type=int, default=None,
+                    help="word problems: the shared checkpoint's SFT reads only the first N training rows (0: the whole stream)")
+    ap.add_argument("--teacher-steps", type=int, default=None, help="word problems: SFT steps of the (cached) teacher")
     ap.add_argument("--target-gap", type=float, default=0.02, help="target = teacher accuracy minus this")
     ap.add_argument("--length", type=int, default=8, help="SumChain's evaluated length T")
     ap.add_argument("--eval-n", type=int, default=None, help="held-out prompts per evaluation")
@@ -248,7 +260,8 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     if args.quick:
         args.grounds = "sumchain"
-    defaults = dict(plateau_steps=150 if args.quick else 200, plateau_every=50, steps=150 if args.quick else 300,
+    defaults = dict(plateau_pool=0, teacher_steps=route_setups.WORDPROBLEM_TEACHER_STEPS,
+                    plateau_steps=150 if args.quick else 200, plateau_every=50, steps=150 if args.quick else 300,
                     every=25 if args.quick else 50, eval_n=100 if args.quick else 200)
     for k, v in defaults.items():
         if getattr(args, k) is None:
@@ -258,6 +271,10 @@ def main(argv=None) -> None:
     grounds = [g.strip() for g in args.grounds.split(",") if g.strip()]
     unknown = [g for g in grounds if g not in ("sumchain", "wordproblems")]
     unknown += [r for r in args.routes.split(",") if r not in ROUTES]
+    if args.plateau_pool and "sumchain" in grounds:
+        sys.exit("route_table: --plateau-pool needs a ground with a data file (wordproblems); SumChain generates its prompts")
+    if args.plateau_pool < 0 or args.teacher_steps < 1:
+        sys.exit("route_table: --plateau-pool must be >= 0 and --teacher-steps >= 1")
     if unknown or args.batch % args.group or args.steps % args.every or args.rl_steps % args.rl_every:
         sys.exit(f"route_table: {'unknown ground or route ' + unknown[0] if unknown else '--batch must be a multiple of --group, --steps of --every, --rl-steps of --rl-every'}")
     t0 = time.perf_counter()
@@ -266,7 +283,7 @@ def main(argv=None) -> None:
     results = {}
     for g in grounds:
         ground = route_setups.sumchain(args.length, args.eval_n, args.threads) if g == "sumchain" else \
-            route_setups.wordproblems(args.eval_n, args.threads)
+            route_setups.wordproblems(args.eval_n, args.threads, args.teacher_steps)
         work = out / "route_table" / f"{g}-seed{args.seed}"
         if work.exists():
             shutil.rmtree(work)

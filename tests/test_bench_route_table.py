@@ -83,3 +83,23 @@ def test_bad_input_is_one_line(tmp_path):
     proc = run_bench(tmp_path, "--batch", "30")
     assert proc.returncode != 0 and "multiple of --group" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_a_plateau_pool_trains_on_the_first_rows_only(tmp_path):
+    import route_setups
+
+    source = tmp_path / "train.jsonl"
+    source.write_text("".join(json.dumps({"prompt": f"p{i}", "answer": str(i)}) + "\n" for i in range(10)))
+    ground = route_setups.Ground("g", "", tmp_path, {}, {"task": {"name": "dataset", "options": {"path": str(source), "x": 1}}},
+                                 {}, "reference", 1e-3, lambda p: 0.0, pool_source=source)
+    sections = ground.pool_sections(tmp_path / "work", 3)
+    pool = Path(sections["task"]["options"]["path"])
+    assert [json.loads(line)["prompt"] for line in pool.read_text().splitlines()] == ["p0", "p1", "p2"]
+    assert sections["task"]["options"]["x"] == 1 and ground.sections["task"]["options"]["path"] == str(source)
+    with pytest.raises(ValueError, match="more rows than"):
+        ground.pool_sections(tmp_path / "work", 11)
+
+
+def test_a_plateau_pool_on_sumchain_is_a_usage_error(tmp_path):
+    proc = run_bench(tmp_path, "--grounds", "sumchain", "--plateau-pool", "64")
+    assert proc.returncode != 0 and proc.stderr.strip().startswith("route_table: --plateau-pool")
