@@ -41,13 +41,25 @@ class TrainCommand:
         result = train(config, manager)
         from accelerate import PartialState
 
-        if not PartialState().is_main_process:
-            return 0  # under accelerate launch: one summary line, from the process that exported
-        last = result.history[-1] if result.history else {}
-        print(json.dumps({"output_dir": str(result.output_dir), "steps": result.steps_done, "processes": PartialState().num_processes,
-                          "final_model": str(result.final_model_dir) if result.final_model_dir else None,
-                          "last_loss": last.get("loss")}))
+        state = PartialState()
+        if state.is_main_process:  # under accelerate launch: one summary line, from the process that exported
+            last = result.history[-1] if result.history else {}
+            print(json.dumps({"output_dir": str(result.output_dir), "steps": result.steps_done, "processes": state.num_processes,
+                              "final_model": str(result.final_model_dir) if result.final_model_dir else None,
+                              "last_loss": last.get("loss")}), flush=True)
+        end_process_group()
         return 0
+
+
+def end_process_group() -> None:
+    """Leave the process group together and tear it down before the interpreter exits. Left to
+    interpreter shutdown, gloo's worker threads can be destroyed while still joinable, and the
+    process aborts ("terminate called without an active exception") after a run that succeeded."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 class CheckCommand:

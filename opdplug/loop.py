@@ -377,6 +377,7 @@ def _train(ctx: RunContext, progress_desc: str) -> TrainResult:
             if run.checkpoint_every and done % run.checkpoint_every == 0 and done < run.steps:
                 save(ctx, optimizer, scheduler, done)
             if run.stop_after and done - start >= run.stop_after and done < run.steps:
+                acc.wait_for_everyone()  # as at the end: no process leaves while another still writes
                 return TrainResult(out_dir, None, done, history)
         save(ctx, optimizer, scheduler, run.steps)
         final = None
