@@ -158,7 +158,7 @@ def _pretrain(model, tok, rows: list[dict], steps: int, batch: int, lr: float, s
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     model.eval()
     return losses
 

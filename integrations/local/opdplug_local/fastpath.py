@@ -28,7 +28,7 @@ from typing import NamedTuple, Optional
 import torch
 import torch.nn.functional as F
 
-from .fastweights import LlamaLayerWeights, _cat_bias, _keep, _linear, _own_weight  # noqa: F401  (LlamaLayerWeights: public)
+from .fastweights import LlamaLayerWeights, _cat_bias, _keep, _linear  # noqa: F401  (LlamaLayerWeights: public)
 from .kvwriters import ContiguousKV, KVWriter  # noqa: F401  (KVWriter: public, drafters write their own)
 
 STATIC_ROPE_TYPES = ("default", "linear", "llama3")  # tables that do not depend on the sequence length
@@ -146,9 +146,9 @@ class FastLlama:
             if fuse:
                 q_w, k_w = att.q_proj.weight[q_rows.to(self.device)], att.k_proj.weight[k_rows.to(self.device)]
                 qkv_w, gate_up_w = torch.cat([q_w, k_w, att.v_proj.weight]), torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight])
-            else:  # the module's own tensors: one (share_fused_weights) or in parts (_linear); no permutation or folding
-                qkv_w = _own_weight(keep, differentiable, att.q_proj, att.k_proj, att.v_proj)
-                gate_up_w = _own_weight(keep, differentiable, mlp.gate_proj, mlp.up_proj)
+            else:  # the module's own tensors, in parts (_linear); identity row order, norms not folded
+                qkv_w = tuple(keep(x.weight) for x in (att.q_proj, att.k_proj, att.v_proj))
+                gate_up_w = tuple(keep(x.weight) for x in (mlp.gate_proj, mlp.up_proj))
             input_norm, post_norm = layer.input_layernorm.weight, layer.post_attention_layernorm.weight
             if self.fold_norms:  # (x_hat * w) @ W.T == x_hat @ (W * w).T: one multiply fewer per norm
                 qkv_w, gate_up_w = qkv_w * input_norm, gate_up_w * post_norm

@@ -6,7 +6,7 @@ from __future__ import annotations
 from opdplug.hookspecs import hookimpl
 from opdplug.types import LoadedModels, StudentOutputs
 
-from . import fastpath, fastweights, models, sampling
+from . import models, sampling
 from .scorers import LocalScorer, NoScorer, SelfScorer
 
 
@@ -55,8 +55,6 @@ def opd_load_models(ctx):
         if not getattr(scorer, "own_tokenizer", False):  # a scorer that aligns tokenizers checks its own
             models.check_tokenizers(tokenizer, models.load_tokenizer(config.teacher.path))
         teacher = teacher.requires_grad_(False).eval().to(ctx.device)
-        if fastpath.unsupported_reason(teacher) is None:  # one product for q/k/v and gate/up when scoring (never saved)
-            fastweights.share_fused_weights(teacher.model.layers)
     return LoadedModels(student=student, tokenizer=tokenizer, teacher=teacher)
 
 
