@@ -28,14 +28,16 @@ def _budget(ctx, prompts: Sequence[Prompt]) -> list[int]:
     return [ctx.task.max_new_tokens(p.meta.get("length", 1)) for p in prompts]
 
 
-def student_rollout(ctx, prompts: Sequence[Prompt], step: int, stream: str = "student") -> RolloutBatch:
+def student_rollout(ctx, prompts: Sequence[Prompt], step: int, stream: str = "student", *,
+                    keep_prefill_graph: bool = False) -> RolloutBatch:
     """The student samples with its current weights at the rollout temperature, each row from
-    its own seed (``ctx.row_seeds``): the same tokens however the global batch is split."""
+    its own seed (``ctx.row_seeds``): the same tokens however the global batch is split.
+    ``keep_prefill_graph``: its training forward of this batch reuses the prompt prefill."""
     opts = ctx.config.rollout
     return model_rollout(
         ctx.student_module(), prompts, producer=PRODUCER_STUDENT, max_new_tokens=_budget(ctx, prompts),
         temperature=opts.temperature, top_p=opts.top_p, tokenizer=ctx.tokenizer,
-        generator=None, row_seeds=ctx.row_seeds(prompts, stream, step), on_policy=True,
+        generator=None, row_seeds=ctx.row_seeds(prompts, stream, step), on_policy=True, keep_prefill_graph=keep_prefill_graph,
     )
 
 
@@ -56,7 +58,10 @@ class OnPolicy:
     """The student samples every completion."""
 
     def __call__(self, ctx, prompts, step):
-        return student_rollout(ctx, prompts, step)
+        # The training forward of this batch reuses the prefill only where no graph would wait for
+        # a later micro-batch's backward (memory) and no wrapper sits between (one process).
+        reuse = torch.is_grad_enabled() and ctx.num_processes == 1 and ctx.config.run.grad_accum == 1
+        return student_rollout(ctx, prompts, step, keep_prefill_graph=reuse)
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from typing import Any, Iterator, Optional, Sequence
 
 import torch
 
-from . import sampling
+from . import prefill_reuse, sampling
 # Tokenizers live in their own module; these names are part of this module's API too.
 from .tokenization import END_OF_TURN_TOKENS, check_tokenizers, load_tokenizer, pad_id_of, stop_token_ids  # noqa: F401
 from opdplug.config import Config, ModelOptions
@@ -270,12 +270,17 @@ def model_rollout(
     generator: torch.Generator | None,
     on_policy: bool,
     row_seeds: Sequence[int] | None = None,
+    keep_prefill_graph: bool = False,
 ) -> RolloutBatch:
     """Completions sampled from a local model, with exact ids and sampling log-probs.
 
     ``max_new_tokens`` is one budget or one per prompt; ``row_seeds`` (one per prompt, instead
     of ``generator``) makes each row's draws independent of its batch (see ``sampling.sample``).
+    ``keep_prefill_graph``: record the prompt prefill with gradients for the student forward of
+    this very batch (``prefill_reuse``; where the model allows it).
     """
+    graphs: list = []
+    prefill = prefill_reuse.recorder(model, graphs) if keep_prefill_graph and prefill_reuse.eligible(model) else None
     with eval_mode(model):  # no dropout while sampling: the log-probs must be the policy's
         out = sampling.sample(
             model,
@@ -287,13 +292,14 @@ def model_rollout(
             pad_id=pad_id_of(tokenizer),
             generator=generator,
             row_seeds=row_seeds,
+            prefill=prefill,
         )
     # What ``collate`` would build from the completions, without leaving tensors: the sample is
     # already right-padded as prompt + completion.
     attention_B_L, completion_B_L = out.attention_mask_B_L.cpu(), out.completion_mask_B_L.cpu()
     producer_B_L = (torch.full_like(attention_B_L, PRODUCER_PAD).masked_fill(attention_B_L.bool(), PRODUCER_PROMPT)
                     .masked_fill(completion_B_L.bool(), producer))
-    return RolloutBatch(
+    batch = RolloutBatch(
         input_ids_B_L=out.input_ids_B_L.cpu(),
         attention_mask_B_L=attention_B_L,
         loss_mask_B_L=completion_B_L,
@@ -304,6 +310,9 @@ def model_rollout(
         on_policy_B=torch.full((len(prompts),), bool(on_policy)),
         prompts=tuple(prompts),
     )
+    if graphs:
+        prefill_reuse.keep(batch.input_ids_B_L, graphs[0])
+    return batch
 
 
 # ----------------------------------------------------------------------------- scoring

@@ -3,10 +3,12 @@ process: loading the student and teacher, the student's forward pass, saving the
 student, the local scorers, the built-in SumChain task and the ``eval`` and ``demo`` commands."""
 from __future__ import annotations
 
+import torch
+
 from opdplug.hookspecs import hookimpl
 from opdplug.types import LoadedModels, StudentOutputs
 
-from . import models, sampling
+from . import models, prefill_reuse, sampling
 from .scorers import LocalScorer, NoScorer, SelfScorer
 
 
@@ -62,8 +64,12 @@ def opd_load_models(ctx):
 def opd_student_forward(ctx, batch):
     """The student's shifted final hidden states (no [B, L, V] logits) and its lm_head."""
     device = ctx.device
-    hidden = sampling.final_hidden(ctx.student, batch.input_ids_B_L.to(device), batch.attention_mask_B_L.to(device),
-                                   needed_B_L=batch.loss_mask_B_L.to(device))
+    ids, attn = batch.input_ids_B_L.to(device), batch.attention_mask_B_L.to(device)
+    graph = prefill_reuse.take(batch.input_ids_B_L) if torch.is_grad_enabled() else None  # the rollout's prefill
+    if graph is not None and torch.equal(graph.prompt_mask_B_P.sum(-1).cpu(), batch.prompt_lens_B.cpu()):
+        hidden = prefill_reuse.completion_hidden(ctx.student, graph, ids, attn, batch.prompt_lens_B.to(device))
+    else:
+        hidden = sampling.final_hidden(ctx.student, ids, attn, needed_B_L=batch.loss_mask_B_L.to(device))
     return StudentOutputs(
         hidden_B_L_H=hidden,
         lm_head_V_H=sampling.lm_head_weight(ctx.student),

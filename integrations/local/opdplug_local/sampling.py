@@ -126,6 +126,7 @@ def sample(
     pad_id: Optional[int],
     generator: Optional[torch.Generator] = None,
     row_seeds: Optional[Sequence[int]] = None,
+    prefill=None,
 ) -> SampleResult:
     """Sample one completion per prompt with the model's KV cache; stop each row at EOS.
 
@@ -147,6 +148,7 @@ def sample(
         then samples the same tokens whatever batch, process or padding it is in (up to float
         noise in its logits landing exactly on an interval boundary). The training loop's
         samplers use this (``RunContext.row_seeds``).
+    :param prefill: on the fast path, replaces ``fast.prefill`` (``prefill_reuse.recorder``).
     :return: a ``SampleResult``, right-padded.
 
     Prompts are left-padded internally with attention mask and position ids counting only real
@@ -183,14 +185,12 @@ def sample(
         ]).to(device)
     prompt_lens = [len(p) for p in prompt_ids]
     P = max(prompt_lens)
-
     ids_B_P = torch.full((B, P), pad_id, dtype=torch.long)
     mask_B_P = torch.zeros((B, P), dtype=torch.long)
     for b, ids in enumerate(prompt_ids):
         ids_B_P[b, P - len(ids):] = torch.tensor(ids, dtype=torch.long)
         mask_B_P[b, P - len(ids):] = 1
     ids_B_P, mask_B_P = ids_B_P.to(device), mask_B_P.to(device)
-
     fast = fastpath.fast_forward(model)  # None: the model's own forward (any architecture)
     # The fast path decodes in inference mode (cheaper per operation than no_grad: no version
     # counters or view tracking), and only there: what it returns is rebuilt below as ordinary
@@ -198,8 +198,8 @@ def sample(
     # for it). A model's own forward stays under no_grad: wrappers such as FSDP keep tensors
     # made during the forward, which must not become inference tensors.
     with torch.inference_mode() if fast is not None else contextlib.nullcontext():
-        tokens, logprobs, finished_B = _decode(model, fast, ids_B_P, mask_B_P, budget_B, uniforms_B_N, max_new_tokens,
-                                               temperature=temperature, top_p=top_p, stop_ids=stop_ids, generator=generator)
+        tokens, logprobs, finished_B = _decode(model, fast, ids_B_P, mask_B_P, budget_B, uniforms_B_N, max_new_tokens, temperature=temperature,
+                                               top_p=top_p, stop_ids=stop_ids, generator=generator, prefill=prefill)
     gen_B_N = torch.stack(tokens, dim=1).cpu()
     is_eos_B_N = _is_stop(gen_B_N, stop_ids)
     # A token is kept up to and including the row's first EOS.
@@ -238,13 +238,13 @@ def _is_stop(tokens: torch.Tensor, stop_ids: list[int]) -> torch.Tensor:
 
 
 def _decode(model, fast: Optional[fastpath.FastLlama], ids_B_P, mask_B_P, budget_B, uniforms_B_N, max_new_tokens: int,
-            *, temperature: float, top_p: float, stop_ids: list[int], generator: Optional[torch.Generator]):
+            *, temperature: float, top_p: float, stop_ids: list[int], generator: Optional[torch.Generator], prefill=None):
     """The prefill and decode loop of ``sample`` (through ``fast`` when given, else the model's
     own forward): ``(tokens, logprobs, finished_B)``, one ``[B]`` tensor per generated position."""
     B, P = ids_B_P.shape
     device = ids_B_P.device
     if fast is not None:
-        logits_B_V = fast.prefill(ids_B_P, mask_B_P, _positions(mask_B_P), max_new_tokens)
+        logits_B_V = (prefill or (lambda f, *a: f.prefill(*a)))(fast, ids_B_P, mask_B_P, _positions(mask_B_P), max_new_tokens)
     else:
         out = model(
             input_ids=ids_B_P,
