@@ -280,7 +280,9 @@ def model_rollout(
     this very batch (``prefill_reuse``; where the model allows it).
     """
     graphs: list = []
-    prefill = prefill_reuse.recorder(model, graphs) if keep_prefill_graph and prefill_reuse.eligible(model) else None
+    budgets = [max_new_tokens] * len(prompts) if isinstance(max_new_tokens, int) else list(max_new_tokens)
+    reuse = keep_prefill_graph and prefill_reuse.eligible(model, sum(len(p.prompt_ids) for p in prompts), sum(budgets))
+    prefill = prefill_reuse.recorder(model, graphs) if reuse else None
     with eval_mode(model):  # no dropout while sampling: the log-probs must be the policy's
         out = sampling.sample(
             model,

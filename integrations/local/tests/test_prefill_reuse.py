@@ -19,12 +19,27 @@ def task():
     return SumChain()
 
 
-def _rollout(task, model, keep: bool):
+def _rollout(task, model, keep: bool, budgets=(3, 9, 9, 9, 9)):
     prompts = task.prompts(5, seed=3, split="train")
     prompts[0] = dataclasses.replace(prompts[0], prompt_ids=prompts[0].prompt_ids[:2])  # mixed prompt lengths
-    return model_rollout(model, prompts, producer=PRODUCER_STUDENT, max_new_tokens=[3, 9, 9, 9, 9], temperature=1.0,
+    return model_rollout(model, prompts, producer=PRODUCER_STUDENT, max_new_tokens=list(budgets), temperature=1.0,
                          top_p=1.0, tokenizer=task.tokenizer, generator=None, on_policy=True, row_seeds=list(range(5)),
                          keep_prefill_graph=keep)
+
+
+@pytest.fixture(autouse=True)
+def _always_reuse(monkeypatch):
+    """SumChain's prompts are shorter than its completions, where reuse does not pay."""
+    monkeypatch.setattr(prefill_reuse, "PROMPT_SHARE", 0.0)
+
+
+def test_reuse_is_asked_for_only_where_the_prompts_dominate(task, monkeypatch):
+    monkeypatch.setattr(prefill_reuse, "PROMPT_SHARE", 0.5)
+    model = tiny.build_model("tiny", task.tokenizer, seed=1)
+    assert prefill_reuse.eligible(model, 130, 24) and not prefill_reuse.eligible(model, 20, 27)
+    assert prefill_reuse.take(_rollout(task, model, keep=True, budgets=[27] * 5).input_ids_B_L) is None  # 44 prompt tokens, 135 new
+    assert prefill_reuse.take(_rollout(task, model, keep=True).input_ids_B_L) is not None  # 44 prompt tokens, 39 new
+    assert not prefill_reuse.eligible(tiny.build_model("tiny", task.tokenizer, seed=1).requires_grad_(False), 130, 24)
 
 
 @pytest.mark.parametrize("fused", [True, False])
