@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 
 
 class SGLangCommand:
@@ -41,15 +42,23 @@ class SGLangCommand:
         from .server import launch
 
         extra = [a for a in args.extra if a != "--"]
-        server = launch(args.model, port=args.port, python=args.python, device=args.device,
-                        extra_args=extra, threads=args.threads)
-        print(f"SGLang serving {args.model} at {server.url} (log: {server.log_path}); Ctrl-C stops it", flush=True)
+        # The server runs in its own session (a Ctrl-C in this terminal does not reach it), so this
+        # process must stop it: on Ctrl-C, and on SIGTERM from a process manager, also where the
+        # shell started it with SIGINT ignored (a background job), which Python would inherit.
+        previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
-            server.process.wait()
-        except KeyboardInterrupt:
-            pass
+            server = launch(args.model, port=args.port, python=args.python, device=args.device,
+                            extra_args=extra, threads=args.threads)
+            print(f"SGLang serving {args.model} at {server.url} (log: {server.log_path}); Ctrl-C stops it", flush=True)
+            try:
+                server.process.wait()
+            except KeyboardInterrupt:
+                pass
+            finally:
+                server.stop()
         finally:
-            server.stop()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
         return 0
 
     def _check(self, args) -> int:
@@ -67,3 +76,7 @@ class SGLangCommand:
             report[target.client.urls[0]] = {"model_path": info.get("model_path"), "vocabulary": "matches"}
         print(json.dumps(report, indent=None if args.json else 1))
         return 0
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt  # unwinds into the ``finally`` that stops the server
